@@ -1,0 +1,381 @@
+"""Script configuration: a ``@dataclass`` at the top of each script, overridable from the command line.
+
+Every field becomes a flag (``batch_size`` -> ``--batch-size``), typed by its annotation:
+
+    python train.py --batch-size 8 --amp false --img-size 224 224 --checkpoint none
+
+- ``bool``: ``--amp``, ``--no-amp``, or ``--amp true|false|1|0|yes|no``
+- ``tuple[int, int]`` / ``tuple[str, ...]`` / ``list[...]``: values after the flag, or one comma-separated value
+- ``X | None``: ``none`` (any case) gives None
+- ``Literal["a", "b"]``: one of the listed values
+- ``--config run.json`` starts from a saved config; flags after it still override.
+
+The comment after a field in the dataclass is its help text in ``--help``. Each stage saves its resolved
+config with :func:`save_config` beside its outputs; :func:`load_config` reads it back with the same checks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import inspect
+import io
+import json
+import re
+import sys
+import tokenize
+import types
+import typing
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union
+
+from .errors import UserError
+from .fileio import write_json
+
+T = TypeVar("T")
+
+_TRUE = {"1", "true", "yes", "y", "on"}
+_FALSE = {"0", "false", "no", "n", "off"}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# converting strings and JSON values to a field's type
+
+
+def _is_optional(tp: Any) -> tuple[bool, Any]:
+    """Return (True, X) for ``X | None`` / ``Optional[X]``, else (False, tp)."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) < len(typing.get_args(tp)):
+            return True, args[0] if len(args) == 1 else Union[tuple(args)]  # noqa: UP007
+    return False, tp
+
+
+def _type_name(tp: Any) -> str:
+    optional, inner = _is_optional(tp)
+    if optional:
+        return f"{_type_name(inner)} or none"
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return "|".join(str(a) for a in args)
+    if origin in (tuple, list):
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return " ".join(_type_name(a) for a in args)
+        return f"{_type_name(args[0]) if args else 'str'} ..."
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert_scalar(value: Any, tp: Any, name: str) -> Any:
+    """Convert one value (a command-line string or a JSON scalar) to ``tp``."""
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+        raise ValueError(f"expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError(f"expected an integer, got {value!r}")
+        try:
+            return int(str(value).strip()) if isinstance(value, str) else int(value)
+        except ValueError:
+            raise ValueError(f"expected an integer, got {value!r}") from None
+    if tp is float:
+        if isinstance(value, bool):
+            raise ValueError(f"expected a number, got {value!r}")
+        try:
+            return float(value)
+        except ValueError:
+            raise ValueError(f"expected a number, got {value!r}") from None
+    if tp is str:
+        if not isinstance(value, str):
+            raise ValueError(f"expected a string, got {value!r}")
+        return value
+    if tp is Path:
+        if not isinstance(value, str | Path):
+            raise ValueError(f"expected a path, got {value!r}")
+        return Path(value)
+    if typing.get_origin(tp) is Literal:
+        choices = typing.get_args(tp)
+        for choice in choices:
+            if str(choice) == str(value):
+                return choice
+        raise ValueError(f"expected one of {', '.join(map(str, choices))}, got {value!r}")
+    raise TypeError(f"field {name!r}: unsupported type {tp!r}")
+
+
+def convert_value(value: Any, tp: Any, name: str = "value") -> Any:
+    """Convert ``value`` (a string, a list of strings, or a JSON value) to the annotated type ``tp``.
+
+    Raises ValueError with a short reason when the value does not fit.
+    """
+    optional, inner = _is_optional(tp)
+    if optional:
+        if value is None or (isinstance(value, str) and value.strip().lower() == "none"):
+            return None
+        if isinstance(value, list) and len(value) == 1 and str(value[0]).strip().lower() == "none":
+            return None
+        return convert_value(value, inner, name)
+    if value is None:
+        raise ValueError("none is not allowed here")
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (tuple, list):
+        items = list(value) if isinstance(value, list | tuple) else [value]
+        # "224,224" and "224 224" are the same thing on a command line.
+        if all(isinstance(i, str) for i in items):
+            items = [part for item in items for part in item.split(",") if part.strip() != ""]
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(items) != len(args):
+                raise ValueError(f"expected {len(args)} values ({_type_name(tp)}), got {len(items)}")
+            return tuple(_convert_scalar(v, a, name) for v, a in zip(items, args, strict=True))
+        item_type = args[0] if args else str
+        converted = [_convert_scalar(v, item_type, name) for v in items]
+        return tuple(converted) if origin is tuple else converted
+    if isinstance(value, list):
+        if len(value) != 1:
+            raise ValueError(f"expected one value, got {len(value)}")
+        value = value[0]
+    return _convert_scalar(value, tp, name)
+
+
+def _is_sequence_type(tp: Any) -> bool:
+    return typing.get_origin(_is_optional(tp)[1]) in (tuple, list)
+
+
+def _is_bool_type(tp: Any) -> bool:
+    return _is_optional(tp)[1] is bool
+
+
+# --------------------------------------------------------------------------------------------------------------
+# help text from the comments beside the fields
+
+
+def field_comments(cls: type) -> dict[str, str]:
+    """Map each field of a dataclass to the ``# comment`` on its line, or to the comment lines just above it."""
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    names = {f.name for f in dataclasses.fields(cls)}
+    comment_at: dict[int, str] = {}
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+            if tok.type == tokenize.COMMENT:
+                comment_at[tok.start[0]] = tok.string.lstrip("#").strip()
+    except (tokenize.TokenError, SyntaxError):
+        return {}
+    lines = source.splitlines()
+    result: dict[str, str] = {}
+    for number, line in enumerate(lines, start=1):
+        match = re.match(r"\s+(\w+)\s*:", line)
+        if not match or match.group(1) not in names or match.group(1) in result:
+            continue
+        if number in comment_at:
+            result[match.group(1)] = comment_at[number]
+            continue
+        above = []
+        k = number - 1
+        while k >= 1 and lines[k - 1].lstrip().startswith("#"):
+            above.insert(0, comment_at.get(k, ""))
+            k -= 1
+        if above:
+            result[match.group(1)] = " ".join(a for a in above if a)
+    return result
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors and 'did you mean' for unknown flags."""
+
+    known_flags: list[str]
+
+    def error(self, message: str) -> typing.NoReturn:
+        if message.startswith("unrecognized arguments:"):
+            unknown = message.split(":", 1)[1].split()
+            flags = [u for u in unknown if u.startswith("-")] or unknown
+            first = flags[0].split("=", 1)[0]
+            close = difflib.get_close_matches(first, self.known_flags, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            message = f"unknown option {first}{hint}"
+            if len(flags) > 1:
+                message += f" and {len(flags) - 1} more"
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
+def _resolved_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _format_default(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple | list):
+        return " ".join(str(v) for v in value)
+    return str(value)
+
+
+def build_parser(cls: type, prog: str | None = None, description: str | None = None) -> argparse.ArgumentParser:
+    """An argparse parser with one flag per field of the dataclass ``cls``."""
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls!r} is not a dataclass")
+    hints = _resolved_hints(cls)
+    comments = field_comments(cls)
+    doc = description if description is not None else inspect.getdoc(cls)
+    parser = _Parser(
+        prog=prog,
+        description=doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+        argument_default=argparse.SUPPRESS,
+    )
+    parser.add_argument("--config", metavar="JSON", help="start from a saved config file; later flags override it")
+    flags = ["--config", "--help"]
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        default = _default_of(f)
+        help_text = comments.get(f.name, "")
+        help_text = f"{help_text} " if help_text else ""
+        help_text += f"[{_type_name(tp)}; default: {_format_default(default)}]".replace("%", "%%")
+        names = [_flag(f.name)]
+        if "_" in f.name:
+            names.append("--" + f.name)
+        flags.extend(names)
+        if _is_bool_type(tp):
+            parser.add_argument(*names, dest=f.name, nargs="?", const="true", metavar="BOOL", help=help_text)
+            parser.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name, action="store_const",
+                                const="false", help=argparse.SUPPRESS)
+            flags.append("--no-" + f.name.replace("_", "-"))
+        elif _is_sequence_type(tp):
+            parser.add_argument(*names, dest=f.name, nargs="+", metavar="V", help=help_text)
+        else:
+            parser.add_argument(*names, dest=f.name, metavar=_metavar(tp), help=help_text)
+    parser.known_flags = flags
+    return parser
+
+
+def _metavar(tp: Any) -> str:
+    inner = _is_optional(tp)[1]
+    if typing.get_origin(inner) is Literal:
+        return "{" + ",".join(str(a) for a in typing.get_args(inner)) + "}"
+    return getattr(inner, "__name__", "V").upper()
+
+
+def _default_of(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
+def config_from_dict(cls: type[T], values: dict[str, Any], *, source: str = "config") -> T:
+    """Build ``cls`` from a mapping of field values (JSON-like), checking names and types.
+
+    Fields left out keep their defaults. ``source`` names where the values came from, for error messages.
+    """
+    hints = _resolved_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise UserError(f"{source}: unknown field {key!r}{hint}; fields are: {', '.join(fields)}")
+        try:
+            kwargs[key] = convert_value(value, hints[key], key)
+        except ValueError as e:
+            raise UserError(f"{source}: field {key!r}: {e}") from None
+    missing = [n for n, f in fields.items() if n not in kwargs and _default_of(f) is dataclasses.MISSING]
+    if missing:
+        raise UserError(f"{source}: missing required field(s) {', '.join(missing)}")
+    return cls(**kwargs)
+
+
+def parse_config(cls: type[T], argv: Sequence[str] | None = None, *, prog: str | None = None) -> T:
+    """Parse command-line flags into an instance of the dataclass ``cls``.
+
+    Bad values and unknown flags end the program with a one-line message (exit status 2), like argparse.
+    """
+    parser = build_parser(cls, prog=prog)
+    args = vars(parser.parse_args(sys.argv[1:] if argv is None else list(argv)))
+    values: dict[str, Any] = {}
+    config_file = args.pop("config", None)
+    if config_file is not None:
+        try:
+            base = load_config(cls, config_file)
+        except UserError as e:
+            parser.exit(2, f"{parser.prog}: error: {e}\n")
+        values.update(config_to_dict(base))
+    hints = _resolved_hints(cls)
+    for name, raw in args.items():
+        try:
+            values[name] = convert_value(raw, hints[name], name)
+        except ValueError as e:
+            parser.exit(2, f"{parser.prog}: error: {_flag(name)}: {e}\n")
+    return cls(**values)
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """The config's fields as a JSON-ready dict (paths become strings, tuples lists)."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, Path):
+            return str(v)
+        if isinstance(v, tuple | list):
+            return [plain(x) for x in v]
+        return v
+
+    return {f.name: plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+
+
+def save_config(cfg: Any, path: str | Path) -> Path:
+    """Write the resolved config as JSON (atomically) and return the path."""
+    path = Path(path)
+    write_json(path, config_to_dict(cfg))
+    return path
+
+
+def load_config(cls: type[T], path: str | Path) -> T:
+    """Read a config saved by :func:`save_config`, with the same type checks as the command line."""
+    path = Path(path)
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"config file {path} not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"config file {path} is not valid JSON ({e}); fix or delete it") from None
+    if not isinstance(values, dict):
+        raise UserError(f"config file {path} must hold a JSON object of field values")
+    return config_from_dict(cls, values, source=str(path))
+
+
+def run(cls: type[T], main: Callable[[T], Any], argv: Sequence[str] | None = None) -> None:
+    """Parse the config for ``cls``, call ``main(config)``, and turn a :class:`UserError` into one line.
+
+    The scripts' entry point: ``if __name__ == "__main__": run(Config, main)``.
+    """
+    prog = Path(sys.argv[0]).name if argv is None else None
+    cfg = parse_config(cls, argv, prog=prog)
+    try:
+        main(cfg)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None

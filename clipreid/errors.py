@@ -1,0 +1,9 @@
+"""The one exception type a user is meant to read."""
+
+
+class UserError(Exception):
+    """A problem the user can fix (bad input, missing file, no network).
+
+    Its message is one line that says what happened and what to do. The scripts print it as
+    ``error: <message>`` and exit with status 1 instead of showing a traceback.
+    """
