@@ -29,14 +29,12 @@ def atomic_path(path: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Pa
         tmp = Path(name)
     try:
         yield tmp
-        if is_dir:
-            if path.exists():
-                shutil.rmtree(path)
-        else:
-            # mkstemp creates 0600; give the file the permissions a normal open() would.
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)
+        # mkstemp/mkdtemp create 0600/0700; give the result the permissions open()/mkdir() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, (0o777 if is_dir else 0o666) & ~umask)
+        if is_dir and path.exists():
+            shutil.rmtree(path)
         os.replace(tmp, path)
     except BaseException:
         if is_dir:
