@@ -1,0 +1,363 @@
+"""preprocess: the train/challenge tables, their folds, the files left out, and the failures users can fix."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from clipreid.errors import UserError
+from clipreid.layout import player_image_name
+from clipreid.preprocess import (
+    CHALLENGE_COLUMNS,
+    CHALLENGE_DF,
+    SKIPPED_TXT,
+    TRAIN_COLUMNS,
+    TRAIN_DF,
+    assign_folds,
+    build_market1501_frame,
+    build_synergy_frames,
+    parse_market_name,
+    preprocess,
+)
+
+# Train: 5 sequences; player 9 has a single image. Test: 2 sequences of 2 players. 7 groups in all.
+TRAIN_FILES = [player_image_name(p, s, f) for p in (1, 2, 3) for s in (0, 1, 2) for f in range(3)]
+TRAIN_FILES += [player_image_name(p, s, f) for p in (4, 5) for s in (3, 4) for f in range(2)] + ["009_04_00.jpeg"]
+TEST_QUERY = ["020_10_00.jpeg", "021_10_00.jpeg", "022_11_00.jpeg", "023_11_00.jpeg"]
+TEST_GALLERY = [f"{p:03d}_{s}_{f:02d}.jpeg" for p, s in ((20, 10), (21, 10), (22, 11), (23, 11)) for f in (1, 2)]
+CHALLENGE_QUERY = ["7.jpeg", "00012.jpeg"]
+CHALLENGE_GALLERY = ["00003.jpeg", "15.png", "00100.JPG"]
+
+
+def write_image(path: Path, seed: int = 0, size: tuple[int, int] = (12, 24)) -> None:
+    """A small solid-colour image (format from the suffix)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    colour = (seed * 37 % 256, seed * 91 % 256, seed * 53 % 256)
+    fmt = "PNG" if path.suffix.lower() == ".png" else "JPEG"
+    Image.new("RGB", size, colour).save(path, format=fmt)
+
+
+def make_synergy(root: Path, challenge: bool = True, reverse: bool = False) -> Path:
+    """A tiny DeepSportradar-layout folder; ``reverse`` creates the files in the opposite order."""
+    data = root / "data_reid"
+    files = [f"reid_training/{n}" for n in TRAIN_FILES]
+    files += [f"reid_test/query/{n}" for n in TEST_QUERY] + [f"reid_test/gallery/{n}" for n in TEST_GALLERY]
+    if challenge:
+        files += [f"reid_challenge/query/{n}" for n in CHALLENGE_QUERY]
+        files += [f"reid_challenge/gallery/{n}" for n in CHALLENGE_GALLERY]
+    for i, rel in enumerate(reversed(files) if reverse else files):
+        write_image(data / rel, seed=i)
+    return data
+
+
+# Market: 12 train identities over 2-3 cameras, 4 test identities, junk (-1) and distractors (0000).
+MARKET_TRAIN = [
+    f"{pid:04d}_c{cam}s1_{f:06d}_0{k}.jpg" for pid in range(2, 14) for cam in (1, 3) for f, k in ((10, 1), (20, 2))
+]
+MARKET_TRAIN += ["0002_c6s2_000030_01.jpg", "0000_c1s1_000001_00.jpg", "-1_c2s1_000002_00.jpg"]
+MARKET_QUERY = ["0100_c1s1_000100_00.jpg", "0101_c2s1_000100_00.jpg", "0102_c4_f0001234.jpg", "0103_c5s1_000100_00.png"]
+MARKET_GALLERY = [
+    f"{pid:04d}_c{cam}s2_{f:06d}_01.jpg" for pid in (100, 101, 102, 103) for cam in (2, 3) for f in (1, 2)
+]
+MARKET_GALLERY += ["0000_c1s1_000500_01.jpg", "0000_c3s1_000600_02.jpg", "-1_c1s1_000700_01.jpg", "-1_c2s1_0_01.jpg"]
+
+
+def make_market(root: Path) -> Path:
+    data = root / "Market-1501"
+    folders = {"bounding_box_train": MARKET_TRAIN, "query": MARKET_QUERY, "bounding_box_test": MARKET_GALLERY}
+    for folder, names in folders.items():
+        for i, name in enumerate(names):
+            write_image(data / folder / name, seed=i)
+    return data
+
+
+def test_synergy_columns_dtypes_and_rows(tmp_path):
+    result = build_synergy_frames(make_synergy(tmp_path), n_folds=3, progress=False)
+    df, ch = result.train_df, result.challenge_df
+    assert list(df.columns) == TRAIN_COLUMNS
+    assert list(ch.columns) == CHALLENGE_COLUMNS
+    for col in ("player", "fold"):
+        assert pd.api.types.is_integer_dtype(df[col])
+    for col in ("img_id", "folder", "game", "split", "img_type"):
+        assert pd.api.types.is_string_dtype(df[col])
+    assert pd.api.types.is_integer_dtype(ch.player)
+    assert len(df) == len(TRAIN_FILES) + len(TEST_QUERY) + len(TEST_GALLERY)
+    assert set(df.folder) == {"reid_training", "reid_test/query", "reid_test/gallery"}
+    row = df.set_index("img_id").loc["002_01_02.jpeg"]
+    assert (row.folder, row.player, row.game, row.split, row.img_type) == ("reid_training", 2, "train_1", "train", "g")
+    assert set(df[df.split == "test"].game) == {"test_10", "test_11"}
+    assert result.skipped == []
+    assert df.index.tolist() == list(range(len(df)))
+
+
+def test_query_gallery_rules(tmp_path):
+    df = build_synergy_frames(make_synergy(tmp_path), n_folds=3, progress=False).train_df
+    train = df[df.folder == "reid_training"]
+    frame = train.img_id.str.split("_").str[2].str.split(".").str[0].astype(int)
+    assert (train.img_type == (frame == 0).map({True: "q", False: "g"})).all()
+    assert (df[df.folder == "reid_test/query"].img_type == "q").all()
+    assert (df[df.folder == "reid_test/gallery"].img_type == "g").all()
+
+
+def test_paths_are_relative_to_the_data_folder(tmp_path, monkeypatch):
+    make_synergy(tmp_path / "project" / "data")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(tmp_path / "project")
+    result = preprocess(Path("data/data_reid"), n_folds=3, progress=False)
+    monkeypatch.chdir(elsewhere)  # the tables must still resolve from another cwd
+    data = tmp_path / "project" / "data" / "data_reid"
+    df = pd.read_csv(data / TRAIN_DF)
+    ch = pd.read_csv(data / CHALLENGE_DF)
+    assert all((data / f / i).is_file() for f, i in zip(df.folder, df.img_id, strict=True))
+    assert all((data / i).is_file() for i in ch.img_id)
+    for name in (TRAIN_DF, CHALLENGE_DF):
+        text = (data / name).read_text()
+        assert str(tmp_path) not in text and "data_reid" not in text and "data/" not in text
+    assert result.paths == {
+        "train_df": Path("data/data_reid") / TRAIN_DF,
+        "challenge_df": Path("data/data_reid") / CHALLENGE_DF,
+    }
+
+
+def test_challenge_ids_are_integers_from_any_padding(tmp_path):
+    ch = build_synergy_frames(make_synergy(tmp_path), n_folds=3, progress=False).challenge_df
+    assert ch.img_type.tolist() == ["q", "q", "g", "g", "g"]
+    assert ch.player.tolist() == [7, 12, 3, 15, 100]
+    assert ch.img_id.tolist()[:2] == ["reid_challenge/query/7.jpeg", "reid_challenge/query/00012.jpeg"]
+    assert "reid_challenge/gallery/00100.JPG" in ch.img_id.tolist()
+
+
+def test_folds_keep_each_sequence_whole(tmp_path):
+    data = make_synergy(tmp_path)
+    df = build_synergy_frames(data, n_folds=7, progress=False).train_df
+    assert (df.groupby("game").fold.nunique() == 1).all()
+    assert sorted(df.fold.unique()) == list(range(7))
+    df3 = build_synergy_frames(data, n_folds=3, progress=False).train_df
+    assert (df3.groupby("game").fold.nunique() == 1).all()
+    assert sorted(df3.fold.unique()) == [0, 1, 2]
+
+
+def test_assign_folds_direct():
+    df = pd.DataFrame({"game": list("aabbbccdde")})
+    fold = assign_folds(df, 3)
+    assert (fold.groupby(df.game).nunique() == 1).all() and set(fold) == {0, 1, 2}
+    with pytest.raises(UserError, match="only 5 sequences.*lower n_folds"):
+        assign_folds(df, 6)
+
+
+def test_too_few_sequences_for_the_folds(tmp_path):
+    with pytest.raises(UserError, match=r"only 7 sequences .*n_folds=10.*lower n_folds"):
+        build_synergy_frames(make_synergy(tmp_path), n_folds=10, progress=False)
+
+
+def test_output_is_reproducible(tmp_path):
+    a = preprocess(make_synergy(tmp_path / "a"), n_folds=3, progress=False)
+    b = preprocess(make_synergy(tmp_path / "b", reverse=True), n_folds=3, progress=False)
+    again = preprocess(make_synergy(tmp_path / "a"), n_folds=3, progress=False)
+    for key in ("train_df", "challenge_df"):
+        assert a.paths[key].read_bytes() == b.paths[key].read_bytes() == again.paths[key].read_bytes()
+
+
+def test_corrupt_images_are_listed_and_left_out(tmp_path):
+    data = make_synergy(tmp_path)
+    good = (data / "reid_training" / "001_00_00.jpeg").read_bytes()
+    (data / "reid_training" / "001_00_01.jpeg").write_bytes(b"")  # zero bytes
+    (data / "reid_training" / "002_00_01.jpeg").write_bytes(good[: len(good) // 2])  # truncated
+    (data / "reid_test" / "gallery" / "020_10_01.jpeg").write_text("not an image")
+    (data / "reid_challenge" / "gallery" / "00003.jpeg").write_bytes(good[:-10])
+    result = preprocess(data, n_folds=3, progress=False)
+    bad = {
+        "reid_training/001_00_01.jpeg",
+        "reid_training/002_00_01.jpeg",
+        "reid_test/gallery/020_10_01.jpeg",
+        "reid_challenge/gallery/00003.jpeg",
+    }
+    assert {rel for rel, _ in result.skipped} == bad
+    assert all(reason.startswith("unreadable image") for _, reason in result.skipped)
+    kept = set(result.train_df.folder + "/" + result.train_df.img_id) | set(result.challenge_df.img_id)
+    assert not kept & bad
+    assert len(result.train_df) == len(TRAIN_FILES) + len(TEST_QUERY) + len(TEST_GALLERY) - 3
+    lines = (data / SKIPPED_TXT).read_text().splitlines()
+    assert {line.split("\t")[0] for line in lines if not line.startswith("#")} == bad
+    assert f"left out 4 unreadable images (see {data / SKIPPED_TXT})" in result.summary()
+    assert not list(data.glob(".*.tmp"))
+
+
+def test_skip_check_images_still_catches_empty_files(tmp_path):
+    data = make_synergy(tmp_path)
+    (data / "reid_training" / "001_00_01.jpeg").write_bytes(b"")
+    (data / "reid_training" / "002_00_01.jpeg").write_text("not an image")
+    result = build_synergy_frames(data, n_folds=3, check_images=False, progress=False)
+    assert [rel for rel, _ in result.skipped] == ["reid_training/001_00_01.jpeg"]
+
+
+def test_unparseable_names_are_left_out(tmp_path):
+    data = make_synergy(tmp_path)
+    for name in ("foo.jpeg", "012_03.jpeg", "a_b_c.jpg", "001_00_00 (copy).png"):
+        write_image(data / "reid_training" / name)
+    write_image(data / "reid_challenge" / "query" / "q12.jpeg")
+    (data / "reid_training" / "notes.txt").write_text("hello")
+    (data / "reid_training" / ".DS_Store").write_bytes(b"\0")  # hidden files are ignored silently
+    result = preprocess(data, n_folds=3, progress=False)
+    reasons = dict(result.skipped)
+    bad_names = ["foo.jpeg", "012_03.jpeg", "a_b_c.jpg", "001_00_00 (copy).png", "notes.txt"]
+    assert set(reasons) == {f"reid_training/{n}" for n in bad_names} | {"reid_challenge/query/q12.jpeg"}
+    assert reasons["reid_training/notes.txt"].startswith("not an image")
+    assert reasons["reid_training/foo.jpeg"].startswith("unrecognised name")
+    assert len(result.train_df) == len(TRAIN_FILES) + len(TEST_QUERY) + len(TEST_GALLERY)
+    summary = result.summary()
+    assert "left out 5 files with unrecognised names" in summary and "left out 1 files that are not" in summary
+
+
+def test_duplicate_challenge_ids_are_left_out(tmp_path):
+    data = make_synergy(tmp_path)
+    write_image(data / "reid_challenge" / "query" / "007.jpeg")
+    result = build_synergy_frames(data, n_folds=3, progress=False)
+    assert result.challenge_df.player.tolist().count(7) == 1
+    assert [rel for rel, reason in result.skipped if reason.startswith("duplicate id")] == [
+        "reid_challenge/query/7.jpeg"
+    ]
+
+
+def test_single_image_players_are_kept(tmp_path):
+    result = build_synergy_frames(make_synergy(tmp_path), n_folds=3, progress=False)
+    assert (result.train_df.player == 9).sum() == 1
+    assert "players with a single image: 1 (kept)" in result.summary()
+
+
+def test_no_challenge_folders_is_not_an_error(tmp_path):
+    data = make_synergy(tmp_path, challenge=False)
+    (data / CHALLENGE_DF).write_text("stale\n")
+    result = preprocess(data, n_folds=3, progress=False)
+    assert result.challenge_df is None and "challenge_df" not in result.paths
+    assert "no challenge_df" in result.summary()
+    assert not (data / CHALLENGE_DF).exists()  # a stale table would point at images that are gone
+
+
+@pytest.mark.parametrize(
+    ("action", "folder"),
+    [
+        ("remove", ""),
+        ("remove", "reid_training"),
+        ("empty", "reid_test/query"),
+        ("empty", "reid_challenge/gallery"),
+        ("remove", "reid_challenge/query"),
+        ("zero_bytes", "reid_test/gallery"),
+    ],
+)
+def test_missing_or_empty_folders_fail_clearly(tmp_path, action, folder):
+    data = make_synergy(tmp_path)
+    target = data / folder
+    for p in sorted(target.rglob("*"), reverse=True):
+        if action == "zero_bytes":
+            p.write_bytes(b"")
+        else:
+            p.unlink() if p.is_file() else p.rmdir()
+    if action == "remove":
+        target.rmdir()
+    with pytest.raises(UserError) as err:
+        preprocess(data, n_folds=3, progress=False)
+    message = str(err.value)
+    assert str(target) in message and "\n" not in message
+    if action != "zero_bytes":
+        assert "download_data.py" in message
+    assert not (data / TRAIN_DF).exists()
+
+
+def test_unknown_layout(tmp_path):
+    with pytest.raises(UserError, match="synergyreid, market1501"):
+        preprocess(tmp_path, layout="duke")
+
+
+def test_csvs_are_written_atomically(tmp_path, monkeypatch):
+    data = make_synergy(tmp_path)
+    (data / TRAIN_DF).write_text("older\n")
+
+    def broken_to_csv(self, path, *args, **kwargs):
+        Path(path).write_text("img_id,folder\npartial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", broken_to_csv)
+    with pytest.raises(OSError, match="disk full"):
+        preprocess(data, n_folds=3, progress=False)
+    assert (data / TRAIN_DF).read_text() == "older\n"
+    assert not (data / CHALLENGE_DF).exists()
+    assert not [p for p in data.iterdir() if p.name.endswith(".tmp")]
+    (data / TRAIN_DF).unlink()
+    with pytest.raises(OSError):
+        preprocess(data, n_folds=3, progress=False)
+    assert not (data / TRAIN_DF).exists()
+
+
+def test_stale_skip_list_is_removed(tmp_path):
+    data = make_synergy(tmp_path)
+    (data / "reid_training" / "001_00_01.jpeg").write_bytes(b"")
+    assert "skipped" in preprocess(data, n_folds=3, progress=False).paths
+    (data / "reid_training" / "001_00_01.jpeg").unlink()
+    assert "skipped" not in preprocess(data, n_folds=3, progress=False).paths
+    assert not (data / SKIPPED_TXT).exists()
+
+
+# ---- Market-1501 layout
+
+
+def test_parse_market_name():
+    assert parse_market_name("0002_c1s1_000451_03") == (2, 1)
+    assert parse_market_name("-1_c3s2_000100_01") == (-1, 3)
+    assert parse_market_name("0001_c2_f0046182") == (1, 2)  # DukeMTMC-reID
+    for bad in ("0002c1s1_000451_03", "abc_c1", "0002_x1s1", "0002_c1s1 (copy)", "0002_c", "0002_c1x"):
+        with pytest.raises(ValueError):
+            parse_market_name(bad)
+
+
+def test_market_layout(tmp_path):
+    data = make_market(tmp_path)
+    write_image(data / "query" / "IMG_0001.jpg")
+    result = preprocess(data, layout="market1501", n_folds=4, progress=False)
+    df = result.train_df
+    assert list(df.columns) == TRAIN_COLUMNS + ["camera"]
+    assert pd.api.types.is_integer_dtype(df.camera) and pd.api.types.is_integer_dtype(df.player)
+    assert all(pd.api.types.is_string_dtype(df[c]) for c in ("img_id", "folder", "game", "split", "img_type"))
+    assert result.challenge_df is None and not (data / CHALLENGE_DF).exists()
+    assert [rel for rel, _ in result.skipped] == ["query/IMG_0001.jpg"]
+    assert all((data / f / i).is_file() for f, i in zip(df.folder, df.img_id, strict=True))
+
+    assert -1 not in set(df.player)  # junk left out everywhere
+    distractors = df[df.player == 0]
+    assert len(distractors) == 2 and (distractors.folder == "bounding_box_test").all()
+    assert (distractors.img_type == "g").all()
+
+    train = df[df.split == "train"]
+    assert (train.folder == "bounding_box_train").all() and (train.game == "train_" + train.player.astype(str)).all()
+    assert len(train) == len(MARKET_TRAIN) - 2
+    assert (train[train.img_type == "q"].groupby(["player", "camera"]).size() == 1).all()
+    assert len(train[train.img_type == "q"]) == train.groupby(["player", "camera"]).ngroups == 12 * 2 + 1
+    assert train.set_index("img_id").loc["0002_c1s1_000010_01.jpg", "img_type"] == "q"
+    assert train.set_index("img_id").loc["0002_c1s1_000020_02.jpg", "img_type"] == "g"
+    assert train.set_index("img_id").loc["0002_c6s2_000030_01.jpg", "img_type"] == "q"
+
+    query = df[df.folder == "query"]
+    assert (query.img_type == "q").all() and (query.split == "test").all() and len(query) == 4
+    assert query.camera.tolist() == [1, 2, 4, 5]
+    gallery = df[df.folder == "bounding_box_test"]
+    assert (gallery.img_type == "g").all() and len(gallery) == len(MARKET_GALLERY) - 2
+    assert (df.groupby("game").fold.nunique() == 1).all() and set(df.fold) == {0, 1, 2, 3}
+
+    summary = result.summary()
+    assert "left out 3 junk images (pid -1" in summary
+    assert "kept 2 distractors (pid 0) in the gallery" in summary
+    assert "left out 1 distractor images (pid 0) from bounding_box_train/" in summary
+
+
+def test_market_missing_folder(tmp_path):
+    data = make_market(tmp_path)
+    for p in (data / "query").iterdir():
+        p.unlink()
+    (data / "query").rmdir()
+    with pytest.raises(UserError, match=re.escape(str(data / "query"))):
+        build_market1501_frame(data, n_folds=4, progress=False)
