@@ -235,7 +235,11 @@ def build_parser(cls: type, prog: str | None = None, description: str | None = N
         raise TypeError(f"{cls!r} is not a dataclass")
     hints = _resolved_hints(cls)
     comments = field_comments(cls)
-    doc = description if description is not None else inspect.getdoc(cls)
+    doc = description
+    if doc is None:
+        doc = inspect.getdoc(cls)
+        if not doc or doc.startswith(f"{cls.__name__}("):  # dataclass's generated signature: use the script's doc
+            doc = inspect.getdoc(sys.modules.get(cls.__module__))
     parser = _Parser(
         prog=prog,
         description=doc,

@@ -1,0 +1,38 @@
+"""Stage 2: build the DataFrames the later stages read.
+
+    python preprocess_data.py                                       # data/data_reid
+    python preprocess_data.py --data-dir data/synthetic_reid
+    python preprocess_data.py --data-dir data/Market-1501 --layout market1501
+
+Writes ``train_df.csv`` (train + test images with their 10-fold GroupKFold fold) and ``challenge_df.csv`` into
+the data folder, with image paths relative to that folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from clipreid.config import run, save_config
+from clipreid.preprocess import preprocess
+
+
+@dataclass
+class Config:
+    data_dir: Path = Path("data/data_reid")  # the extracted dataset; the CSVs are written here
+    layout: Literal["synergyreid", "market1501"] = "synergyreid"  # folder layout of data_dir
+    n_folds: int = 10  # GroupKFold splits over train+test, grouped by sequence (by identity for Market-1501)
+    check_images: bool = True  # decode every image and leave out unreadable ones (listed in preprocess_skipped.txt)
+    progress: bool = True  # show progress bars
+
+
+def main(cfg: Config) -> None:
+    result = preprocess(cfg.data_dir, layout=cfg.layout, n_folds=cfg.n_folds, check_images=cfg.check_images,
+                        progress=cfg.progress)
+    save_config(cfg, cfg.data_dir / "preprocess_config.json")
+    print(result.summary())
+
+
+if __name__ == "__main__":
+    run(Config, main)
