@@ -89,7 +89,7 @@ def test_help_lists_fields_defaults_and_comments(capsys):
     out = " ".join(capsys.readouterr().out.split())
     for expected in ["--batch-size", "pairs per batch", "default: 16", "--img-size", "input size (width, height)",
                      "default: 224 224", "--amp", "default: true", "--checkpoint", "default: none",
-                     "{auto,cpu,cuda}", "default: 4e-05", "--config"]:
+                     "{auto,cpu,cuda}", "default: 4e-05", "--config", "A config like the scripts' ones."]:
         assert expected in out, expected
 
 

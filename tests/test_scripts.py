@@ -72,6 +72,9 @@ def test_stages_chain_on_synthetic_data(synthetic):
     train_q = train[(train.split == "train") & (train.img_type == "q")]
     assert train_q.img_id.str.endswith("_00.jpeg").all()
     assert train_q.player.is_unique
+    # the synthetic generator's single-image training player survives preprocessing
+    sizes = train[train.split == "train"].groupby("player").size()
+    assert (sizes == 1).sum() == 1
 
 
 def test_resolved_configs_saved_and_loadable(synthetic):
