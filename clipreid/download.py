@@ -349,6 +349,18 @@ def extract_zip(
     return target
 
 
+def _copy_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, dest: Path, bar: tqdm, too_big: str) -> None:
+    """Stream one member to ``dest``, never writing more than its declared size (``too_big`` is the error)."""
+    written = 0
+    with zf.open(info) as src, open(dest, "wb") as dst:
+        while chunk := src.read(1 << 20):
+            written += len(chunk)
+            if written > info.file_size:
+                raise UserError(too_big)
+            dst.write(chunk)
+            bar.update(len(chunk))
+
+
 def _extract_member(zf: zipfile.ZipFile, zip_path: Path, info: zipfile.ZipInfo, dest: Path, bar: tqdm) -> None:
     """Write one member to ``dest``; OSError (a failed write) is left to the caller."""
     try:
@@ -356,17 +368,11 @@ def _extract_member(zf: zipfile.ZipFile, zip_path: Path, info: zipfile.ZipInfo, 
             dest.mkdir(parents=True, exist_ok=True)
             return
         dest.parent.mkdir(parents=True, exist_ok=True)
-        written = 0
-        with zf.open(info) as src, open(dest, "wb") as dst:
-            while chunk := src.read(1 << 20):
-                written += len(chunk)
-                if written > info.file_size:
-                    raise UserError(
-                        f"{zip_path}: member {info.filename!r} inflates past its declared {info.file_size} bytes: "
-                        "refusing to extract it (zip bomb guard); delete the file and re-run"
-                    )
-                dst.write(chunk)
-                bar.update(len(chunk))
+        too_big = (
+            f"{zip_path}: member {info.filename!r} inflates past its declared {info.file_size} bytes: "
+            "refusing to extract it (zip bomb guard); delete the file and re-run"
+        )
+        _copy_member(zf, info, dest, bar, too_big)
     except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
         # RuntimeError: encrypted member; NotImplementedError: unsupported compression
         raise _damaged(zip_path, exc) from None
@@ -407,17 +413,12 @@ def _pull_inner_zip(outer: Path, inner: Path, progress: bool) -> None:
                     desc=INNER_ZIP_NAME,
                     disable=not progress,
                 )
-                written = 0
-                with bar, zf.open(info) as src, open(tmp, "wb") as dst:
-                    while chunk := src.read(1 << 20):
-                        written += len(chunk)
-                        if written > info.file_size:
-                            raise UserError(
-                                f"{outer}: {INNER_ZIP_PATH} inflates past its declared size: "
-                                "the archive is damaged; delete it and re-run"
-                            )
-                        dst.write(chunk)
-                        bar.update(len(chunk))
+                too_big = (
+                    f"{outer}: {INNER_ZIP_PATH} inflates past its declared size: "
+                    "the archive is damaged; delete it and re-run"
+                )
+                with bar:
+                    _copy_member(zf, info, tmp, bar, too_big)
         except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
             raise _damaged(outer, exc) from None
         except OSError as exc:
