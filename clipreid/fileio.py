@@ -53,9 +53,3 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as indented JSON to ``path`` atomically."""
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
-
-
-def write_csv(path: str | os.PathLike, df) -> None:
-    """Write a pandas DataFrame to ``path`` (no index) atomically."""
-    with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False)
