@@ -211,10 +211,6 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
 
 
-def _resolved_hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -233,7 +229,7 @@ def build_parser(cls: type, prog: str | None = None, description: str | None = N
     """An argparse parser with one flag per field of the dataclass ``cls``."""
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{cls!r} is not a dataclass")
-    hints = _resolved_hints(cls)
+    hints = typing.get_type_hints(cls)
     comments = field_comments(cls)
     doc = description
     if doc is None:
@@ -292,7 +288,7 @@ def config_from_dict(cls: type[T], values: dict[str, Any], *, source: str = "con
 
     Fields left out keep their defaults. ``source`` names where the values came from, for error messages.
     """
-    hints = _resolved_hints(cls)
+    hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in values.items():
@@ -325,7 +321,7 @@ def parse_config(cls: type[T], argv: Sequence[str] | None = None, *, prog: str |
         except UserError as e:
             parser.exit(2, f"{parser.prog}: error: {e}\n")
         values.update(config_to_dict(base))
-    hints = _resolved_hints(cls)
+    hints = typing.get_type_hints(cls)
     for name, raw in args.items():
         try:
             values[name] = convert_value(raw, hints[name], name)

@@ -22,7 +22,6 @@ leaks nothing. The same integer can therefore name a query and a gallery image.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import asdict, dataclass
@@ -34,7 +33,7 @@ from tqdm.auto import tqdm
 
 from clipreid import layout
 from clipreid.errors import UserError
-from clipreid.fileio import atomic_path
+from clipreid.fileio import atomic_path, write_json
 
 INFO_NAME = "synthetic.json"
 _SUPERSAMPLE = 2  # draw at twice the size, then downsample: cheap anti-aliasing
@@ -612,7 +611,7 @@ def generate_synthetic_dataset(root: str | os.PathLike, spec: SyntheticSpec | No
             # Ground truth for scoring challenge predictions on synthetic data: file id -> player id.
             "challenge_players": {folder: {str(k): v for k, v in sorted(ids.items())} for folder, ids in truth.items()},
         }
-        (tmp / INFO_NAME).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        write_json(tmp / INFO_NAME, info)
     return counts
 
 
