@@ -1,0 +1,160 @@
+"""Training throughput per backbone: images/s, peak memory, FLOPs per image and model FLOPs utilisation (MFU).
+
+One training step = augmentation of a batch of uint8 pairs on the device, forward of both images, InfoNCE,
+backward, AdamW step, as ``clipreid.trainer`` runs it. Measured in the same run:
+
+- ``fp32``: the reference, an un-optimised step (fp32, no autocast);
+- ``ours``: the configured precision (bf16 on GPUs) with fused AdamW, fed from a synthetic batch already on the device;
+- ``ours+data``: the same fed from the in-memory uint8 cache through pinned memory, as training does; if it matches
+  ``ours``, the data pipeline is not the bottleneck.
+
+MFU = (3 x forward FLOPs per image x images/s) / peak; the peak is the bf16 matmul rate measured here (a large
+bf16 matmul), which is what the GPU can really do, so MFU is conservative rather than flattering.
+
+    .venv/bin/python benchmarks/train_throughput.py                                    # tiny-vit on the CPU
+    .venv/bin/python benchmarks/train_throughput.py --models ViT-B-16-quickgelu ViT-L-14-quickgelu   # on a GPU
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from clipreid.config import run  # noqa: E402
+from clipreid.evaluator import autocast  # noqa: E402
+from clipreid.loss import ReIDLoss  # noqa: E402
+from clipreid.model import ModelSpec, build_encoder  # noqa: E402
+from clipreid.trainer import build_optimizer, pick_device, resolve_precision  # noqa: E402
+from clipreid.transforms import AugmentConfig, augment_pairs  # noqa: E402
+
+
+@dataclass
+class Config:
+    models: tuple[str, ...] | None = None  # none: tiny-vit on the CPU; ViT-B-16 and ViT-L-14 (quickgelu) on a GPU
+    batch_size: int = 16  # pairs per step (the recipe's 16; 2 x batch_size images)
+    steps: int = 20  # timed steps per variant
+    warmup: int = 5  # untimed steps first (cudnn autotuning, allocator, compile)
+    precision: str = "auto"  # auto: bf16 on GPUs, fp32 on the CPU
+    compile: bool = False  # torch.compile the encoder for the "ours" variants
+    grad_checkpointing: bool = False
+    reference: bool = True  # also time the fp32 reference step
+    device: str = "auto"
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype) -> float:
+    """Measured FLOP/s of a large square matmul in ``dtype`` (the practical peak of the device)."""
+    n = 8192 if device.type == "cuda" else 1024
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    sync(device)
+    reps = 20 if device.type == "cuda" else 3
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    sync(device)
+    return 2 * n**3 * reps / (time.perf_counter() - t)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def forward_flops(encoder: torch.nn.Module, size: tuple[int, int], device: torch.device) -> float:
+    """Forward FLOPs of one image, counted by torch's FlopCounterMode (matmuls and convolutions)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros(1, 3, *size, device=device)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        encoder(x)
+    return float(counter.get_total_flops())
+
+
+def time_variant(name: str, model: str, cfg: Config, device: torch.device, dtype: torch.dtype, fused: bool,
+                 feed: str) -> dict:
+    torch.manual_seed(0)
+    encoder = build_encoder(ModelSpec(model, "none", grad_checkpointing=cfg.grad_checkpointing)).to(device)
+    loss_fn = ReIDLoss(("infonce",)).to(device)
+    opt = build_optimizer([encoder], 1e-5, 0.01, fused=fused)
+    net = torch.compile(encoder) if cfg.compile and name != "fp32" else encoder
+    b, size = cfg.batch_size, encoder.image_size
+    aug = AugmentConfig()
+    if feed == "device":
+        batch = torch.randint(0, 256, (2 * b, 3, *size), dtype=torch.uint8, device=device)
+    else:  # the training path: gather from a CPU uint8 cache, pin, copy without blocking
+        cache = torch.randint(0, 256, (max(512, 4 * b), 3, *size), dtype=torch.uint8)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    def step(i: int) -> None:
+        if feed == "device":
+            x = batch
+        else:
+            idx = torch.randint(0, len(cache), (2 * b,))
+            x = cache[idx]
+            if device.type == "cuda":
+                x = x.pin_memory()
+            x = x.to(device, non_blocking=True)
+        xa, xp = augment_pairs(x[:b], x[b:], aug, encoder.mean, encoder.std, torch.Generator().manual_seed(i))
+        with autocast(device, dtype):
+            f = net(torch.cat([xa, xp]))
+        fa, fp = f.float().chunk(2)
+        loss, _ = loss_fn(fa, fp, torch.arange(b, device=device), encoder.scale())
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for i in range(cfg.warmup):
+        step(i)
+    sync(device)
+    t = time.perf_counter()
+    for i in range(cfg.steps):
+        step(cfg.warmup + i)
+    sync(device)
+    seconds = time.perf_counter() - t
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    flops = forward_flops(encoder, size, device)
+    return {"variant": name, "images_per_s": 2 * b * cfg.steps / seconds, "peak_gib": peak, "fwd_gflops": flops / 1e9,
+            "size": size}
+
+
+def main(cfg: Config) -> None:
+    device = pick_device(cfg.device)
+    dtype = resolve_precision(cfg.precision, device)
+    models = cfg.models or (("ViT-B-16-quickgelu", "ViT-L-14-quickgelu") if device.type == "cuda" else ("tiny-vit",))
+    peak_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    peak = matmul_peak(device, peak_dtype)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    print(f"device: {name}   measured {str(peak_dtype).removeprefix('torch.')} matmul peak: {peak / 1e12:.2f} TFLOP/s")
+    print(f"batch: {cfg.batch_size} pairs ({2 * cfg.batch_size} images), {cfg.steps} timed steps, "
+          f"precision {str(dtype).removeprefix('torch.')}, compile {cfg.compile}")
+    print(f"{'model':<22}{'variant':<11}{'input':>9}{'img/s':>10}{'vs fp32':>9}{'peak GiB':>10}{'GFLOP/img':>11}"
+          f"{'MFU':>7}")
+    fused = device.type == "cuda"
+    for model in models:
+        rows = []
+        if cfg.reference:
+            rows.append(time_variant("fp32", model, cfg, device, torch.float32, False, "device"))
+        rows.append(time_variant("ours", model, cfg, device, dtype, fused, "device"))
+        rows.append(time_variant("ours+data", model, cfg, device, dtype, fused, "cache"))
+        ref = rows[0]["images_per_s"] if cfg.reference else None
+        for r in rows:
+            mfu = 3 * r["fwd_gflops"] * 1e9 * r["images_per_s"] / peak
+            ratio = f"{r['images_per_s'] / ref:.2f}x" if ref else "-"
+            h, w = r["size"]
+            mem = "-" if r["peak_gib"] is None else f"{r['peak_gib']:.2f}"
+            print(f"{model:<22}{r['variant']:<11}{f'{h}x{w}':>9}{r['images_per_s']:>10.1f}{ratio:>9}"
+                  f"{mem:>10}{r['fwd_gflops']:>11.2f}{mfu:>7.1%}")
+
+
+if __name__ == "__main__":
+    run(Config, main)

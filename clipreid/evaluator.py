@@ -1,0 +1,178 @@
+"""Features and distances: batched inference of an encoder over images, and the validation used during training.
+
+Distances are squared Euclidean between L2-normalised features (= 2 - 2 cos), the challenge's definition.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from .dataset import ImageSet
+from .errors import UserError
+from .metrics import compute_scores
+from .model import ReIDEncoder, load_encoder
+from .transforms import normalize, to_uint8_tensor
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """``torch.autocast`` for a reduced-precision dtype, or a no-op for fp32."""
+    if dtype is None or dtype == torch.float32:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def extract_features(
+    encoder: ReIDEncoder, images: ImageSet | torch.Tensor, *, batch_size: int = 64,
+    device: str | torch.device | None = None, dtype: torch.dtype | None = None, flip: bool = False,
+    num_workers: int = 0, progress: bool = True, desc: str = "features",
+) -> torch.Tensor:
+    """L2-normalised features (N, D), float32 on the CPU, of uint8 images (an ImageSet or an (N, 3, H, W) tensor).
+
+    ``flip`` averages the features of each image and its mirror image before normalising (test-time augmentation).
+    """
+    device = torch.device(device) if device is not None else next(encoder.parameters()).device
+    was_training = encoder.training
+    encoder.eval()
+    if isinstance(images, torch.Tensor):
+        batches = (images[i:i + batch_size] for i in range(0, len(images), batch_size))
+        total = (len(images) + batch_size - 1) // batch_size
+    else:
+        loader = torch.utils.data.DataLoader(images, batch_size=batch_size, num_workers=num_workers,
+                                             pin_memory=device.type == "cuda")
+        batches = (x for x, _ in loader)
+        total = len(loader)
+    out = []
+    for x in tqdm(batches, total=total, desc=desc, disable=not progress, leave=False, unit="batch"):
+        x = normalize(x.to(device, non_blocking=True), encoder.mean, encoder.std)
+        with autocast(device, dtype):
+            f = encoder(x).float()
+            if flip:
+                f = f + encoder(x.flip(-1)).float()
+        out.append(torch.nn.functional.normalize(f, dim=-1).cpu())
+    encoder.train(was_training)
+    if not out:
+        return torch.empty(0, encoder.feature_dim)
+    return torch.cat(out)
+
+
+def squared_distances(query: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
+    """Squared Euclidean distances (q, g) in float32, clamped at 0 against rounding."""
+    q, g = query.float(), gallery.float()
+    d = (q * q).sum(1, keepdim=True) + (g * g).sum(1)[None, :] - 2.0 * q @ g.T
+    return d.clamp_min_(0.0)
+
+
+def validate(
+    encoder: ReIDEncoder, query: ImageSet | torch.Tensor, gallery: ImageSet | torch.Tensor,
+    query_ids: Sequence[int] | np.ndarray, gallery_ids: Sequence[int] | np.ndarray, *,
+    query_cams: np.ndarray | None = None, gallery_cams: np.ndarray | None = None, **kwargs,
+) -> dict[str, float]:
+    """mAP, rank-1/5/10 and mINP of ``encoder`` on a query/gallery split (raw distances)."""
+    qf = extract_features(encoder, query, desc="query features", **kwargs)
+    gf = extract_features(encoder, gallery, desc="gallery features", **kwargs)
+    scores = compute_scores(squared_distances(qf, gf), query_ids, gallery_ids, query_cams, gallery_cams)
+    return {k: float(v) for k, v in scores.items()}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# embedding any images: the public API for using a trained encoder outside the scripts
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")  # compared lower-cased
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Every .jpg/.jpeg/.png file under ``folder`` (recursively), sorted by path; UserError if there is none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"image folder {folder} not found")
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not paths:
+        raise UserError(f"no .jpg/.jpeg/.png images under {folder}")
+    return paths
+
+
+def _is_path(x: Any) -> bool:
+    return isinstance(x, str | os.PathLike)
+
+
+def _is_image(x: Any) -> bool:
+    return isinstance(x, Image.Image | np.ndarray | torch.Tensor)
+
+
+def _gather_inputs(inputs: Any) -> tuple[list[Any], list[str], bool]:
+    """(items, names, are_paths) of the ``embed`` inputs, checked before any model is loaded."""
+    if _is_path(inputs):
+        root = Path(inputs)
+        if root.is_dir():
+            paths = list_images(root)
+            return paths, [p.relative_to(root).as_posix() for p in paths], True
+        inputs = [root]
+    elif isinstance(inputs, Image.Image) or (_is_image(inputs) and inputs.ndim == 3):
+        inputs = [inputs]  # one image
+    items = list(inputs)
+    if not items:
+        raise UserError("no images to embed: the input list is empty")
+    if all(_is_path(x) for x in items):
+        missing = [p for p in items if not Path(p).is_file()]
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise UserError(f"image {missing[0]} not found{more}")
+        return [Path(p) for p in items], [str(p) for p in items], True
+    if all(_is_image(x) for x in items):
+        return items, [str(i) for i in range(len(items))], False
+    raise TypeError("embed inputs must be a folder, a list of image paths, or a list of PIL images / HxWx3 uint8 "
+                    "arrays, not a mix")
+
+
+@torch.no_grad()
+def embed(
+    checkpoint: str | os.PathLike | ReIDEncoder, inputs: Any, *, batch_size: int = 64, device: str = "auto",
+    flip: bool = False, precision: str = "auto", num_workers: int = 0, progress: bool = True,
+) -> tuple[torch.Tensor, list[str]]:
+    """L2-normalised float32 features (N, D) on the CPU of some images, and the images' names.
+
+    ``inputs``: a folder (every .jpg/.jpeg/.png under it, recursively, sorted; names are the paths relative to
+    it), one image file or a list of paths (names are the paths as given), or a list of PIL images / HxWx3 uint8
+    arrays (names "0", "1", ...). ``checkpoint`` is a clipreid checkpoint (or its run folder) or an already
+    loaded encoder; ``device="auto"`` uses the encoder's own device, any other device moves it there. Images
+    are letterboxed as in training; ``flip`` averages each image with its mirror image.
+
+        features, names = embed("model/ViT-L-14-quickgelu_test_seed1/best.pt", "crops/")
+        distances = squared_distances(features[:10], features[10:])
+    """
+    from .trainer import pick_device, resolve_precision  # the trainer imports this module
+
+    items, names, are_paths = _gather_inputs(inputs)
+    if isinstance(checkpoint, ReIDEncoder):
+        encoder = checkpoint
+        dev = next(encoder.parameters()).device if device == "auto" else pick_device(device)
+        encoder.to(dev)
+    else:
+        dev = pick_device(device)
+        encoder = load_encoder(checkpoint, dev)
+    if are_paths:
+        images: ImageSet | torch.Tensor = ImageSet(items, encoder.image_size)
+    else:
+        boxed = []
+        for i, image in enumerate(items):
+            if isinstance(image, np.ndarray) and (image.ndim != 3 or image.shape[2] != 3):
+                raise ValueError(f"inputs[{i}]: expected an HxWx3 uint8 array, got shape {image.shape}")
+            try:
+                boxed.append(to_uint8_tensor(image, encoder.image_size))
+            except ValueError as err:
+                raise ValueError(f"inputs[{i}]: {err}") from None
+        images = torch.stack(boxed)
+    features = extract_features(encoder, images, batch_size=batch_size, device=dev,
+                                dtype=resolve_precision(precision, dev), flip=flip, num_workers=num_workers,
+                                progress=progress, desc="embed")
+    return features, names

@@ -1,0 +1,445 @@
+"""Fine-tuning loop: optimiser, schedule, mixed precision, validation, checkpoints, resume and DDP.
+
+``train(cfg)`` takes the config dataclass of ``train.py`` (any object with its fields) and returns the run folder.
+A run folder holds ``train_config.json``, ``log.jsonl`` (one line per epoch; epoch 0 is the model before
+training), ``curves.png``, ``last.pt`` (everything needed to resume) and ``best.pt`` (the weights of the best
+validation mAP, or of the last epoch without validation).
+
+Exact resume: the batches of an epoch and the augmentation of each step come from generators seeded by
+(seed, epoch, step), not from a running random state, so a run resumed from ``last.pt`` computes the same
+steps as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import re
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from .config import config_from_dict, config_to_dict, save_config
+from .dataset import ImageSet, PairBatchSampler, PairDataset, Split, contiguous_labels, load_split
+from .errors import UserError
+from .evaluator import autocast, validate
+from .fileio import atomic_path, write_text
+from .loss import ReIDLoss
+from .model import ModelSpec, ReIDEncoder, build_encoder, read_checkpoint
+from .transforms import AugmentConfig, augment_pairs, decode_images
+
+LOG_NAME = "log.jsonl"
+CURVES_NAME = "curves.png"
+CONFIG_NAME = "train_config.json"
+# Fields a resumed run may change: where and how it runs, not what it computes.
+RUNTIME_FIELDS = {"device", "progress", "num_workers", "resume", "compile", "cache_images", "overwrite", "stop_after",
+                  "log_every"}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# devices and processes
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` -> cuda, then mps, then cpu."""
+    if name != "auto":
+        device = torch.device(name)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise UserError(f"device {name} requested but CUDA is not available; use --device cpu")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def setup_runtime(device: str = "auto") -> Runtime:
+    """One process per device under ``torchrun`` (NCCL on GPUs, gloo on the CPU), else a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Runtime(pick_device(device))
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    base = pick_device(device)
+    if base.type == "cuda":
+        torch.cuda.set_device(local_rank)
+        base = torch.device("cuda", local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if base.type == "cuda" else "gloo")
+    return Runtime(base, rank, world, local_rank)
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    """``auto``: bf16 on GPUs that have it, fp16 on other GPUs, fp32 on the CPU and MPS."""
+    if precision == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# optimiser and schedule
+
+
+def build_optimizer(modules: list[nn.Module], lr: float, weight_decay: float, decay_all: bool = False,
+                    fused: bool = False) -> torch.optim.AdamW:
+    """AdamW; no weight decay on norms, biases, embeddings' 1-d vectors and the logit scale unless ``decay_all``."""
+    decay, no_decay = [], []
+    for module in modules:
+        for name, p in module.named_parameters():
+            if not p.requires_grad:
+                continue
+            skip = not decay_all and (p.ndim < 2 or name.endswith("logit_scale"))
+            (no_decay if skip else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, fused=fused or None)
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str, lr: float, lr_end: float,
+              power: float = 2.0) -> float:
+    """Multiplier of the base lr at optimiser ``step``: linear warm-up, then the decay to ``lr_end``."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    end = lr_end / lr if lr > 0 else 0.0
+    if schedule == "cosine":
+        return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * progress))
+    if schedule == "linear":
+        power = 1.0
+    elif schedule != "polynomial":
+        raise UserError(f"scheduler must be polynomial, cosine, linear or constant, not {schedule!r}")
+    return end + (1 - end) * (1 - progress) ** power
+
+
+class _Schedule:
+    """A picklable lr lambda (so LambdaLR's state_dict keeps it out, and resume rebuilds it from the config)."""
+
+    def __init__(self, **kwargs: Any):
+        self.kwargs = kwargs
+
+    def __call__(self, step: int) -> float:
+        return lr_factor(step, **self.kwargs)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# checkpoints and logs
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": random.getstate(),
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), *rest))
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """torch.save to a temporary file renamed into place: a crash never leaves a half-written checkpoint."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def read_log(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _write_log(run_dir: Path, records: list[dict[str, Any]]) -> None:
+    write_text(run_dir / LOG_NAME, "".join(json.dumps(r) + "\n" for r in records))
+    from .visualize import save_training_curves
+
+    save_training_curves(run_dir / CURVES_NAME, records)
+
+
+def _format_metrics(record: dict[str, Any]) -> str:
+    keys = [("train_loss", "loss {:.4f}"), ("mAP", "mAP {:.2%}"), ("rank1", "rank-1 {:.2%}"),
+            ("rank5", "rank-5 {:.2%}"), ("mINP", "mINP {:.2%}"), ("images_per_s", "{:.0f} img/s")]
+    return "  ".join(fmt.format(record[k]) for k, fmt in keys if record.get(k) is not None)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the run
+
+
+def _run_dir(cfg: Any) -> Path:
+    name = cfg.run_name or re.sub(r"[^A-Za-z0-9._-]+", "-",
+                                  f"{Path(cfg.model).name}_{cfg.validation}"
+                                  f"{cfg.fold if cfg.validation == 'fold' else ''}_seed{cfg.seed}")
+    return Path(cfg.output_dir) / name
+
+
+def _resolve_resume(cfg: Any) -> tuple[Any, dict[str, Any] | None]:
+    """Return the config to run with and the checkpoint state to restore (None for a fresh run)."""
+    if not cfg.resume:
+        return cfg, None
+    path = Path(cfg.resume)
+    if path.is_dir():
+        path = path / "last.pt"
+    state = read_checkpoint(path)
+    if "optimizer" not in state:
+        raise UserError(f"{path} holds weights only (best.pt); resume from the run's last.pt")
+    saved = config_from_dict(type(cfg), state["config"], source=str(path))
+    ignored = [f.name for f in dataclasses.fields(cfg) if f.name not in RUNTIME_FIELDS
+               and getattr(cfg, f.name) != getattr(saved, f.name)]
+    if ignored:
+        print(f"resuming {path}: using its saved config; ignoring the differing {', '.join(ignored)}")
+    runtime = {k: getattr(cfg, k) for k in RUNTIME_FIELDS if hasattr(cfg, k)}
+    return dataclasses.replace(saved, **runtime), state
+
+
+def train(cfg: Any) -> Path:
+    """Fine-tune an encoder as ``cfg`` says; return the run folder."""
+    rt = setup_runtime(cfg.device)
+    try:
+        return _train(cfg, rt)
+    finally:
+        if rt.distributed and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(cfg: Any, rt: Runtime) -> Path:
+    cfg, state = _resolve_resume(cfg)
+    run_dir = _run_dir(cfg) if state is None else Path(cfg.resume) if Path(cfg.resume).is_dir() \
+        else Path(cfg.resume).parent
+    if state is None and (run_dir / "last.pt").exists() and not cfg.overwrite:
+        raise UserError(f"{run_dir} already holds a run; --resume {run_dir / 'last.pt'} continues it, "
+                        "--overwrite replaces it, --run-name NAME starts another")
+    say = print if rt.is_main else (lambda *a, **k: None)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    if rt.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    split: Split = load_split(cfg.data_dir, cfg.validation, cfg.fold)
+    spec = ModelSpec(cfg.model, cfg.pretrained, cfg.remove_proj, cfg.img_size, cfg.grad_checkpointing)
+    if state is not None:
+        spec = dataclasses.replace(spec, pretrained="none")  # the weights come from the checkpoint
+    encoder: ReIDEncoder = build_encoder(spec)
+    encoder.spec = ModelSpec(cfg.model, cfg.pretrained, cfg.remove_proj, cfg.img_size, cfg.grad_checkpointing)
+    labels = contiguous_labels(split.train_players)
+    loss_fn = ReIDLoss(tuple(cfg.losses), tuple(cfg.loss_weights) if cfg.loss_weights else None,
+                       feature_dim=encoder.feature_dim, num_classes=int(labels.max()) + 1,
+                       label_smoothing=cfg.label_smoothing, triplet_margin=cfg.triplet_margin)
+    encoder.to(rt.device)
+    loss_fn.to(rt.device)
+    if cfg.channels_last:
+        encoder.to(memory_format=torch.channels_last)
+    dtype = resolve_precision(cfg.precision, rt.device)
+    say(f"{encoder.describe()}\n{split.describe()}\ndevice {rt.device} x{rt.world_size}, precision "
+        f"{str(dtype).removeprefix('torch.')}, run folder {run_dir}")
+
+    sampler = PairBatchSampler(split.train_players, cfg.batch_size, seed=cfg.seed, world_size=rt.world_size,
+                               rank=rt.rank)
+    size = encoder.image_size
+    cache = (decode_images(split.train_paths, size, progress=cfg.progress and rt.is_main, desc="decode train")
+             if cfg.cache_images else None)
+    pairs = PairDataset(ImageSet(split.train_paths, size, cache), labels)
+    val_sets = None
+    if split.query_paths and rt.is_main:
+        if cfg.cache_images:
+            val_sets = tuple(decode_images(p, size, progress=cfg.progress, desc="decode validation")
+                             for p in (split.query_paths, split.gallery_paths))
+        else:
+            val_sets = (ImageSet(split.query_paths, size), ImageSet(split.gallery_paths, size))
+
+    optimizer = build_optimizer([encoder, loss_fn], cfg.lr, cfg.weight_decay, cfg.decay_all,
+                                fused=rt.device.type == "cuda")
+    steps_per_epoch = math.ceil(len(sampler) / cfg.grad_accum)
+    total_steps = steps_per_epoch * cfg.epochs
+    schedule = _Schedule(total=total_steps, warmup=round(cfg.warmup_epochs * steps_per_epoch),
+                         schedule=cfg.scheduler, lr=cfg.lr, lr_end=cfg.lr_end, power=cfg.poly_power)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16 and rt.device.type == "cuda")
+
+    start_epoch, best, history = 0, -1.0, []
+    if state is not None:
+        encoder.load_state_dict(state["model"], strict=True)
+        loss_fn.load_state_dict(state["loss"], strict=True)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        _set_rng_state(state["rng"])
+        start_epoch, best, history = int(state["epoch"]), float(state["best"]), list(state["history"])
+        say(f"resumed after epoch {start_epoch} of {cfg.epochs}")
+    model: nn.Module = encoder
+    if rt.distributed:
+        model = nn.parallel.DistributedDataParallel(
+            encoder, device_ids=[rt.local_rank] if rt.device.type == "cuda" else None)
+    if cfg.compile:
+        model = torch.compile(model)
+
+    if rt.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / CONFIG_NAME)
+
+    def evaluate_now() -> dict[str, float]:
+        if val_sets is None:
+            return {}
+        return validate(encoder, *val_sets, split.query_players, split.gallery_players,
+                        query_cams=split.query_cams, gallery_cams=split.gallery_cams, batch_size=cfg.eval_batch_size,
+                        dtype=dtype, flip=cfg.val_flip, num_workers=cfg.num_workers, progress=cfg.progress)
+
+    if state is None and cfg.zero_shot and val_sets is not None:
+        record = {"epoch": 0, **evaluate_now(), "logit_scale": float(encoder.scale().detach())}
+        history.append(record)
+        say(f"epoch 0 (before training): {_format_metrics(record)}")
+        _write_log(run_dir, history)
+    _barrier(rt)
+
+    augment = AugmentConfig(cfg.flip, cfg.sharpen, cfg.random_erasing)
+    for epoch in range(start_epoch, cfg.epochs):
+        sampler.set_epoch(epoch)
+        record = _train_epoch(cfg, rt, model, encoder, loss_fn, optimizer, scheduler, scaler, sampler, pairs,
+                              augment, dtype, epoch)
+        record.update(evaluate_now())
+        record["logit_scale"] = float(encoder.scale().detach())
+        history.append(record)
+        if rt.is_main:
+            metric = record.get("mAP", float(epoch))
+            improved = metric > best
+            best = max(best, metric)
+            common = {"model": encoder.state_dict(), "model_spec": encoder.spec.to_dict(),
+                      "config": config_to_dict(cfg), "epoch": epoch + 1, "metrics": record}
+            save_checkpoint(run_dir / "last.pt", {
+                **common, "loss": loss_fn.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": _rng_state(),
+                "best": best, "history": history})
+            if improved:
+                save_checkpoint(run_dir / "best.pt", common)
+            _write_log(run_dir, history)
+            say(f"epoch {epoch + 1}/{cfg.epochs}: {_format_metrics(record)}" + ("  (best)" if improved else ""))
+        _barrier(rt)
+        if cfg.stop_after is not None and epoch + 1 >= cfg.stop_after and epoch + 1 < cfg.epochs:
+            say(f"stopping after epoch {epoch + 1} as asked; continue with --resume {run_dir / 'last.pt'}")
+            break
+    return run_dir
+
+
+def _barrier(rt: Runtime) -> None:
+    if rt.distributed:
+        dist.barrier()
+
+
+def micro_batches_in_step(i: int, n: int, accum: int) -> int:
+    """How many micro-batches the optimiser step of micro-batch ``i`` (of ``n``) averages: the loss divisor.
+
+    ``accum``, except for a shorter last step of the epoch.
+    """
+    return min(accum, n - (i - i % accum))
+
+
+def _step_generator(seed: int, epoch: int, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 1_000_033 + step)
+
+
+def _train_epoch(cfg: Any, rt: Runtime, model: nn.Module, encoder: ReIDEncoder, loss_fn: ReIDLoss,
+                 optimizer: torch.optim.Optimizer, scheduler: Any, scaler: torch.amp.GradScaler,
+                 sampler: PairBatchSampler, pairs: PairDataset, augment: AugmentConfig, dtype: torch.dtype,
+                 epoch: int) -> dict[str, Any]:
+    model.train()
+    loader = torch.utils.data.DataLoader(
+        pairs, batch_sampler=list(sampler.batches(epoch)), num_workers=0 if pairs.images.cache is not None
+        else cfg.num_workers, pin_memory=rt.device.type == "cuda")
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and rt.is_main),
+               leave=False, unit="batch")
+    loss_sum = torch.zeros((), device=rt.device, dtype=torch.float64)
+    parts_sum: dict[str, torch.Tensor] = {}
+    n_batches, images_seen, start = 0, 0, time.perf_counter()
+    accum = cfg.grad_accum
+    n = len(loader)
+    optimizer.zero_grad(set_to_none=True)
+    for i, (anchors, positives, labels) in enumerate(bar):
+        anchors = anchors.to(rt.device, non_blocking=True)
+        positives = positives.to(rt.device, non_blocking=True)
+        labels = labels.to(rt.device, non_blocking=True)
+        anchors, positives = augment_pairs(anchors, positives, augment, encoder.mean, encoder.std,
+                                           _step_generator(cfg.seed, epoch, i))
+        if cfg.channels_last:
+            anchors = anchors.contiguous(memory_format=torch.channels_last)
+            positives = positives.contiguous(memory_format=torch.channels_last)
+        last_of_step = (i + 1) % accum == 0 or i + 1 == n
+        group = micro_batches_in_step(i, n, accum)
+        sync = nullcontext() if last_of_step or not isinstance(model, nn.parallel.DistributedDataParallel) \
+            else model.no_sync()
+        with sync:
+            with autocast(rt.device, dtype):
+                features = model(torch.cat([anchors, positives]))
+            fa, fp = features.float().chunk(2)
+            loss, parts = loss_fn(fa, fp, labels, encoder.scale())
+            scaler.scale(loss / group).backward()
+        loss_sum += loss.detach()
+        for k, v in parts.items():
+            parts_sum[k] = parts_sum.get(k, 0.0) + v
+        n_batches += 1
+        images_seen += 2 * len(anchors) * rt.world_size
+        if last_of_step:
+            if cfg.clip_grad:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
+                                               cfg.clip_grad)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            encoder.clamp_logit_scale()
+        if (i + 1) % cfg.log_every == 0 or i + 1 == n:
+            mean_loss = float(loss_sum) / n_batches  # one device sync per log interval, not per step
+            if not math.isfinite(mean_loss):
+                raise UserError(f"training diverged: the loss became {mean_loss} in epoch {epoch + 1}, step {i + 1}; "
+                                f"the last good checkpoint is kept in the run folder (last.pt of epoch {epoch}); "
+                                "lower lr, raise warmup_epochs or use precision bf16")
+            rate = images_seen / max(1e-9, time.perf_counter() - start)
+            bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", img_s=f"{rate:.0f}")
+    elapsed = time.perf_counter() - start
+    record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": float(loss_sum) / max(1, n_batches),
+                              "lr": scheduler.get_last_lr()[0], "images_per_s": images_seen / max(1e-9, elapsed),
+                              "epoch_time_s": elapsed}
+    if len(parts_sum) > 1:
+        record.update({f"loss_{k}": float(v) / n_batches for k, v in parts_sum.items()})
+    return record

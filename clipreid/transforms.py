@@ -1,0 +1,175 @@
+"""Image preprocessing: letterbox decoding to uint8, and batched augmentation on whatever device the batch is on.
+
+Images are decoded once into letterboxed ``uint8`` tensors (3, H, W) (optionally cached in memory), and every
+random operation of training runs afterwards on whole batches, on the GPU when there is one, so JPEG decoding
+and per-sample Python transforms never starve the accelerator. Random decisions come from a ``torch.Generator``
+on the CPU, so a batch is augmented identically on any device for a given seed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm import tqdm
+
+from .errors import UserError
+
+
+def letterbox(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """Resize ``image`` to fit inside ``size`` = (height, width) keeping its aspect ratio; pad with black, centred.
+
+    Shortest-side resize plus centre crop would cut heads and feet off tall player crops.
+    """
+    height, width = size
+    image = image.convert("RGB")
+    scale = min(width / image.width, height / image.height)
+    new_w = max(1, min(width, round(image.width * scale)))
+    new_h = max(1, min(height, round(image.height * scale)))
+    resized = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
+    canvas = Image.new("RGB", (width, height))
+    canvas.paste(resized, ((width - new_w) // 2, (height - new_h) // 2))
+    return canvas
+
+
+def load_image(path: str | Path, size: tuple[int, int]) -> torch.Tensor:
+    """Decode ``path`` and letterbox it to a ``uint8`` tensor of shape (3, height, width)."""
+    try:
+        with Image.open(path) as image:
+            boxed = letterbox(image, size)
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot read image {path}: {err}; re-run preprocess_data.py to leave it out") from err
+    return torch.from_numpy(np.asarray(boxed).copy()).permute(2, 0, 1).contiguous()
+
+
+def to_uint8_tensor(image: Image.Image | np.ndarray | torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Letterbox an in-memory image (PIL, HxWx3 uint8 array, or 3xHxW uint8 tensor) to (3, height, width) uint8."""
+    if isinstance(image, torch.Tensor):
+        image = image.permute(1, 2, 0).cpu().numpy() if image.ndim == 3 and image.shape[0] == 3 else image.numpy()
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8:
+            raise ValueError(f"expected a uint8 image array, got {image.dtype}")
+        image = Image.fromarray(image)
+    boxed = letterbox(image, size)
+    return torch.from_numpy(np.asarray(boxed).copy()).permute(2, 0, 1).contiguous()
+
+
+def decode_images(
+    paths: Sequence[str | Path], size: tuple[int, int], *, workers: int = 0, progress: bool = True, desc: str = "decode"
+) -> torch.Tensor:
+    """Decode and letterbox every image into one ``uint8`` tensor (N, 3, height, width), using a thread pool.
+
+    Pillow releases the GIL while decoding, so threads scale; ``workers=0`` picks the number of CPU cores.
+    """
+    out = torch.empty((len(paths), 3, *size), dtype=torch.uint8)
+    workers = workers or min(16, torch.get_num_threads() or 1, len(paths) or 1)
+
+    def work(i: int) -> None:
+        out[i] = load_image(paths[i], size)
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for _ in tqdm(pool.map(work, range(len(paths))), total=len(paths), desc=desc, disable=not progress,
+                      leave=False, unit="img"):
+            pass
+    return out
+
+
+def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float],
+              dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> float, scaled to [0, 1] and standardised per channel."""
+    mean_t = torch.tensor(mean, device=images.device, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+    std_t = torch.tensor(std, device=images.device, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+    return ((images.float() - mean_t) / std_t).to(dtype)
+
+
+@dataclass
+class AugmentConfig:
+    """Training augmentation: the paired flip of CLIP-ReIdent and the 2023 winners' sharpen and random erasing."""
+
+    flip: bool = True  # horizontal flip, p=0.5, the same decision for both images of a pair
+    sharpen: bool = False  # sharpen, p=0.5, alpha in [0.2, 0.5], lightness in [0.5, 1.0] (albumentations' Sharpen)
+    random_erasing: bool = False  # erase a box, p=0.5, area 2-33%, aspect 0.3-3.3, filled with 0 after normalising
+    p: float = 0.5  # probability of each random operation
+
+
+def _sharpen(images: torch.Tensor, apply: torch.Tensor, alpha: torch.Tensor, lightness: torch.Tensor) -> torch.Tensor:
+    """Sharpen the float images (B, 3, H, W) in [0, 1] where ``apply`` is True, with per-image strengths."""
+    b, c, h, w = images.shape
+    identity = torch.zeros(3, 3, device=images.device)
+    identity[1, 1] = 1.0
+    effect = -torch.ones(b, 3, 3, device=images.device)
+    effect[:, 1, 1] = 8.0 + lightness
+    alpha = torch.where(apply, alpha, torch.zeros_like(alpha)).view(b, 1, 1)
+    kernel = (1 - alpha) * identity + alpha * effect  # (B, 3, 3)
+    kernel = kernel.repeat_interleave(c, dim=0).unsqueeze(1).to(images.dtype)  # one depthwise kernel per channel
+    padded = F.pad(images.reshape(1, b * c, h, w), (1, 1, 1, 1), mode="reflect")
+    return F.conv2d(padded, kernel, groups=b * c).reshape(b, c, h, w).clamp_(0.0, 1.0)
+
+
+def _erasing_boxes(n: int, h: int, w: int, generator: torch.Generator, attempts: int = 10,
+                   scale: tuple[float, float] = (0.02, 0.33), ratio: tuple[float, float] = (0.3, 3.3)) -> torch.Tensor:
+    """(n, 4) boxes (top, left, height, width) as torchvision's RandomErasing draws them; height 0 = no box."""
+    area = h * w * (scale[0] + (scale[1] - scale[0]) * torch.rand(n, attempts, generator=generator))
+    lo, hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(lo + (hi - lo) * torch.rand(n, attempts, generator=generator))
+    bh = torch.sqrt(area * aspect).round().long()
+    bw = torch.sqrt(area / aspect).round().long()
+    fits = (bh < h) & (bw < w) & (bh > 0) & (bw > 0)
+    first = torch.where(fits.any(1), fits.float().argmax(1), torch.full((n,), -1))
+    u = torch.rand(n, 2, generator=generator)
+    boxes = torch.zeros(n, 4, dtype=torch.long)
+    ok = first >= 0
+    idx = first.clamp(min=0)
+    bh = bh.gather(1, idx[:, None]).squeeze(1)
+    bw = bw.gather(1, idx[:, None]).squeeze(1)
+    boxes[:, 0] = (u[:, 0] * (h - bh + 1).float()).long().clamp(max=h - 1)
+    boxes[:, 1] = (u[:, 1] * (w - bw + 1).float()).long().clamp(max=w - 1)
+    boxes[:, 2] = torch.where(ok, bh, torch.zeros_like(bh))
+    boxes[:, 3] = torch.where(ok, bw, torch.zeros_like(bw))
+    return boxes
+
+
+def _erase(images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Zero the (top, left, height, width) box of each image, vectorised with a mask."""
+    b, _, h, w = images.shape
+    boxes = boxes.to(images.device)
+    rows = torch.arange(h, device=images.device).view(1, h, 1)
+    cols = torch.arange(w, device=images.device).view(1, 1, w)
+    top, left, bh, bw = (boxes[:, i].view(b, 1, 1) for i in range(4))
+    mask = (rows >= top) & (rows < top + bh) & (cols >= left) & (cols < left + bw)
+    return images.masked_fill(mask.unsqueeze(1), 0.0)
+
+
+def augment_pairs(
+    anchors: torch.Tensor, positives: torch.Tensor, cfg: AugmentConfig, mean: Sequence[float], std: Sequence[float],
+    generator: torch.Generator, dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Augment and normalise a batch of uint8 pairs (B, 3, H, W) on their device; returns float tensors.
+
+    Flip is decided once per pair; sharpen and erasing independently per image.
+    """
+    b = anchors.shape[0]
+    images = torch.cat([anchors, positives])  # (2B, 3, H, W)
+    if cfg.flip:
+        flip = (torch.rand(b, generator=generator) < cfg.p).repeat(2).to(images.device)
+        images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
+    if cfg.sharpen:
+        apply = (torch.rand(2 * b, generator=generator) < cfg.p).to(images.device)
+        alpha = (0.2 + 0.3 * torch.rand(2 * b, generator=generator)).to(images.device)
+        lightness = (0.5 + 0.5 * torch.rand(2 * b, generator=generator)).to(images.device)
+        images = (_sharpen(images.float() / 255.0, apply, alpha, lightness) * 255.0).round_().to(torch.uint8)
+    images = normalize(images, mean, std, torch.float32)
+    if cfg.random_erasing:
+        apply = torch.rand(2 * b, generator=generator) < cfg.p
+        boxes = _erasing_boxes(2 * b, images.shape[-2], images.shape[-1], generator)
+        boxes[~apply, 2:] = 0
+        images = _erase(images, boxes)
+    images = images.to(dtype)
+    return images[:b], images[b:]

@@ -1,0 +1,205 @@
+"""compute_scores against a per-query sklearn loop, on hand-worked examples, and on its failure paths."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import average_precision_score
+
+from clipreid.metrics import compute_scores
+
+KEYS = ("mAP", "rank1", "rank5", "rank10", "mINP")
+
+
+def reference_scores(distmat, query_ids, gallery_ids, query_cams=None, gallery_cams=None) -> dict:
+    """The straightforward definition: one query at a time, AP from sklearn, CMC and mINP from a stable argsort."""
+    distmat, gallery_ids = np.asarray(distmat, dtype=np.float64), np.asarray(gallery_ids)
+    aps, firsts, inps = [], [], []
+    for i, qid in enumerate(query_ids):
+        keep = np.ones(len(gallery_ids), dtype=bool)
+        if query_cams is not None:
+            keep = ~((gallery_ids == qid) & (np.asarray(gallery_cams) == query_cams[i]))
+        dist, y_true = distmat[i][keep], gallery_ids[keep] == qid
+        if not y_true.any():
+            continue
+        aps.append(average_precision_score(y_true, -dist))
+        hits = np.flatnonzero(y_true[np.argsort(dist, kind="stable")]) + 1  # 1-based positions of the matches
+        firsts.append(hits[0])
+        inps.append(len(hits) / hits[-1])
+    firsts = np.array(firsts)
+    return {"mAP": np.mean(aps), "rank1": np.mean(firsts <= 1), "rank5": np.mean(firsts <= 5),
+            "rank10": np.mean(firsts <= 10), "mINP": np.mean(inps), "num_valid_queries": len(aps)}
+
+
+def random_case(seed: int, n_query: int = 40, n_gallery: int = 300, n_ids: int = 30, n_cams: int = 0,
+                decimals: int | None = None):
+    """Clustered features -> squared Euclidean distances; query ids beyond the gallery's have no match."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(n_ids + 5, 16))
+    gallery_ids = rng.integers(0, n_ids, n_gallery)
+    query_ids = rng.integers(0, n_ids + 5, n_query)  # ids >= n_ids never appear in the gallery
+    gallery = centers[gallery_ids] + rng.normal(scale=1.2, size=(n_gallery, 16))
+    query = centers[query_ids] + rng.normal(scale=1.2, size=(n_query, 16))
+    dist = ((query[:, None, :] - gallery[None, :, :]) ** 2).sum(-1)
+    dist /= dist.max()
+    if decimals is not None:
+        dist = np.round(dist, decimals)
+    cams = (rng.integers(0, n_cams, n_query), rng.integers(0, n_cams, n_gallery)) if n_cams else (None, None)
+    return dist, query_ids, gallery_ids, *cams
+
+
+def assert_close(ours: dict, ref: dict, tol: float = 1e-6) -> None:
+    assert ours["num_valid_queries"] == ref["num_valid_queries"]
+    for key in KEYS:
+        assert isinstance(ours[key], float)
+        assert ours[key] == pytest.approx(ref[key], abs=tol), key
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_matches_sklearn_on_random_distances(seed):
+    case = random_case(seed)
+    assert_close(compute_scores(*case), reference_scores(*case))
+
+
+@pytest.mark.parametrize("decimals", [1, 2])
+def test_matches_sklearn_with_many_ties(decimals):
+    case = random_case(10 + decimals, decimals=decimals)
+    assert len(np.unique(case[0][0])) < case[0].shape[1] / 3  # most distances are tied with another
+    assert_close(compute_scores(*case), reference_scores(*case))
+
+
+def test_ties_in_float32_are_ties():
+    dist, qids, gids, _, _ = random_case(3, decimals=1)
+    dist32 = dist.astype(np.float32)
+    assert_close(compute_scores(dist32, qids, gids), reference_scores(dist32, qids, gids))
+
+
+@pytest.mark.parametrize("decimals", [None, 1])
+def test_matches_sklearn_with_cameras(decimals):
+    case = random_case(20, n_query=60, n_cams=3, decimals=decimals)
+    ours, ref = compute_scores(*case), reference_scores(*case)
+    assert_close(ours, ref)
+    assert ours != compute_scores(*case[:3])  # the camera rule changed something
+
+
+def test_queries_without_a_match_are_skipped():
+    dist, qids, gids, _, _ = random_case(5)
+    unmatched = ~np.isin(qids, gids)
+    assert 0 < unmatched.sum() < len(qids)
+    ours = compute_scores(dist, qids, gids)
+    assert ours["num_valid_queries"] == (~unmatched).sum()
+    only_matched = compute_scores(dist[~unmatched], qids[~unmatched], gids)
+    assert {k: ours[k] for k in KEYS} == pytest.approx({k: only_matched[k] for k in KEYS}, abs=1e-12)
+
+
+def test_numpy_torch_and_list_inputs_agree():
+    dist, qids, gids, qcams, gcams = random_case(7, n_cams=2, decimals=2)
+    expected = compute_scores(dist, qids, gids, qcams, gcams)
+    variants = [
+        (torch.from_numpy(dist), torch.from_numpy(qids), torch.from_numpy(gids), torch.from_numpy(qcams),
+         torch.from_numpy(gcams)),
+        (dist, qids.tolist(), gids.tolist(), qcams.tolist(), gcams.tolist()),
+        (dist, [f"p{i}" for i in qids], [f"p{i}" for i in gids], qcams.astype(float), gcams.astype(float)),
+        (np.asfortranarray(dist), qids.astype(np.int32), gids.astype(np.uint16), qcams, gcams),
+    ]
+    for variant in variants:
+        assert compute_scores(*variant) == expected
+    # float32 rounds the distances differently, so only approximately the same
+    as32 = compute_scores(torch.from_numpy(dist).float(), qids, gids, qcams, gcams)
+    assert {k: as32[k] for k in KEYS} == pytest.approx({k: expected[k] for k in KEYS}, abs=0.02)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 17])
+def test_chunking_does_not_change_the_result(chunk_size):
+    case = random_case(8, n_cams=2, decimals=1)
+    assert compute_scores(*case, chunk_size=chunk_size) == compute_scores(*case)
+
+
+def test_worked_example_with_ties():
+    # gallery ids          1    2    1    3    1
+    distmat = np.array([[0.5, 0.1, 0.3, 0.3, 0.9],   # query id 1
+                        [0.2, 0.4, 0.6, 0.1, 0.8],   # query id 3
+                        [0.1, 0.2, 0.3, 0.4, 0.5]])  # query id 7: no match, skipped
+    # Query 1, ascending: 0.1 (id 2), 0.3 (id 1), 0.3 (id 3), 0.5 (id 1), 0.9 (id 1); 3 true matches.
+    #   AP, the 0.3 tie as one threshold: at 0.3 recall 1/3 with precision 1/3 (1 of 3 items), at 0.5 recall +1/3
+    #   with precision 2/4, at 0.9 recall +1/3 with precision 3/5: AP = 1/9 + 1/6 + 1/5 = 43/90.
+    #   (Breaking the tie in gallery order would give (1/2 + 2/4 + 3/5) / 3 = 8/15 instead.)
+    #   First match at position 2: not in rank-1, in rank-5. Last match at position 5: INP = 3/5.
+    # Query 3: its one match is nearest: AP 1, rank-1, INP 1.
+    scores = compute_scores(distmat, [1, 3, 7], [1, 2, 1, 3, 1])
+    assert scores["num_valid_queries"] == 2
+    assert scores["mAP"] == pytest.approx((43 / 90 + 1) / 2)
+    assert scores["rank1"] == 0.5
+    assert scores["rank5"] == scores["rank10"] == 1.0
+    assert scores["mINP"] == pytest.approx((3 / 5 + 1) / 2)
+
+
+def test_worked_example_with_cameras():
+    # Query id 1 from camera 0. Gallery ids 1, 2, 1, 3, 1 from cameras 0, 0, 1, 0, 1: item 0 (id 1, camera 0) is
+    # ignored; item 1 (id 2, camera 0) stays. Kept, ascending: 0.1 (id 2), 0.3 (id 1), 0.3 (id 3), 0.9 (id 1).
+    #   AP: at 0.3 recall 1/2 with precision 1/3, at 0.9 recall +1/2 with precision 2/4: 1/6 + 1/4 = 5/12.
+    #   First match at position 2; last match at position 4 (the ignored 0.5 does not count): INP = 2/4.
+    distmat = np.array([[0.5, 0.1, 0.3, 0.3, 0.9]])
+    scores = compute_scores(distmat, [1], [1, 2, 1, 3, 1], [0], [0, 0, 1, 0, 1])
+    assert scores["mAP"] == pytest.approx(5 / 12)
+    assert (scores["rank1"], scores["rank5"], scores["rank10"]) == (0.0, 1.0, 1.0)
+    assert scores["mINP"] == pytest.approx(0.5)
+
+
+def test_rank_k_counts_positions_in_the_stable_order():
+    # Query id 5: its one match (item 6) comes after 6 closer impostors: position 7, so rank-1 and rank-5 miss,
+    # rank-10 hits; AP = INP = 1/7.
+    # Query id 6: its one match (item 10) ties at 0.2 with item 0, listed before it: the stable order puts the
+    # match at position 2 (rank-1 misses, rank-5 hits, INP 1/2), and the tie is one threshold holding 2 items
+    # of which 1 is true: AP = 1/2.
+    gallery = [0, 1, 2, 3, 4, 7, 5, 8, 9, 10, 6]
+    distmat = np.array([[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1],
+                        [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 0.2]])
+    scores = compute_scores(distmat, [5, 6], gallery)
+    assert (scores["rank1"], scores["rank5"], scores["rank10"]) == (0.0, 0.5, 1.0)
+    assert scores["mINP"] == pytest.approx((1 / 7 + 1 / 2) / 2)
+    assert scores["mAP"] == pytest.approx((1 / 7 + 1 / 2) / 2)
+
+
+def test_perfect_ranking_scores_one():
+    ids = np.repeat(np.arange(10), 4)
+    distmat = (ids[:, None] != ids[None, :]).astype(np.float32) + np.random.default_rng(0).random((40, 40)) * 0.1
+    assert {k: v for k, v in compute_scores(distmat, ids, ids).items() if k in KEYS} == dict.fromkeys(KEYS, 1.0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_gpu_matches_cpu():
+    case = random_case(9, n_cams=3, decimals=1)
+    on_gpu = compute_scores(torch.from_numpy(case[0]).cuda(), *case[1:])
+    assert on_gpu == pytest.approx(compute_scores(*case), abs=1e-12)
+    assert compute_scores(*case, device="cuda") == pytest.approx(on_gpu, abs=1e-12)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    ((np.zeros((10, 4)), range(9), range(4)), "distmat has 10 rows but 9 query ids"),
+    ((np.zeros((3, 4)), range(3), range(5)), "distmat has 4 columns but 5 gallery ids"),
+    ((np.zeros(4), range(1), range(4)), "distmat must be 2-D"),
+    ((np.zeros((3, 4)), np.zeros((3, 1)), range(4)), "query_ids must be 1-D"),
+    ((np.zeros((3, 4)), range(3), range(4), [0, 0, 0], None), "give both query_cams and gallery_cams"),
+    ((np.zeros((3, 4)), range(3), range(4), [0, 0], [0] * 4), "distmat has 3 rows but 2 query cameras"),
+    ((np.zeros((3, 4)), range(3), range(4), [0] * 3, [0] * 3), "distmat has 4 columns but 3 gallery cameras"),
+    ((np.zeros((0, 4)), [], range(4)), "distmat is empty"),
+    ((np.ones((2, 3)), [1, 2], [3, 4, 5]), "no query has a true match"),
+])
+def test_bad_input_fails_with_one_line(args, message):
+    with pytest.raises(ValueError, match=message) as info:
+        compute_scores(*args)
+    assert "\n" not in str(info.value)
+
+
+def test_nan_distance_names_the_row():
+    distmat = np.zeros((5, 3))
+    distmat[3, 1] = np.nan
+    with pytest.raises(ValueError, match=r"distmat contains NaN \(first in query row 3\)"):
+        compute_scores(distmat, range(5), range(3), chunk_size=2)
+
+
+def test_only_same_camera_matches_means_no_valid_query():
+    with pytest.raises(ValueError, match="no query has a true match"):
+        compute_scores(np.zeros((1, 2)), [1], [1, 1], [0], [0, 0])

@@ -1,0 +1,338 @@
+"""Training: sampler invariants, losses against hand-computed values, DDP equivalence, schedules, exact resume,
+mixed precision on the CPU, checkpoints, and a short run on the synthetic data that must learn."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from clipreid.dataset import PairBatchSampler, load_split
+from clipreid.errors import UserError
+from clipreid.loss import ReIDLoss, batch_hard_triplet, info_nce
+from clipreid.model import ModelSpec, build_encoder, load_encoder, read_checkpoint
+from clipreid.trainer import build_optimizer, lr_factor, micro_batches_in_step, train
+from train import Config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(data_dir: Path, out: Path, **overrides) -> Config:
+    base = dict(data_dir=data_dir, output_dir=out, model="tiny-vit", pretrained="none", epochs=2, batch_size=8,
+                lr=2e-3, lr_end=1e-5, progress=False, device="cpu", zero_shot=False, num_workers=0)
+    return Config(**{**base, **overrides})
+
+
+# --------------------------------------------------------------------------------------------------------------
+# sampler
+
+
+def players_with_counts(counts: list[int]) -> np.ndarray:
+    return np.repeat(np.arange(len(counts)) * 10 + 3, counts)  # non-contiguous player ids
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_sampler_invariants(world):
+    rng = np.random.default_rng(0)
+    players = players_with_counts(rng.integers(1, 15, 40).tolist())
+    sampler = PairBatchSampler(players, 8, seed=5, world_size=world)
+    batches = sampler.global_batches(0)
+    assert len(batches) == len(sampler) == math.ceil(len(players) / (8 * world))
+    anchors = np.concatenate([b[:, 0] for b in batches])
+    assert set(anchors.tolist()) == set(range(len(players)))  # every image is an anchor
+    assert len(anchors) - len(players) < 8 * world  # only the last batches' slots are padded
+    counts = Counter(players.tolist())
+    for b in batches:
+        assert b.shape == (8 * world, 2)
+        assert len(set(players[b[:, 0]].tolist())) == len(b)  # distinct players in the global batch
+        assert (players[b[:, 0]] == players[b[:, 1]]).all()  # positives are the same player
+        for a, p in b:
+            assert (a != p) or counts[players[a]] == 1  # another image whenever one exists
+
+
+def test_sampler_ranks_split_the_global_batch():
+    players = players_with_counts([5] * 30)
+    shares = [list(PairBatchSampler(players, 4, seed=1, world_size=3, rank=r).batches(2)) for r in range(3)]
+    glob = PairBatchSampler(players, 4, seed=1, world_size=3).global_batches(2)
+    for k, g in enumerate(glob):
+        joined = [pair for r in range(3) for pair in shares[r][k]]
+        assert joined == [tuple(map(int, pair)) for pair in g]
+
+
+def test_sampler_deterministic_and_reshuffled():
+    players = players_with_counts([6] * 20)
+    a = PairBatchSampler(players, 4, seed=1).global_batches(0)
+    b = PairBatchSampler(players, 4, seed=1).global_batches(0)
+    c = PairBatchSampler(players, 4, seed=1).global_batches(1)
+    d = PairBatchSampler(players, 4, seed=2).global_batches(0)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not np.array_equal(np.concatenate(a), np.concatenate(c))
+    assert not np.array_equal(np.concatenate(a), np.concatenate(d))
+
+
+def test_sampler_single_image_players_pair_with_themselves():
+    players = players_with_counts([1] * 10 + [3] * 5)
+    for b in PairBatchSampler(players, 5, seed=0).global_batches(0):
+        for a, p in b:
+            if Counter(players.tolist())[players[a]] == 1:
+                assert a == p
+
+
+def test_sampler_player_with_more_images_than_batches():
+    players = players_with_counts([50, 2, 2, 2])  # 56 images, batch 4 -> 14 batches < 50 images of player 0
+    batches = PairBatchSampler(players, 4, seed=0).global_batches(0)
+    for b in batches:
+        assert len(set(players[b[:, 0]].tolist())) == 4
+
+
+def test_sampler_too_few_players_is_clear():
+    with pytest.raises(UserError, match="needs 16 different players.*has 5"):
+        PairBatchSampler(players_with_counts([3] * 5), 8, world_size=2)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# losses
+
+
+def test_info_nce_hand_computed():
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    # logits = I: each row's cross-entropy is log(1 + e^-1) = 0.313262 without smoothing; with smoothing 0.1 the
+    # target is (0.95, 0.05): 0.95 * 0.313262 + 0.05 * 1.313262 = 0.363262; both directions are equal.
+    assert info_nce(a, a, 1.0, label_smoothing=0.0).item() == pytest.approx(math.log(1 + math.exp(-1)), abs=1e-6)
+    assert info_nce(a, a, 1.0, label_smoothing=0.1).item() == pytest.approx(0.363262, abs=1e-6)
+    # asymmetric case: A = [[1,0],[0,1]], P = [[1,0],[1,0]] with scale 2: logits A·Pᵀ = [[2,2],[0,0]]
+    # rows: both rows are uniform -> log 2 each; columns (P·Aᵀ = [[2,0],[2,0]]): row 0 -> log(1+e^-2) = 0.126928,
+    # row 1 (target 1) -> log(1+e^2) = 2.126928; mean = (log 2 + (0.126928 + 2.126928) / 2) / 2
+    p = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    expected = (math.log(2) + (0.126928 + 2.126928) / 2) / 2
+    assert info_nce(a, p, 2.0, label_smoothing=0.0).item() == pytest.approx(expected, abs=1e-5)
+
+
+def test_info_nce_normalises_features():
+    a, p = torch.randn(6, 5), torch.randn(6, 5)
+    assert info_nce(a, p, 10.0).item() == pytest.approx(info_nce(3 * a, 0.5 * p, 10.0).item(), abs=1e-5)
+
+
+def test_batch_hard_triplet_hand_computed():
+    f = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [-1.0, 0.0]])
+    y = torch.tensor([0, 0, 1, 1])
+    # image 0: positive 1 at sqrt2, nearest negative 2 at 0 -> relu(1.41421 - 0 + 0.3) = 1.71421
+    # image 1: positive 0 at sqrt2, negatives 2 and 3 both at sqrt2 -> 0.3
+    # image 2: positive 3 at 2, nearest negative 0 at 0 -> 2.3; image 3: positive 2 at 2, negative 1 at sqrt2 -> 0.88579
+    expected = (1.71421 + 0.3 + 2.3 + 0.88579) / 4
+    assert batch_hard_triplet(f, y, 0.3).item() == pytest.approx(expected, abs=1e-4)
+
+
+def test_weighted_loss_sum_and_unknown_names():
+    torch.manual_seed(0)
+    a, p, y = torch.randn(4, 8), torch.randn(4, 8), torch.arange(4)
+    scale = torch.tensor(10.0)
+    combo = ReIDLoss(("infonce", "triplet", "id"), (1.0, 0.5, 2.0), feature_dim=8, num_classes=4)
+    total, parts = combo(a, p, y, scale)
+    assert set(parts) == {"infonce", "triplet", "id"}
+    parts = {k: v.item() for k, v in parts.items()}
+    assert total.item() == pytest.approx(parts["infonce"] + 0.5 * parts["triplet"] + 2 * parts["id"], rel=1e-5)
+    with pytest.raises(UserError, match="unknown loss"):
+        ReIDLoss(("arcface",))
+    with pytest.raises(UserError, match="2 values for 1 losses"):
+        ReIDLoss(("infonce",), (1.0, 2.0))
+
+
+@pytest.mark.parametrize("losses", ["infonce", "infonce,id,triplet"])
+def test_ddp_loss_and_gradients_equal_single_process(tmp_path, losses):
+    """Two gloo processes with 4 pairs each give the loss and gradients of one process with all 8 pairs."""
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        str(ROOT / "tests/helpers/ddp_loss_worker.py"), str(tmp_path), losses],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    torch.manual_seed(0)
+    encoder = build_encoder(ModelSpec("tiny-vit", "none"))
+    loss_fn = ReIDLoss(tuple(losses.split(",")), feature_dim=encoder.feature_dim, num_classes=8)
+    g = torch.Generator().manual_seed(1)
+    anchors = torch.randn(8, 3, 128, 64, generator=g)
+    positives = anchors + 0.5 * torch.randn(8, 3, 128, 64, generator=g)
+    fa, fp = encoder(torch.cat([anchors, positives])).chunk(2)
+    loss, _ = loss_fn(fa, fp, torch.arange(8), encoder.scale())
+    loss.backward()
+    for rank in range(2):
+        got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        assert got["loss"].item() == pytest.approx(loss.item(), abs=1e-5)
+        for name, param in [*encoder.named_parameters(), *(("loss." + k, p) for k, p in loss_fn.named_parameters())]:
+            torch.testing.assert_close(got["grads"][name], param.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# optimiser, schedule, accumulation
+
+
+def test_polynomial_schedule_values():
+    kw = dict(total=100, warmup=10, schedule="polynomial", lr=4e-5, lr_end=1e-5, power=2.0)
+    assert lr_factor(0, **kw) == pytest.approx(0.1)  # warm-up: (step + 1) / warmup
+    assert lr_factor(9, **kw) == pytest.approx(1.0)
+    assert lr_factor(10, **kw) == pytest.approx(1.0)
+    assert lr_factor(55, **kw) == pytest.approx(0.25 + 0.75 * 0.25)  # half-way: end + (1 - end) * 0.5^2
+    assert lr_factor(100, **kw) == pytest.approx(0.25)  # lr_end / lr
+    cos = dict(kw, schedule="cosine")
+    assert lr_factor(55, **cos) == pytest.approx(0.25 + 0.75 * 0.5)
+    assert lr_factor(55, **dict(kw, schedule="linear")) == pytest.approx(0.25 + 0.75 * 0.5)
+    assert lr_factor(55, **dict(kw, schedule="constant")) == 1.0
+
+
+def test_no_weight_decay_on_norms_biases_and_logit_scale():
+    encoder = build_encoder(ModelSpec("tiny-vit", "none"))
+    opt = build_optimizer([encoder], 1e-3, 0.01)
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
+    assert any(p is encoder.logit_scale for p in no_decay["params"])
+    assert all(p.ndim >= 2 for p in decay["params"])
+    assert len(build_optimizer([encoder], 1e-3, 0.01, decay_all=True).param_groups) == 1
+
+
+def test_micro_batch_divisor():
+    # 10 micro-batches with accum 4: steps of 4, 4 and a last one of 2
+    assert [micro_batches_in_step(i, 10, 4) for i in range(10)] == [4] * 8 + [2] * 2
+    assert [micro_batches_in_step(i, 3, 1) for i in range(3)] == [1, 1, 1]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# runs on the synthetic data
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return read_checkpoint(path)["model"]
+
+
+def test_resume_equals_uninterrupted_run(synthetic_small, tmp_path):
+    full = train(tiny_config(synthetic_small, tmp_path / "full", epochs=2, random_erasing=True, sharpen=True))
+    part = train(tiny_config(synthetic_small, tmp_path / "part", epochs=2, random_erasing=True, sharpen=True,
+                             stop_after=1))
+    assert read_checkpoint(part / "last.pt")["epoch"] == 1
+    resumed = train(tiny_config(synthetic_small, tmp_path / "elsewhere", resume=part / "last.pt"))
+    assert resumed == part
+    a, b = weights(full / "last.pt"), weights(part / "last.pt")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    logs = [[json.loads(x) for x in (d / "log.jsonl").read_text().splitlines()] for d in (full, part)]
+    assert [r["train_loss"] for r in logs[0]] == [r["train_loss"] for r in logs[1]]
+    assert [r["mAP"] for r in logs[0]] == [r["mAP"] for r in logs[1]]
+
+
+def test_existing_run_needs_resume_or_overwrite(synthetic_small, tmp_path):
+    cfg = tiny_config(synthetic_small, tmp_path, epochs=1, validation="none")
+    train(cfg)
+    with pytest.raises(UserError, match="already holds a run.*--resume"):
+        train(cfg)
+    train(dataclasses.replace(cfg, overwrite=True))
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_reduced_precision_runs_on_cpu(synthetic_small, tmp_path, precision):
+    run_dir = train(tiny_config(synthetic_small, tmp_path, epochs=1, precision=precision, grad_accum=2,
+                                validation="fold", fold=2))
+    record = json.loads((run_dir / "log.jsonl").read_text().splitlines()[-1])
+    assert math.isfinite(record["train_loss"]) and 0 <= record["mAP"] <= 1
+
+
+def test_checkpoint_round_trip_weights_only(synthetic_small, tmp_path):
+    run_dir = train(tiny_config(synthetic_small, tmp_path, epochs=1))
+    state = read_checkpoint(run_dir / "best.pt")
+    assert set(state) >= {"model", "model_spec", "config", "epoch", "metrics"}
+    assert "optimizer" not in state  # best.pt holds weights only
+    encoder = load_encoder(run_dir / "best.pt")
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 128, 64)
+    reference = build_encoder(ModelSpec("tiny-vit", "none"))
+    reference.load_state_dict(state["model"], strict=True)
+    reference.eval()
+    torch.testing.assert_close(encoder(x), reference(x))
+    # a pickle holding code is refused by weights_only loading, with a one-line error
+    torch.save({"model": {}, "model_spec": {}, "evil": Config()}, tmp_path / "evil.pt")
+    with pytest.raises(UserError, match="cannot read checkpoint"):
+        read_checkpoint(tmp_path / "evil.pt")
+    # strict keys: a checkpoint missing a weight is rejected
+    state["model"].pop("logit_scale")
+    torch.save(state, tmp_path / "partial.pt")
+    with pytest.raises(UserError, match="does not match.*missing"):
+        load_encoder(tmp_path / "partial.pt")
+
+
+def test_nan_loss_stops_clearly_and_keeps_last_checkpoint(synthetic_small, tmp_path, monkeypatch):
+    run_dir = train(tiny_config(synthetic_small, tmp_path, epochs=2, stop_after=1))
+    before = weights(run_dir / "last.pt")
+    import clipreid.loss
+
+    monkeypatch.setattr(clipreid.loss, "info_nce", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
+    with pytest.raises(UserError, match="diverged.*nan.*epoch 2"):
+        train(tiny_config(synthetic_small, tmp_path, resume=run_dir / "last.pt"))
+    after = weights(run_dir / "last.pt")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_fold_and_none_validation_splits(synthetic_small):
+    fold = load_split(synthetic_small, "fold", 3)
+    test = load_split(synthetic_small, "test")
+    none = load_split(synthetic_small, "none")
+    assert len(none.train_paths) == len(fold.train_paths) + len(fold.query_paths) + len(fold.gallery_paths)
+    assert not none.query_paths and test.query_paths
+    with pytest.raises(UserError, match="fold 42 does not exist"):
+        load_split(synthetic_small, "fold", 42)
+
+
+def test_short_run_learns(synthetic_data, tmp_path):
+    """A few CPU epochs of the tiny ViT must clearly beat the untrained model on the synthetic test split."""
+    run_dir = train(tiny_config(synthetic_data, tmp_path, epochs=6, batch_size=16, zero_shot=True))
+    log = [json.loads(x) for x in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == list(range(7))
+    assert log[-1]["train_loss"] < log[1]["train_loss"]
+    best = max(r["mAP"] for r in log[1:])
+    assert best > log[0]["mAP"] + 0.05, [round(r["mAP"], 3) for r in log]
+    assert (run_dir / "curves.png").stat().st_size > 0
+
+
+# --------------------------------------------------------------------------------------------------------------
+# train.py as a user runs it
+
+
+def run_script(*args: str, cwd: Path, torchrun: bool = False) -> subprocess.CompletedProcess:
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"] \
+        if torchrun else [sys.executable]
+    return subprocess.run([*launcher, str(ROOT / "train.py"), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600)
+
+
+TINY_FLAGS = ("--model", "tiny-vit", "--pretrained", "none", "--no-progress", "--device", "cpu", "--batch-size", "8",
+              "--lr", "2e-3", "--num-workers", "0")
+
+
+def test_train_script_and_torchrun_ddp(synthetic_small, tmp_path):
+    """train.py from the shell, single process and as 2 gloo processes under torchrun (global batch of 16 pairs)."""
+    single = run_script("--data-dir", str(synthetic_small), "--output-dir", "out", "--epochs", "1", *TINY_FLAGS,
+                        "--batch-size", "16", cwd=tmp_path)
+    assert single.returncode == 0, single.stderr[-3000:]
+    assert "epoch 0 (before training)" in single.stdout and "epoch 1/1" in single.stdout
+    ddp = run_script("--data-dir", str(synthetic_small), "--output-dir", "ddp", "--epochs", "1", *TINY_FLAGS,
+                     cwd=tmp_path, torchrun=True)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert "device cpu x2" in ddp.stdout
+    assert ddp.stdout.count("epoch 1/1") == 1  # only rank 0 reports
+    run_dir = tmp_path / "ddp" / "tiny-vit_test_seed1"
+    assert {p.name for p in run_dir.iterdir()} >= {"best.pt", "last.pt", "log.jsonl", "curves.png",
+                                                   "train_config.json"}
+    log = [json.loads(x) for x in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert math.isfinite(log[-1]["train_loss"])
+
+
+def test_train_script_errors_are_one_line(synthetic_small, tmp_path):
+    r = run_script("--data-dir", str(tmp_path / "nowhere"), *TINY_FLAGS, cwd=tmp_path)
+    assert r.returncode == 1 and r.stderr.startswith("error:") and "preprocess_data.py" in r.stderr
+    assert "Traceback" not in r.stderr
+    r = run_script("--data-dir", str(synthetic_small), "--model", "ViT-L-14-quickgelo", cwd=tmp_path)
+    assert r.returncode == 1 and "did you mean ViT-L-14-quickgelu" in r.stderr and "Traceback" not in r.stderr
