@@ -1,0 +1,170 @@
+"""Speed and memory of ``clipreid.metrics.compute_scores`` against the per-query sklearn loop, timed in the same run.
+
+Distances are squared Euclidean (2 - 2 cos) between L2-normalised random clustered features, at the sizes of the
+test split (50 x 910), the 2023 challenge set (618 x 9,505) and Market-1501 (3,368 x 15,913); ``--scale`` adds
+12,000 x 88,000 (MSMT17-like; ours only, the reference would take far too long).
+
+    .venv/bin/python benchmarks/metrics.py                   # cuda if available, else cpu
+    .venv/bin/python benchmarks/metrics.py --scale --device cuda
+
+Peak memory is the rise above the level before the call: ``torch.cuda.max_memory_allocated`` on a GPU; on the CPU
+the process's resident size sampled every millisecond (tracemalloc cannot see torch's CPU allocations, and
+``resource``'s ru_maxrss cannot be reset between measurements).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from sklearn.metrics import average_precision_score
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from clipreid.config import run  # noqa: E402
+from clipreid.metrics import compute_scores  # noqa: E402
+
+# (queries, gallery, identities)
+SIZES = [(50, 910, 50), (618, 9_505, 618), (3_368, 15_913, 750)]
+SCALE = (12_000, 88_000, 3_000)
+KEYS = ("mAP", "rank1", "rank5", "rank10", "mINP")
+
+
+@dataclass
+class Config:
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda if available, else cpu
+    scale: bool = False  # also time ours at 12,000 x 88,000
+    repeats: int = 3  # timed runs of ours, the best reported; the reference runs once
+    dim: int = 128  # feature dimension
+    noise: float = 1.5  # feature noise around each identity's centre (sets how hard the ranking is)
+    seed: int = 0
+
+
+def reference_scores(distmat: np.ndarray, query_ids: np.ndarray, gallery_ids: np.ndarray) -> dict:
+    """The per-query definition: AP from sklearn, CMC and mINP from a stable argsort."""
+    aps, firsts, inps = [], [], []
+    for dist, qid in zip(distmat, query_ids, strict=True):
+        y_true = gallery_ids == qid
+        if not y_true.any():
+            continue
+        aps.append(average_precision_score(y_true, -dist))
+        hits = np.flatnonzero(y_true[np.argsort(dist, kind="stable")]) + 1
+        firsts.append(hits[0])
+        inps.append(len(hits) / hits[-1])
+    firsts = np.array(firsts)
+    return {"mAP": np.mean(aps), "rank1": np.mean(firsts <= 1), "rank5": np.mean(firsts <= 5),
+            "rank10": np.mean(firsts <= 10), "mINP": np.mean(inps)}
+
+
+def make_case(n_query: int, n_gallery: int, n_ids: int, cfg: Config, device: torch.device):
+    """Random clustered features -> q x g squared Euclidean distances (float32, on ``device``) and the ids."""
+    gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
+    centres = torch.randn(n_ids, cfg.dim, generator=gen)
+    query_ids = torch.randperm(n_ids, generator=gen).repeat(n_query // n_ids + 1)[:n_query]  # every id queried
+    gallery_ids = torch.randint(0, n_ids, (n_gallery,), generator=gen)
+
+    def features(ids: torch.Tensor) -> torch.Tensor:
+        f = centres[ids] + cfg.noise * torch.randn(len(ids), cfg.dim, generator=gen)
+        return torch.nn.functional.normalize(f, dim=1).to(device)
+
+    distmat = 2 - 2 * features(query_ids) @ features(gallery_ids).T
+    return distmat, query_ids.numpy(), gallery_ids.numpy()
+
+
+class PeakMemory:
+    """Peak memory above the level at entry, in bytes, of the code run inside the ``with`` block (None: off)."""
+
+    def __init__(self, device: torch.device | None):
+        self.device, self.peak = device, 0
+
+    def _rss(self) -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _sample(self) -> None:
+        while not self._done.wait(0.001):
+            self.peak = max(self.peak, self._rss() - self._start)
+
+    def __enter__(self) -> PeakMemory:
+        if self.device is None:
+            return self
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._start = torch.cuda.memory_allocated(self.device)
+        else:
+            self._start, self._done = self._rss(), threading.Event()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device is None:
+            return
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak = torch.cuda.max_memory_allocated(self.device) - self._start
+        else:
+            self._done.set()
+            self._thread.join()
+            self.peak = max(self.peak, self._rss() - self._start)
+
+
+def timed(repeats: int, device: torch.device, fn: Callable[..., dict], *args) -> tuple[float, int, dict]:
+    """Best time over ``repeats`` runs of ``fn(*args)``, the peak memory of the first, and its result."""
+    best, peak, result = float("inf"), 0, {}
+    for i in range(repeats):
+        with PeakMemory(device if i == 0 else None) as mem:
+            start = time.perf_counter()
+            result = fn(*args)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            best = min(best, time.perf_counter() - start)
+        peak = max(peak, mem.peak)
+    return best, peak, result
+
+
+def bench_row(n_query: int, n_gallery: int, n_ids: int, cfg: Config, device: torch.device, reference: bool) -> str:
+    """One printed row: times, peak memories and agreement of ours and (optionally) the reference at one size."""
+    distmat, query_ids, gallery_ids = make_case(n_query, n_gallery, n_ids, cfg, device)
+    compute_scores(distmat[:8], query_ids[:8], gallery_ids)  # warm-up
+    ours_s, ours_mem, ours = timed(cfg.repeats, device, compute_scores, distmat, query_ids, gallery_ids)
+    mib = 2**20
+    size = f"{n_query:,} x {n_gallery:,}"
+    quality = f"{ours['mAP']:.3f} / {ours['rank1']:.3f} / {ours['mINP']:.3f}"
+    if not reference:
+        skipped = f"{'(skipped)':>10} {ours_s:8.3f}s {'':>9} {'':>10}"
+        return f"{size:>19} {skipped} {ours_mem / mib:6.0f} MiB  {'':>10}  {quality}"
+    host = distmat.cpu().numpy()
+    del distmat
+    ref_s, ref_mem, ref = timed(1, torch.device("cpu"), reference_scores, host, query_ids, gallery_ids)
+    diff = max(abs(ours[k] - ref[k]) for k in KEYS)
+    return (f"{size:>19} {ref_s:9.3f}s {ours_s:8.3f}s {ref_s / ours_s:8.1f}x {ref_mem / mib:6.0f} MiB "
+            f"{ours_mem / mib:6.0f} MiB  {diff:10.1e}  {quality}")
+
+
+def main(cfg: Config) -> None:
+    if cfg.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(cfg.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"device: {device} ({name}); cpu cores: {os.cpu_count()}; torch {torch.__version__}")
+    print(f"{'queries x gallery':>19} {'reference':>10} {'ours':>9} {'speed-up':>9} {'ref peak':>10} "
+          f"{'our peak':>10}  {'max |diff|':>10}  mAP / rank1 / mINP")
+    for n_query, n_gallery, n_ids in SIZES:
+        print(bench_row(n_query, n_gallery, n_ids, cfg, device, reference=True), flush=True)
+    if cfg.scale:
+        print(bench_row(*SCALE, cfg, device, reference=False), flush=True)
+
+
+if __name__ == "__main__":
+    run(Config, main)
