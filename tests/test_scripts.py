@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = ["download_data.py", "preprocess_data.py"]
+SCRIPTS = ["download_data.py", "preprocess_data.py", "evaluate.py", "predict.py"]
 
 
 def script(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:

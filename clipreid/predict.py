@@ -1,0 +1,235 @@
+"""Submission distance matrices for the test and challenge sets, from checkpoints and/or earlier submissions, fused.
+
+``predict(cfg)`` takes the config dataclass of ``predict.py`` (any object with its fields) and returns a
+:class:`PredictReport`. For each set it writes, in the challenge's CSV format (``clipreid.submission``):
+
+- ``<set>_raw.csv``: the fusion of every input's squared Euclidean distances;
+- ``<set>_<rerank>.csv`` (unless rerank is none): each checkpoint re-ranked on its own, then fused.
+
+A submission CSV given as input is an already final matrix: it joins both fusions as it is, after its rows and
+columns are matched to the set's ids (``align_to``). Ids are the true player ids for the test set (the file then
+scores itself) and the integer file stems for the challenge set, which is scored only when ``synthetic.json``
+holds its ground truth.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .config import save_config
+from .dataset import load_split
+from .errors import UserError
+from .evaluation import (
+    FUSIONS,
+    check_rerank,
+    checkpoint_file,
+    checkpoint_labels,
+    fuse,
+    load_for_inference,
+    query_gallery_features,
+    rerank_distances,
+)
+from .evaluator import squared_distances
+from .layout import CHALLENGE_GALLERY_DIR, CHALLENGE_QUERY_DIR
+from .metrics import compute_scores
+from .preprocess import CHALLENGE_COLUMNS, CHALLENGE_DF
+from .submission import align_to, read_distance_matrix, write_distance_matrix
+from .synthetic import INFO_NAME
+from .trainer import pick_device
+
+SETS = ("test", "challenge")
+SET_PLACEHOLDER = "{set}"
+CONFIG_NAME = "predict_config.json"
+
+
+@dataclass
+class QuerySet:
+    """A query/gallery set to predict, with the ids its CSV is written with and, if known, its players."""
+
+    name: str
+    query_paths: list[Path]
+    gallery_paths: list[Path]
+    query_ids: np.ndarray  # ids of the CSV rows (test: player ids; challenge: file stems)
+    gallery_ids: np.ndarray
+    truth: tuple[dict[int, int], dict[int, int]] | None = None  # challenge: file id -> player, queries and gallery
+    truth_source: str = ""
+    query_cams: np.ndarray | None = None  # Market-1501 layout: same id and camera is not a match
+    gallery_cams: np.ndarray | None = None
+
+    def score(self, path: Path) -> dict[str, float] | None:
+        """Scores of a CSV this set was written to, as read back: what a grader sees. None without ground truth."""
+        distmat, q_ids, g_ids = read_distance_matrix(path)
+        if self.name == "test":
+            cams = None
+            if self.query_cams is not None:
+                # write_distance_matrix sorts rows and columns stably by id: the cameras follow the same order
+                cams = (self.query_cams[np.argsort(self.query_ids, kind="stable")],
+                        self.gallery_cams[np.argsort(self.gallery_ids, kind="stable")])
+            return compute_scores(distmat, q_ids, g_ids, *(cams or ()))
+        if self.truth is None:
+            return None
+        q, g = self.truth
+        return compute_scores(distmat, [q[i] for i in q_ids.tolist()], [g[i] for i in g_ids.tolist()])
+
+
+def _challenge_truth(data_dir: Path, query_ids: np.ndarray, gallery_ids: np.ndarray) -> tuple[dict, dict] | None:
+    """The file id -> player maps of ``synthetic.json`` when it covers every challenge image."""
+    path = data_dir / INFO_NAME
+    if not path.is_file():
+        return None
+    try:
+        players = json.loads(path.read_text(encoding="utf-8"))["challenge_players"]
+        q = {int(k): int(v) for k, v in players[CHALLENGE_QUERY_DIR].items()}
+        g = {int(k): int(v) for k, v in players[CHALLENGE_GALLERY_DIR].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None  # not a synthetic dataset's info file: no ground truth, nothing to fail over
+    if not (set(query_ids.tolist()) <= q.keys() and set(gallery_ids.tolist()) <= g.keys()):
+        return None
+    return q, g
+
+
+def load_set(data_dir: str | Path, name: str) -> QuerySet:
+    """The ``test`` split (from train_df.csv) or the ``challenge`` set (from challenge_df.csv) of a data folder."""
+    data_dir = Path(data_dir)
+    if name == "test":
+        split = load_split(data_dir, "test")
+        return QuerySet(name, split.query_paths, split.gallery_paths, split.query_players, split.gallery_players,
+                        truth_source="test split ids", query_cams=split.query_cams, gallery_cams=split.gallery_cams)
+    if name != "challenge":
+        raise UserError(f"sets: unknown set {name!r}; choose from {', '.join(SETS)}")
+    path = data_dir / CHALLENGE_DF
+    if not path.is_file():
+        raise UserError(f"{path} not found: preprocess_data.py writes it when {data_dir}/reid_challenge/ exists; "
+                        "or leave the challenge out with --sets test")
+    df = pd.read_csv(path)
+    missing = [c for c in CHALLENGE_COLUMNS if c not in df.columns]
+    if missing:
+        raise UserError(f"{path} lacks the columns {missing}; re-run preprocess_data.py")
+    query, gallery = df[df.img_type == "q"], df[df.img_type == "g"]
+    if query.empty or gallery.empty:
+        raise UserError(f"{path} has no queries or no gallery images; re-run preprocess_data.py")
+    q_ids, g_ids = query.player.to_numpy(np.int64), gallery.player.to_numpy(np.int64)
+    truth = _challenge_truth(data_dir, q_ids, g_ids)
+    return QuerySet(name, [data_dir / p for p in query.img_id], [data_dir / p for p in gallery.img_id], q_ids, g_ids,
+                    truth, f"ground truth of {data_dir / INFO_NAME}" if truth else "")
+
+
+def _submission_for(path: Path, set_name: str, n_sets: int) -> Path:
+    text = str(path)
+    if SET_PLACEHOLDER in text:
+        return Path(text.replace(SET_PLACEHOLDER, set_name))
+    if n_sets > 1:
+        raise UserError(f"submissions: {path} is one set's matrix but {n_sets} sets are asked for; write {{set}} in "
+                        f"its path (e.g. model/other/{{set}}_raw.csv) or pass --sets {set_name}")
+    return path
+
+
+@dataclass
+class Written:
+    """One written CSV and its scores (None when the set has no ground truth)."""
+
+    path: Path
+    scores: dict[str, float] | None
+
+
+@dataclass
+class PredictReport:
+    """What ``predict`` wrote, per set."""
+
+    lines: list[str] = field(default_factory=list)
+    files: dict[str, list[Written]] = field(default_factory=dict)
+    config_path: Path | None = None
+
+    def summary(self) -> str:
+        lines = list(self.lines)
+        if self.config_path is not None:
+            lines.append(f"wrote {self.config_path}")
+        return "\n".join(lines)
+
+
+def predict(cfg: Any) -> PredictReport:
+    """Write the fused (and re-ranked) submission CSVs of every set of ``cfg.sets`` into ``cfg.output_dir``."""
+    checkpoints = [Path(c) for c in (cfg.checkpoints or ())]
+    submissions = [Path(s) for s in cfg.submissions]
+    if not checkpoints and not submissions:
+        raise UserError("nothing to predict with: give --checkpoints and/or --submissions")
+    sets = list(dict.fromkeys(cfg.sets))
+    if not sets:
+        raise UserError(f"sets: give at least one of {', '.join(SETS)}")
+    for name in sets:
+        if name not in SETS:
+            raise UserError(f"sets: unknown set {name!r}; choose from {', '.join(SETS)}")
+    check_rerank([cfg.rerank])
+    if cfg.fusion not in FUSIONS:
+        raise UserError(f"fusion: unknown method {cfg.fusion!r}; choose from {', '.join(FUSIONS)}")
+    if cfg.weights is not None and cfg.fusion == "dissimilarity":
+        raise UserError("weights: dissimilarity fusion weighs the models itself; use similarity or winners fusion, "
+                        "or leave weights out")
+    n_inputs = len(checkpoints) + len(submissions)
+    if cfg.weights is not None and len(cfg.weights) != n_inputs:
+        raise UserError(f"weights: got {len(cfg.weights)} weights for {n_inputs} inputs (one per checkpoint, then "
+                        "one per submission CSV)")
+    for c in checkpoints:
+        checkpoint_file(c)
+
+    # Everything that can fail on the inputs fails before any model runs.
+    qsets = {name: load_set(cfg.data_dir, name) for name in sets}
+    given: dict[str, list[torch.Tensor]] = {}
+    for name, qset in qsets.items():
+        given[name] = []
+        for sub in submissions:
+            path = _submission_for(sub, name, len(sets))
+            distmat, q_ids, g_ids = read_distance_matrix(path)
+            aligned = align_to(distmat, q_ids, g_ids, qset.query_ids, qset.gallery_ids,
+                               name=f"{path} (as the {name} set of {cfg.data_dir})")
+            given[name].append(torch.from_numpy(aligned))
+
+    raw: dict[str, list[torch.Tensor]] = {name: [] for name in sets}
+    reranked: dict[str, list[torch.Tensor]] = {name: [] for name in sets}
+    if checkpoints:
+        device = pick_device(cfg.device)
+        for path in checkpoints:
+            encoder = load_for_inference(path, device)
+            for name, qset in qsets.items():
+                qf, gf = query_gallery_features(encoder, qset.query_paths, qset.gallery_paths, device=device, cfg=cfg)
+                raw[name].append(squared_distances(qf, gf).cpu())
+                if cfg.rerank != "none":
+                    reranked[name].append(rerank_distances(qf, gf, cfg.rerank, k1=cfg.k1, k2=cfg.k2,
+                                                           lambda_value=cfg.lambda_value,
+                                                           hard_lambda=cfg.hard_lambda).cpu())
+            del encoder
+
+    out = Path(cfg.output_dir)
+    report = PredictReport()
+    names = checkpoint_labels(checkpoints) + [str(s) for s in submissions]
+    weights = tuple(cfg.weights) if cfg.weights is not None else None
+    inputs = ", ".join(names) if n_inputs <= 4 else f"{n_inputs} inputs"
+    how = f"{cfg.fusion} fusion of {inputs}" if n_inputs > 1 else inputs
+    suffixes = ["raw"] + ([cfg.rerank] if cfg.rerank != "none" else [])
+    width = max(len(str(out / f"{name}_{suffix}.csv")) for name in sets for suffix in suffixes)
+    for name, qset in qsets.items():
+        report.lines.append(f"{name}: {len(qset.query_ids)} queries x {len(qset.gallery_ids)} gallery images; {how}")
+        report.files[name] = []
+        for suffix in suffixes:
+            mats = raw[name] if suffix == "raw" else reranked[name]
+            fused = fuse([*mats, *given[name]], cfg.fusion, weights, cfg.topk_fusion)
+            path = out / f"{name}_{suffix}.csv"
+            write_distance_matrix(path, fused, qset.query_ids, qset.gallery_ids)
+            scores = qset.score(path)
+            report.files[name].append(Written(path, scores))
+            text = f"  wrote {str(path):<{width}}"
+            if scores is not None:
+                text += f"  mAP {100 * scores['mAP']:.2f}  rank-1 {100 * scores['rank1']:.2f}  ({qset.truth_source})"
+            report.lines.append(text.rstrip())
+        if name == "challenge" and qset.truth is None:
+            report.lines.append("  (no ground truth for the challenge set: not scored)")
+    report.config_path = out / CONFIG_NAME
+    save_config(cfg, report.config_path)
+    return report

@@ -1,0 +1,55 @@
+"""Stage 4: score trained checkpoints: mAP, rank-1/5/10 and mINP, with and without re-ranking.
+
+    python evaluate.py                                                   # the recipe's checkpoint on the test split
+    python evaluate.py --checkpoints model/run_a model/run_b             # two models and their fusion
+    python evaluate.py --split fold --fold 3                             # GroupKFold fold 3's queries and gallery
+    python evaluate.py --split folds --checkpoints model/*_fold*_seed1   # each model on its held-out fold: mean ± std
+    python evaluate.py --data-dir data/synthetic_reid --checkpoints model/tiny-vit_test_seed1 --device cpu
+
+Writes ``eval_results.csv`` (fractions), ``eval_results.md`` (%), ``evaluate_config.json`` and ``ranked_lists.png``
+(the best row's top-k for a few queries) into ``output_dir``, by default ``<run folder of the first checkpoint>/eval``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from clipreid.config import run
+from clipreid.evaluation import evaluate
+
+
+@dataclass
+class Config:
+    # what to score
+    checkpoints: tuple[Path, ...] = (Path("model/ViT-L-14-quickgelu_test_seed1/best.pt"),)  # files or run folders
+    data_dir: Path = Path("data/data_reid")  # folder holding train_df.csv (written by preprocess_data.py)
+    split: Literal["test", "fold", "folds"] = "test"  # test split, fold `fold`, or each checkpoint on its trained fold
+    fold: int = 0  # the fold when split is fold
+    flip: bool = False  # test-time augmentation: average each image's features with its mirror image's
+    # re-ranking
+    rerank: tuple[str, ...] = ("none", "k_reciprocal", "hard")  # methods to score: none, k_reciprocal, hard
+    k1: int = 20  # k-reciprocal neighbours
+    k2: int = 6  # query expansion neighbours
+    lambda_value: float = 0.3  # k_reciprocal: weight of the original distance
+    hard_lambda: float = 0.7  # hard: weight of the Jaccard distance (the 2023 winners' 0.7)
+    # running
+    batch_size: int = 64  # images per inference batch
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 on GPUs that have it, fp32 on CPU
+    device: str = "auto"  # auto = cuda, then mps, then cpu
+    num_workers: int = 4  # DataLoader workers decoding images
+    # outputs
+    output_dir: Path | None = None  # none = <run folder of the first checkpoint>/eval
+    ranked_lists: int = 8  # queries shown in ranked_lists.png; 0 = no picture
+    topk: int = 10  # gallery images per query in ranked_lists.png
+    progress: bool = True  # progress bars
+
+
+def main(cfg: Config) -> None:
+    report = evaluate(cfg)
+    print(report.summary())
+
+
+if __name__ == "__main__":
+    run(Config, main)

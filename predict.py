@@ -1,0 +1,57 @@
+"""Stage 5: submission distance matrices for the test and challenge sets: single models and fused ensembles.
+
+    python predict.py                                                       # the recipe's checkpoint, k-reciprocal
+    python predict.py --checkpoints model/run_a model/run_b --fusion winners   # an ensemble of two models
+    python predict.py --checkpoints model/run_a --submissions 'model/other/{set}_hard.csv'   # a model + earlier CSVs
+    python predict.py --checkpoints none --submissions a/challenge_raw.csv b/challenge_raw.csv --sets challenge
+
+Writes ``<set>_raw.csv`` and ``<set>_<rerank>.csv`` for each set, and ``predict_config.json``, into ``output_dir``.
+Rows are queries and columns gallery images, ids sorted, distances with 5 decimals (lower = more similar); test
+ids are the true player ids, so the test matrices are scored as they are written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from clipreid.config import run
+from clipreid.predict import predict
+
+
+@dataclass
+class Config:
+    # inputs
+    checkpoints: tuple[Path, ...] | None = (Path("model/ViT-L-14-quickgelu_test_seed1/best.pt"),)  # none = CSVs only
+    # earlier submission CSVs to fuse; with several sets write {set} in the path: model/other/{set}_raw.csv
+    submissions: tuple[Path, ...] = ()
+    data_dir: Path = Path("data/data_reid")  # folder holding train_df.csv and challenge_df.csv
+    sets: tuple[str, ...] = ("test", "challenge")  # sets to predict: test, challenge
+    flip: bool = False  # test-time augmentation: average each image's features with its mirror image's
+    # re-ranking (each checkpoint on its own, before fusion)
+    rerank: Literal["none", "k_reciprocal", "hard"] = "k_reciprocal"  # written as <set>_<rerank>.csv beside raw
+    k1: int = 20  # k-reciprocal neighbours
+    k2: int = 6  # query expansion neighbours
+    lambda_value: float = 0.3  # k_reciprocal: weight of the original distance
+    hard_lambda: float = 0.7  # hard: weight of the Jaccard distance (the 2023 winners' 0.7)
+    # fusion of several inputs
+    fusion: Literal["similarity", "dissimilarity", "winners"] = "similarity"  # mean, per-query weights, or both
+    weights: tuple[float, ...] | None = None  # similarity weights: one per checkpoint, then per CSV; none = equal
+    topk_fusion: int = 15  # gallery items per query the dissimilarity fusion compares
+    # running
+    batch_size: int = 64  # images per inference batch
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 on GPUs that have it, fp32 on CPU
+    device: str = "auto"  # auto = cuda, then mps, then cpu
+    num_workers: int = 4  # DataLoader workers decoding images
+    output_dir: Path = Path("model/submission")  # where the CSVs go
+    progress: bool = True  # progress bars
+
+
+def main(cfg: Config) -> None:
+    report = predict(cfg)
+    print(report.summary())
+
+
+if __name__ == "__main__":
+    run(Config, main)
