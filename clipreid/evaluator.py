@@ -47,7 +47,9 @@ def extract_features(
         batches = (images[i:i + batch_size] for i in range(0, len(images), batch_size))
         total = (len(images) + batch_size - 1) // batch_size
     else:
-        loader = torch.utils.data.DataLoader(images, batch_size=batch_size, num_workers=num_workers,
+        # more workers than cores only adds processes (and a torch warning) on small machines
+        loader = torch.utils.data.DataLoader(images, batch_size=batch_size,
+                                             num_workers=min(num_workers, os.cpu_count() or 1),
                                              pin_memory=device.type == "cuda")
         batches = (x for x, _ in loader)
         total = len(loader)
