@@ -27,10 +27,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from clipreid.config import run  # noqa: E402
-from clipreid.evaluator import autocast  # noqa: E402
+from clipreid.evaluator import autocast, pick_device, resolve_precision  # noqa: E402
 from clipreid.loss import ReIDLoss  # noqa: E402
 from clipreid.model import ModelSpec, build_encoder  # noqa: E402
-from clipreid.trainer import build_optimizer, pick_device, resolve_precision  # noqa: E402
+from clipreid.trainer import build_optimizer  # noqa: E402
 from clipreid.transforms import AugmentConfig, augment_pairs  # noqa: E402
 
 

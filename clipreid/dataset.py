@@ -122,7 +122,6 @@ class PairBatchSampler:
         self.batch_size = int(batch_size)
         self.seed = int(seed)
         self.world_size, self.rank = int(world_size), int(rank)
-        self.epoch = 0
         self.global_batch = self.batch_size * self.world_size
         unique, inverse = np.unique(self.players, return_inverse=True)
         if self.batch_size < 1:
@@ -136,15 +135,12 @@ class PairBatchSampler:
         self._members = np.split(order, np.cumsum(counts)[:-1])  # image indices of each player
         self.num_batches = math.ceil(len(self.players) / self.global_batch)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
     def __len__(self) -> int:
         return self.num_batches
 
-    def global_batches(self, epoch: int | None = None) -> list[np.ndarray]:
+    def global_batches(self, epoch: int) -> list[np.ndarray]:
         """All (global_batch, 2) arrays of (anchor, positive) indices of an epoch, identical on every rank."""
-        g = _epoch_generator(self.seed, self.epoch if epoch is None else epoch)
+        g = _epoch_generator(self.seed, epoch)
         nb = self.num_batches
         anchors_by_player = []
         for p in torch.randperm(len(self._members), generator=g).tolist():
@@ -180,14 +176,11 @@ class PairBatchSampler:
             positives[k] = others[min(int(draws[k] * len(others)), len(others) - 1)]
         return positives
 
-    def batches(self, epoch: int | None = None, start: int = 0) -> Iterator[list[tuple[int, int]]]:
+    def batches(self, epoch: int, start: int = 0) -> Iterator[list[tuple[int, int]]]:
         """This rank's share of each batch of an epoch, from batch ``start`` on."""
         lo, hi = self.rank * self.batch_size, (self.rank + 1) * self.batch_size
         for batch in self.global_batches(epoch)[start:]:
             yield [(int(a), int(p)) for a, p in batch[lo:hi]]
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        return self.batches()
 
 
 class ImageSet(Dataset):

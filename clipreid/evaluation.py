@@ -29,13 +29,12 @@ import torch
 from .config import save_config
 from .dataset import Split, load_split
 from .errors import UserError
-from .evaluator import embed, squared_distances
+from .evaluator import embed, pick_device, squared_distances
 from .fileio import write_text
 from .fusion import dissimilarity_fusion, similarity_fusion, winners_fusion
 from .metrics import compute_scores
-from .model import ReIDEncoder, load_encoder, read_checkpoint
+from .model import ReIDEncoder, checkpoint_file, load_encoder, read_checkpoint, run_dir_of
 from .rerank import hard_k_reciprocal, k_reciprocal_features
-from .trainer import pick_device
 
 RERANKS = ("none", "k_reciprocal", "hard")
 FUSIONS = ("similarity", "dissimilarity", "winners")
@@ -47,12 +46,6 @@ FUSED = "fused"
 
 # --------------------------------------------------------------------------------------------------------------
 # shared helpers: checkpoints, features, re-ranking and fusion by name
-
-
-def run_dir_of(checkpoint: str | Path) -> Path:
-    """The run folder of a checkpoint path (a run folder is its own)."""
-    checkpoint = Path(checkpoint)
-    return checkpoint if checkpoint.is_dir() else checkpoint.parent
 
 
 def checkpoint_labels(checkpoints: Sequence[Path]) -> list[str]:
@@ -67,17 +60,6 @@ def checkpoint_labels(checkpoints: Sequence[Path]) -> list[str]:
     if len(set(labels)) < len(labels):
         return [str(p) for p in checkpoints]
     return labels
-
-
-def checkpoint_file(path: Path) -> Path:
-    """The checkpoint file a path names (a run folder: its best.pt, else last.pt); UserError if there is none."""
-    if path.is_dir():
-        for name in ("best.pt", "last.pt"):
-            if (path / name).is_file():
-                return path / name
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} not found; train one with train.py (it writes model/<run>/best.pt)")
-    return path
 
 
 def check_rerank(methods: Sequence[str]) -> None:

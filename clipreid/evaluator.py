@@ -1,6 +1,7 @@
 """Features and distances: batched inference of an encoder over images, and the validation used during training.
 
-Distances are squared Euclidean between L2-normalised features (= 2 - 2 cos), the challenge's definition.
+Distances are squared Euclidean between L2-normalised features (= 2 - 2 cos), the challenge's definition:
+``squared_distances`` is the re-ranking module's ``pairwise_squared_euclidean``, so both use one formula.
 """
 
 from __future__ import annotations
@@ -20,7 +21,31 @@ from .dataset import ImageSet
 from .errors import UserError
 from .metrics import compute_scores
 from .model import ReIDEncoder, load_encoder
+from .rerank import pairwise_squared_euclidean as squared_distances
 from .transforms import normalize, to_uint8_tensor
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` -> cuda, then mps, then cpu."""
+    if name != "auto":
+        device = torch.device(name)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise UserError(f"device {name} requested but CUDA is not available; use --device cpu")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    """``auto``: bf16 on GPUs that have it, fp16 on other GPUs, fp32 on the CPU and MPS."""
+    if precision == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
@@ -65,13 +90,6 @@ def extract_features(
     if not out:
         return torch.empty(0, encoder.feature_dim)
     return torch.cat(out)
-
-
-def squared_distances(query: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
-    """Squared Euclidean distances (q, g) in float32, clamped at 0 against rounding."""
-    q, g = query.float(), gallery.float()
-    d = (q * q).sum(1, keepdim=True) + (g * g).sum(1)[None, :] - 2.0 * q @ g.T
-    return d.clamp_min_(0.0)
 
 
 def validate(
@@ -152,8 +170,6 @@ def embed(
         features, names = embed("model/ViT-L-14-quickgelu_test_seed1/best.pt", "crops/")
         distances = squared_distances(features[:10], features[10:])
     """
-    from .trainer import pick_device, resolve_precision  # the trainer imports this module
-
     items, names, are_paths = _gather_inputs(inputs)
     if isinstance(checkpoint, ReIDEncoder):
         encoder = checkpoint

@@ -264,16 +264,27 @@ def checkpoint_spec(path: str | Path) -> ModelSpec:
     return ModelSpec.from_dict(read_checkpoint(path)["model_spec"])
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """``torch.load`` with ``weights_only=True`` (no pickled code), with one-line errors."""
+def checkpoint_file(path: str | Path) -> Path:
+    """The checkpoint file a path names (a run folder: its best.pt, else last.pt); UserError if there is none."""
     path = Path(path)
     if path.is_dir():
         for name in ("best.pt", "last.pt"):
             if (path / name).is_file():
-                path = path / name
-                break
+                return path / name
     if not path.is_file():
         raise UserError(f"checkpoint {path} not found; train one with train.py (it writes model/<run>/best.pt)")
+    return path
+
+
+def run_dir_of(checkpoint: str | Path) -> Path:
+    """The run folder of a checkpoint path (a run folder is its own)."""
+    checkpoint = Path(checkpoint)
+    return checkpoint if checkpoint.is_dir() else checkpoint.parent
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """``torch.load`` with ``weights_only=True`` (no pickled code), with one-line errors."""
+    path = checkpoint_file(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
@@ -286,9 +297,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> ReIDEncoder:
     """Rebuild an encoder from a clipreid checkpoint (architecture from its spec, weights loaded strictly)."""
     state = read_checkpoint(path)
-    spec = architecture_only(ModelSpec.from_dict(state["model_spec"]))
-    encoder = build_encoder(spec)
-    encoder.spec = ModelSpec.from_dict(state["model_spec"])
+    spec = ModelSpec.from_dict(state["model_spec"])
+    encoder = build_encoder(architecture_only(spec))
+    encoder.spec = spec
     weights = {k.removeprefix("_orig_mod."): v for k, v in state["model"].items()}
     missing, unexpected = encoder.load_state_dict(weights, strict=False)
     if missing or unexpected:

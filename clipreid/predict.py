@@ -29,20 +29,19 @@ from .errors import UserError
 from .evaluation import (
     FUSIONS,
     check_rerank,
-    checkpoint_file,
     checkpoint_labels,
     fuse,
     load_for_inference,
     query_gallery_features,
     rerank_distances,
 )
-from .evaluator import squared_distances
+from .evaluator import pick_device, squared_distances
 from .layout import CHALLENGE_GALLERY_DIR, CHALLENGE_QUERY_DIR
 from .metrics import compute_scores
+from .model import checkpoint_file
 from .preprocess import CHALLENGE_COLUMNS, CHALLENGE_DF
 from .submission import align_to, read_distance_matrix, write_distance_matrix
 from .synthetic import INFO_NAME
-from .trainer import pick_device
 
 SETS = ("test", "challenge")
 SET_PLACEHOLDER = "{set}"

@@ -33,10 +33,10 @@ from tqdm import tqdm
 from .config import config_from_dict, config_to_dict, save_config
 from .dataset import ImageSet, PairBatchSampler, PairDataset, Split, contiguous_labels, load_split
 from .errors import UserError
-from .evaluator import autocast, validate
+from .evaluator import autocast, pick_device, resolve_precision, validate
 from .fileio import atomic_path, write_text
 from .loss import ReIDLoss
-from .model import ModelSpec, ReIDEncoder, build_encoder, read_checkpoint
+from .model import ModelSpec, ReIDEncoder, build_encoder, read_checkpoint, run_dir_of
 from .transforms import AugmentConfig, augment_pairs, decode_images
 
 LOG_NAME = "log.jsonl"
@@ -67,20 +67,6 @@ class Runtime:
         return self.world_size > 1
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    """``auto`` -> cuda, then mps, then cpu."""
-    if name != "auto":
-        device = torch.device(name)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise UserError(f"device {name} requested but CUDA is not available; use --device cpu")
-        return device
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
 def setup_runtime(device: str = "auto") -> Runtime:
     """One process per device under ``torchrun`` (NCCL on GPUs, gloo on the CPU), else a single process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -94,15 +80,6 @@ def setup_runtime(device: str = "auto") -> Runtime:
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if base.type == "cuda" else "gloo")
     return Runtime(base, rank, world, local_rank)
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    """``auto``: bf16 on GPUs that have it, fp16 on other GPUs, fp32 on the CPU and MPS."""
-    if precision == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -242,8 +219,7 @@ def train(cfg: Any) -> Path:
 
 def _train(cfg: Any, rt: Runtime) -> Path:
     cfg, state = _resolve_resume(cfg)
-    run_dir = _run_dir(cfg) if state is None else Path(cfg.resume) if Path(cfg.resume).is_dir() \
-        else Path(cfg.resume).parent
+    run_dir = _run_dir(cfg) if state is None else run_dir_of(cfg.resume)
     if state is None and (run_dir / "last.pt").exists() and not cfg.overwrite:
         raise UserError(f"{run_dir} already holds a run; --resume {run_dir / 'last.pt'} continues it, "
                         "--overwrite replaces it, --run-name NAME starts another")
@@ -258,10 +234,9 @@ def _train(cfg: Any, rt: Runtime) -> Path:
 
     split: Split = load_split(cfg.data_dir, cfg.validation, cfg.fold)
     spec = ModelSpec(cfg.model, cfg.pretrained, cfg.remove_proj, cfg.img_size, cfg.grad_checkpointing)
-    if state is not None:
-        spec = dataclasses.replace(spec, pretrained="none")  # the weights come from the checkpoint
-    encoder: ReIDEncoder = build_encoder(spec)
-    encoder.spec = ModelSpec(cfg.model, cfg.pretrained, cfg.remove_proj, cfg.img_size, cfg.grad_checkpointing)
+    # on resume the weights come from the checkpoint: build the architecture only
+    encoder: ReIDEncoder = build_encoder(spec if state is None else dataclasses.replace(spec, pretrained="none"))
+    encoder.spec = spec
     labels = contiguous_labels(split.train_players)
     loss_fn = ReIDLoss(tuple(cfg.losses), tuple(cfg.loss_weights) if cfg.loss_weights else None,
                        feature_dim=encoder.feature_dim, num_classes=int(labels.max()) + 1,
@@ -334,7 +309,6 @@ def _train(cfg: Any, rt: Runtime) -> Path:
 
     augment = AugmentConfig(cfg.flip, cfg.sharpen, cfg.random_erasing)
     for epoch in range(start_epoch, cfg.epochs):
-        sampler.set_epoch(epoch)
         record = _train_epoch(cfg, rt, model, encoder, loss_fn, optimizer, scheduler, scaler, sampler, pairs,
                               augment, dtype, epoch)
         record.update(evaluate_now())
