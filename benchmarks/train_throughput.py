@@ -1,15 +1,25 @@
-"""Training throughput per backbone: images/s, peak memory, FLOPs per image and model FLOPs utilisation (MFU).
+"""Training and feature-extraction throughput per backbone: images/s, peak memory, FLOPs per image and MFU.
 
 One training step = augmentation of a batch of uint8 pairs on the device, forward of both images, InfoNCE,
 backward, AdamW step, as ``clipreid.trainer`` runs it. Measured in the same run:
 
-- ``fp32``: the reference, an un-optimised step (fp32, no autocast);
-- ``ours``: the configured precision (bf16 on GPUs) with fused AdamW, fed from a synthetic batch already on the device;
+- ``fp32``: the reference, the field's un-optimised step: fp32, no autocast, open_clip's own
+  ``nn.MultiheadAttention``, plain AdamW;
+- ``ours/mha``: ours (below) but with open_clip's ``nn.MultiheadAttention``: what the SDPA attention adds;
+- ``ours``: the configured precision (bf16 on GPUs), SDPA attention, fused AdamW, fed from a synthetic batch
+  already on the device;
 - ``ours+data``: the same fed from the in-memory uint8 cache through pinned memory, as training does; if it matches
-  ``ours``, the data pipeline is not the bottleneck.
+  ``ours``, the data pipeline is not the bottleneck (the GPU is).
 
-MFU = (3 x forward FLOPs per image x images/s) / peak; the peak is the bf16 matmul rate measured here (a large
-bf16 matmul), which is what the GPU can really do, so MFU is conservative rather than flattering.
+Feature extraction (``--inference``, on by default), batches of ``eval_batch_size`` images:
+
+- ``infer fp32``: the reference, fp32 forward with open_clip's attention on batches already on the device;
+- ``infer ours``: bf16 (on GPUs) and SDPA, batches on the device;
+- ``infer+data``: ``clipreid.evaluator.extract_features`` over a CPU uint8 cache, as evaluation and validation run.
+
+MFU = (3 x forward FLOPs per image x images/s) / peak for training, 1 x forward FLOPs for inference; the peak is
+the matmul rate measured here (a large bf16 matmul on GPUs), what the GPU can really do, so MFU is conservative
+rather than flattering.
 
     .venv/bin/python benchmarks/train_throughput.py                                    # tiny-vit on the CPU
     .venv/bin/python benchmarks/train_throughput.py --models ViT-B-16-quickgelu ViT-L-14-quickgelu   # on a GPU
@@ -27,23 +37,25 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from clipreid.config import run  # noqa: E402
-from clipreid.evaluator import autocast, pick_device, resolve_precision  # noqa: E402
+from clipreid.evaluator import autocast, extract_features, pick_device, resolve_precision  # noqa: E402
 from clipreid.loss import ReIDLoss  # noqa: E402
-from clipreid.model import ModelSpec, build_encoder  # noqa: E402
+from clipreid.model import ModelSpec, ReIDEncoder, build_encoder  # noqa: E402
 from clipreid.trainer import build_optimizer  # noqa: E402
-from clipreid.transforms import AugmentConfig, augment_pairs  # noqa: E402
+from clipreid.transforms import AugmentConfig, augment_pairs, normalize  # noqa: E402
 
 
 @dataclass
 class Config:
     models: tuple[str, ...] | None = None  # none: tiny-vit on the CPU; ViT-B-16 and ViT-L-14 (quickgelu) on a GPU
-    batch_size: int = 16  # pairs per step (the recipe's 16; 2 x batch_size images)
-    steps: int = 20  # timed steps per variant
+    batch_size: int = 16  # pairs per training step (the recipe's 16; 2 x batch_size images)
+    eval_batch_size: int = 256  # images per feature-extraction batch
+    steps: int = 20  # timed steps (batches) per variant
     warmup: int = 5  # untimed steps first (cudnn autotuning, allocator, compile)
     precision: str = "auto"  # auto: bf16 on GPUs, fp32 on the CPU
-    compile: bool = False  # torch.compile the encoder for the "ours" variants
+    compile: bool = False  # torch.compile the backbone in the "ours" variants (training and inference)
     grad_checkpointing: bool = False
-    reference: bool = True  # also time the fp32 reference step
+    reference: bool = True  # also time the fp32 reference step and ours with open_clip's attention
+    inference: bool = True  # also time feature extraction
     device: str = "auto"
 
 
@@ -79,21 +91,49 @@ def forward_flops(encoder: torch.nn.Module, size: tuple[int, int], device: torch
     return float(counter.get_total_flops())
 
 
-def time_variant(name: str, model: str, cfg: Config, device: torch.device, dtype: torch.dtype, fused: bool,
-                 feed: str) -> dict:
+def _encoder(model: str, cfg: Config, device: torch.device, sdpa: bool, compile: bool = False) -> ReIDEncoder:
     torch.manual_seed(0)
-    encoder = build_encoder(ModelSpec(model, "none", grad_checkpointing=cfg.grad_checkpointing)).to(device)
+    spec = ModelSpec(model, "none", grad_checkpointing=cfg.grad_checkpointing)
+    encoder = build_encoder(spec, sdpa=sdpa).to(device)
+    if compile:  # the backbone only, so the encoder keeps its attributes for extract_features
+        encoder.backbone = torch.compile(encoder.backbone)
+    return encoder
+
+
+def _timed(step, cfg: Config, device: torch.device) -> float:
+    """Seconds for ``cfg.steps`` calls of ``step(i)`` after ``cfg.warmup`` untimed ones."""
+    for i in range(cfg.warmup):
+        step(i)
+    sync(device)
+    t = time.perf_counter()
+    for i in range(cfg.steps):
+        step(cfg.warmup + i)
+    sync(device)
+    return time.perf_counter() - t
+
+
+def _peak_gib(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def time_training(name: str, model: str, cfg: Config, device: torch.device, dtype: torch.dtype, *, fused: bool,
+                  feed: str, sdpa: bool) -> dict:
+    encoder = _encoder(model, cfg, device, sdpa, compile=cfg.compile and name != "fp32")
     loss_fn = ReIDLoss(("infonce",)).to(device)
     opt = build_optimizer([encoder], 1e-5, 0.01, fused=fused)
-    net = torch.compile(encoder) if cfg.compile and name != "fp32" else encoder
     b, size = cfg.batch_size, encoder.image_size
     aug = AugmentConfig()
     if feed == "device":
         batch = torch.randint(0, 256, (2 * b, 3, *size), dtype=torch.uint8, device=device)
     else:  # the training path: gather from a CPU uint8 cache, pin, copy without blocking
         cache = torch.randint(0, 256, (max(512, 4 * b), 3, *size), dtype=torch.uint8)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    _reset_peak(device)
 
     def step(i: int) -> None:
         if feed == "device":
@@ -106,25 +146,41 @@ def time_variant(name: str, model: str, cfg: Config, device: torch.device, dtype
             x = x.to(device, non_blocking=True)
         xa, xp = augment_pairs(x[:b], x[b:], aug, encoder.mean, encoder.std, torch.Generator().manual_seed(i))
         with autocast(device, dtype):
-            f = net(torch.cat([xa, xp]))
+            f = encoder(torch.cat([xa, xp]))
         fa, fp = f.float().chunk(2)
         loss, _ = loss_fn(fa, fp, torch.arange(b, device=device), encoder.scale())
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    for i in range(cfg.warmup):
-        step(i)
-    sync(device)
-    t = time.perf_counter()
-    for i in range(cfg.steps):
-        step(cfg.warmup + i)
-    sync(device)
-    seconds = time.perf_counter() - t
-    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    flops = forward_flops(encoder, size, device)
-    return {"variant": name, "images_per_s": 2 * b * cfg.steps / seconds, "peak_gib": peak, "fwd_gflops": flops / 1e9,
-            "size": size}
+    seconds = _timed(step, cfg, device)
+    return {"variant": name, "images_per_s": 2 * b * cfg.steps / seconds, "peak_gib": _peak_gib(device),
+            "size": size, "passes": 3}
+
+
+@torch.no_grad()
+def time_inference(name: str, model: str, cfg: Config, device: torch.device, dtype: torch.dtype, *, feed: str,
+                   sdpa: bool) -> dict:
+    encoder = _encoder(model, cfg, device, sdpa, compile=cfg.compile and name != "infer fp32").eval()
+    b, size = cfg.eval_batch_size, encoder.image_size
+    _reset_peak(device)
+    if feed == "device":
+        batch = torch.randint(0, 256, (b, 3, *size), dtype=torch.uint8, device=device)
+
+        def step(i: int) -> None:
+            with autocast(device, dtype):
+                encoder(normalize(batch, encoder.mean, encoder.std))
+
+        seconds = _timed(step, cfg, device)
+    else:  # the evaluation path: a CPU uint8 cache through extract_features (pinned copies, one copy back)
+        cache = torch.randint(0, 256, (b * cfg.steps, 3, *size), dtype=torch.uint8)
+        extract_features(encoder, cache[:b * cfg.warmup], batch_size=b, device=device, dtype=dtype, progress=False)
+        sync(device)
+        t = time.perf_counter()
+        extract_features(encoder, cache, batch_size=b, device=device, dtype=dtype, progress=False)
+        seconds = time.perf_counter() - t
+    return {"variant": name, "images_per_s": b * cfg.steps / seconds, "peak_gib": _peak_gib(device),
+            "size": size, "passes": 1}
 
 
 def main(cfg: Config) -> None:
@@ -135,25 +191,40 @@ def main(cfg: Config) -> None:
     peak = matmul_peak(device, peak_dtype)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     print(f"device: {name}   measured {str(peak_dtype).removeprefix('torch.')} matmul peak: {peak / 1e12:.2f} TFLOP/s")
-    print(f"batch: {cfg.batch_size} pairs ({2 * cfg.batch_size} images), {cfg.steps} timed steps, "
-          f"precision {str(dtype).removeprefix('torch.')}, compile {cfg.compile}")
-    print(f"{'model':<22}{'variant':<11}{'input':>9}{'img/s':>10}{'vs fp32':>9}{'peak GiB':>10}{'GFLOP/img':>11}"
+    print(f"training: {cfg.batch_size} pairs ({2 * cfg.batch_size} images) per step; inference: "
+          f"{cfg.eval_batch_size} images per batch; {cfg.steps} timed steps; precision "
+          f"{str(dtype).removeprefix('torch.')}, compile {cfg.compile}")
+    print(f"{'model':<22}{'variant':<12}{'input':>9}{'img/s':>10}{'vs ref':>9}{'peak GiB':>10}{'GFLOP/img':>11}"
           f"{'MFU':>7}")
     fused = device.type == "cuda"
     for model in models:
-        rows = []
-        if cfg.reference:
-            rows.append(time_variant("fp32", model, cfg, device, torch.float32, False, "device"))
-        rows.append(time_variant("ours", model, cfg, device, dtype, fused, "device"))
-        rows.append(time_variant("ours+data", model, cfg, device, dtype, fused, "cache"))
-        ref = rows[0]["images_per_s"] if cfg.reference else None
-        for r in rows:
-            mfu = 3 * r["fwd_gflops"] * 1e9 * r["images_per_s"] / peak
-            ratio = f"{r['images_per_s'] / ref:.2f}x" if ref else "-"
-            h, w = r["size"]
-            mem = "-" if r["peak_gib"] is None else f"{r['peak_gib']:.2f}"
-            print(f"{model:<22}{r['variant']:<11}{f'{h}x{w}':>9}{r['images_per_s']:>10.1f}{ratio:>9}"
-                  f"{mem:>10}{r['fwd_gflops']:>11.2f}{mfu:>7.1%}")
+        # counted once per model: open_clip's inference fast path hides its attention from the FLOP counter
+        encoder = _encoder(model, cfg, device, sdpa=True)
+        fwd_flops = forward_flops(encoder, encoder.image_size, device)
+        del encoder
+        groups = [[
+            *([time_training("fp32", model, cfg, device, torch.float32, fused=False, feed="device", sdpa=False),
+               time_training("ours/mha", model, cfg, device, dtype, fused=fused, feed="device", sdpa=False)]
+              if cfg.reference else []),
+            time_training("ours", model, cfg, device, dtype, fused=fused, feed="device", sdpa=True),
+            time_training("ours+data", model, cfg, device, dtype, fused=fused, feed="cache", sdpa=True),
+        ]]
+        if cfg.inference:
+            groups.append([
+                *([time_inference("infer fp32", model, cfg, device, torch.float32, feed="device", sdpa=False)]
+                  if cfg.reference else []),
+                time_inference("infer ours", model, cfg, device, dtype, feed="device", sdpa=True),
+                time_inference("infer+data", model, cfg, device, dtype, feed="cache", sdpa=True),
+            ])
+        for rows in groups:
+            ref = rows[0]["images_per_s"] if cfg.reference else None
+            for r in rows:
+                mfu = r["passes"] * fwd_flops * r["images_per_s"] / peak
+                ratio = f"{r['images_per_s'] / ref:.2f}x" if ref else "-"
+                h, w = r["size"]
+                mem = "-" if r["peak_gib"] is None else f"{r['peak_gib']:.2f}"
+                print(f"{model:<22}{r['variant']:<12}{f'{h}x{w}':>9}{r['images_per_s']:>10.1f}{ratio:>9}"
+                      f"{mem:>10}{fwd_flops / 1e9:>11.2f}{mfu:>7.1%}")
 
 
 if __name__ == "__main__":

@@ -80,16 +80,19 @@ def extract_features(
         total = len(loader)
     out = []
     for x in tqdm(batches, total=total, desc=desc, disable=not progress, leave=False, unit="batch"):
+        if device.type == "cuda" and x.device.type == "cpu" and not x.is_pinned():
+            x = x.pin_memory()  # an asynchronous copy needs page-locked memory
         x = normalize(x.to(device, non_blocking=True), encoder.mean, encoder.std)
         with autocast(device, dtype):
             f = encoder(x).float()
             if flip:
                 f = f + encoder(x.flip(-1)).float()
-        out.append(torch.nn.functional.normalize(f, dim=-1).cpu())
+        # kept on the device until the end: a copy back per batch would stall the queue of launched work
+        out.append(torch.nn.functional.normalize(f, dim=-1))
     encoder.train(was_training)
     if not out:
         return torch.empty(0, encoder.feature_dim)
-    return torch.cat(out)
+    return torch.cat(out).cpu()
 
 
 def validate(

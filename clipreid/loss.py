@@ -85,12 +85,12 @@ def batch_hard_triplet(features: torch.Tensor, labels: torch.Tensor, margin: flo
     eye = torch.eye(len(f), dtype=torch.bool, device=f.device)
     pos_mask, neg_mask = same & ~eye, ~same
     valid = pos_mask.any(1) & neg_mask.any(1)
-    if not valid.any():
-        return dist_mat.sum() * 0.0
     hardest_pos = dist_mat.masked_fill(~pos_mask, float("-inf")).amax(1)
     hardest_neg = dist_mat.masked_fill(~neg_mask, float("inf")).amin(1)
-    gap = (hardest_pos - hardest_neg)[valid]
-    return F.softplus(gap).mean() if margin is None else F.relu(gap + margin).mean()
+    # masked mean rather than gap[valid] or `if valid.any()`: both would wait for the GPU every step
+    gap = torch.where(valid, hardest_pos - hardest_neg, torch.zeros_like(hardest_pos))
+    per_image = F.softplus(gap) if margin is None else F.relu(gap + margin)
+    return torch.where(valid, per_image, torch.zeros_like(per_image)).sum() / valid.sum().clamp_min(1)
 
 
 class CosineClassifier(nn.Module):

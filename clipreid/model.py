@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .attention import use_sdpa_attention
 from .errors import UserError
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -230,8 +231,12 @@ def _load_backbone_file(module: nn.Module, path: str) -> None:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def build_encoder(spec: ModelSpec) -> ReIDEncoder:
-    """Build the encoder of ``spec``, fetching its pretrained weights (errors are one-line ``UserError`` s)."""
+def build_encoder(spec: ModelSpec, *, sdpa: bool = True) -> ReIDEncoder:
+    """Build the encoder of ``spec``, fetching its pretrained weights (errors are one-line ``UserError`` s).
+
+    ``sdpa`` runs open_clip ViTs' self-attention through ``SelfAttention`` (one scaled-dot-product-attention call,
+    no layout copies); off, they keep open_clip's ``nn.MultiheadAttention`` (same weights, same results, slower).
+    """
     if spec.name == TINY_VIT:
         parts = _build_tiny(spec)
     elif _is_open_clip(spec.name):
@@ -249,6 +254,8 @@ def build_encoder(spec: ModelSpec) -> ReIDEncoder:
             raise UserError(f"unknown model '{spec.name}': not an open_clip or timm model name{hint}")
         parts = _build_timm(spec)
     backbone, size, mean, std, feature_dim, scale = parts
+    if sdpa:
+        use_sdpa_attention(backbone)
     return ReIDEncoder(backbone, spec, size, mean, std, feature_dim, min(scale, MAX_LOGIT_SCALE))
 
 

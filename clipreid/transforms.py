@@ -8,6 +8,7 @@ on the CPU, so a batch is augmented identically on any device for a given seed.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -81,11 +82,30 @@ def decode_images(
     return out
 
 
+def to_device(values: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small CPU tensor onto ``device`` without stalling the host: through pinned memory on CUDA.
+
+    A plain ``.to("cuda")`` of pageable memory waits for all queued GPU work, once per training step here, which
+    would stop the host from queuing the next step while the GPU finishes the last.
+    """
+    if device.type == "cuda":
+        return values.pin_memory().to(device, non_blocking=True)
+    return values.to(device)
+
+
+@functools.lru_cache(maxsize=16)
+def _channel_stats(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(255 mean, 255 std) as (1, 3, 1, 1) tensors on ``device``, made once per model and device."""
+    stats = torch.tensor([mean, std], dtype=torch.float32).view(2, 1, 3, 1, 1) * 255.0
+    stats = to_device(stats, device)
+    return stats[0], stats[1]
+
+
 def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float],
               dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """uint8 (B, 3, H, W) -> float, scaled to [0, 1] and standardised per channel."""
-    mean_t = torch.tensor(mean, device=images.device, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
-    std_t = torch.tensor(std, device=images.device, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+    mean_t, std_t = _channel_stats(tuple(map(float, mean)), tuple(map(float, std)), images.device)
     return ((images.float() - mean_t) / std_t).to(dtype)
 
 
@@ -139,7 +159,7 @@ def _erasing_boxes(n: int, h: int, w: int, generator: torch.Generator, attempts:
 def _erase(images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     """Zero the (top, left, height, width) box of each image, vectorised with a mask."""
     b, _, h, w = images.shape
-    boxes = boxes.to(images.device)
+    boxes = to_device(boxes, images.device)
     rows = torch.arange(h, device=images.device).view(1, h, 1)
     cols = torch.arange(w, device=images.device).view(1, 1, w)
     top, left, bh, bw = (boxes[:, i].view(b, 1, 1) for i in range(4))
@@ -158,12 +178,12 @@ def augment_pairs(
     b = anchors.shape[0]
     images = torch.cat([anchors, positives])  # (2B, 3, H, W)
     if cfg.flip:
-        flip = (torch.rand(b, generator=generator) < cfg.p).repeat(2).to(images.device)
+        flip = to_device((torch.rand(b, generator=generator) < cfg.p).repeat(2), images.device)
         images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
     if cfg.sharpen:
-        apply = (torch.rand(2 * b, generator=generator) < cfg.p).to(images.device)
-        alpha = (0.2 + 0.3 * torch.rand(2 * b, generator=generator)).to(images.device)
-        lightness = (0.5 + 0.5 * torch.rand(2 * b, generator=generator)).to(images.device)
+        apply = to_device(torch.rand(2 * b, generator=generator) < cfg.p, images.device)
+        alpha = to_device(0.2 + 0.3 * torch.rand(2 * b, generator=generator), images.device)
+        lightness = to_device(0.5 + 0.5 * torch.rand(2 * b, generator=generator), images.device)
         images = (_sharpen(images.float() / 255.0, apply, alpha, lightness) * 255.0).round_().to(torch.uint8)
     images = normalize(images, mean, std, torch.float32)
     if cfg.random_erasing:

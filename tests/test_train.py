@@ -131,6 +131,18 @@ def test_batch_hard_triplet_hand_computed():
     assert batch_hard_triplet(f, y, 0.3).item() == pytest.approx(expected, abs=1e-4)
 
 
+def test_batch_hard_triplet_leaves_out_images_without_a_positive():
+    f = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [-1.0, 0.0], [0.6, -0.8]], requires_grad=True)
+    y = torch.tensor([0, 0, 1, 1, 7])  # image 4 has no positive and is no nearest negative: as above
+    assert batch_hard_triplet(f, y, 0.3).item() == pytest.approx((1.71421 + 0.3 + 2.3 + 0.88579) / 4, abs=1e-4)
+    # soft margin: log(1 + exp(d_pos - d_neg)) over the same four images
+    soft = (math.log1p(math.exp(1.41421)) + math.log1p(1) + math.log1p(math.exp(2)) + math.log1p(math.exp(0.58579)))
+    assert batch_hard_triplet(f, y, None).item() == pytest.approx(soft / 4, abs=1e-4)
+    alone = batch_hard_triplet(f, torch.arange(5), 0.3)  # no image has a positive: 0, with a zero gradient
+    alone.backward()
+    assert alone.item() == 0.0 and torch.equal(f.grad, torch.zeros_like(f))
+
+
 def test_weighted_loss_sum_and_unknown_names():
     torch.manual_seed(0)
     a, p, y = torch.randn(4, 8), torch.randn(4, 8), torch.arange(4)

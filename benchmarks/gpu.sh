@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Every GPU check and benchmark behind benchmarks/RESULTS.md, in stages that each take a few minutes on an H100/H200:
+#
+#   bash benchmarks/gpu.sh tests   [LOG_DIR]   # tests/test_gpu.py and the GPU metrics test
+#   bash benchmarks/gpu.sh train   [LOG_DIR]   # training and feature-extraction throughput, ViT-B-16 and ViT-L-14
+#   bash benchmarks/gpu.sh compile [LOG_DIR]   # the same with torch.compile, and ViT-L-14 at 64 pairs per step
+#   bash benchmarks/gpu.sh eval    [LOG_DIR]   # compute_scores at 12k x 88k, re-ranking vs numpy, re-ranking to N=100k
+#   bash benchmarks/gpu.sh all     [LOG_DIR]
+#
+# Each stage prints its tables and keeps a copy in LOG_DIR (default benchmarks/logs); PYTHON picks the interpreter.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+stage=${1:?usage: bash benchmarks/gpu.sh tests|train|compile|eval|all [LOG_DIR]}
+logs=${2:-benchmarks/logs}
+py=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1
+mkdir -p "$logs"
+
+step() {  # step NAME COMMAND...: run, show and keep the output
+    local name=$1
+    shift
+    echo "== $name: $*"
+    "$@" 2>&1 | tee "$logs/$name.txt"
+}
+
+header() {
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$logs/device.txt"
+    "$py" -c "import torch, open_clip; print('torch', torch.__version__, 'open_clip', open_clip.__version__)" \
+        | tee -a "$logs/device.txt"
+}
+
+run_stage() {
+    case $1 in
+        tests)
+            step tests "$py" -m pytest -q -rs tests/test_gpu.py tests/test_metrics.py -k "gpu or GPU" ;;
+        train)
+            step train_throughput "$py" benchmarks/train_throughput.py ;;
+        compile)
+            step train_throughput_compile "$py" benchmarks/train_throughput.py --models ViT-L-14-quickgelu \
+                --compile --reference false
+            step train_throughput_b64 "$py" benchmarks/train_throughput.py --models ViT-L-14-quickgelu \
+                --batch-size 64 --eval-batch-size 512 --compile --reference false ;;
+        eval)
+            step metrics "$py" benchmarks/metrics.py --scale --device cuda
+            step rerank "$py" benchmarks/rerank.py --device cuda
+            step rerank_scale "$py" benchmarks/rerank.py --device cuda --scale ;;
+        *)
+            echo "unknown stage $1: use tests, train, compile, eval or all" >&2
+            exit 2 ;;
+    esac
+}
+
+header
+if [ "$stage" = all ]; then
+    for s in tests train compile eval; do run_stage "$s"; done
+else
+    run_stage "$stage"
+fi
