@@ -5,6 +5,8 @@ backward, AdamW step, as ``clipreid.trainer`` runs it. Measured in the same run:
 
 - ``fp32``: the reference, the field's un-optimised step: fp32, no autocast, open_clip's own
   ``nn.MultiheadAttention``, plain AdamW;
+- ``fp16 amp`` (GPUs): the field's usual mixed-precision step: fp16 autocast with a GradScaler, open_clip's
+  attention, plain AdamW;
 - ``ours/mha``: ours (below) but with open_clip's ``nn.MultiheadAttention``: what the SDPA attention adds;
 - ``ours``: the configured precision (bf16 on GPUs), SDPA attention, fused AdamW, fed from a synthetic batch
   already on the device;
@@ -124,9 +126,10 @@ def _reset_peak(device: torch.device) -> None:
 
 def time_training(name: str, model: str, cfg: Config, device: torch.device, dtype: torch.dtype, *, fused: bool,
                   feed: str, sdpa: bool) -> dict:
-    encoder = _encoder(model, cfg, device, sdpa, compile=cfg.compile and name != "fp32")
+    encoder = _encoder(model, cfg, device, sdpa, compile=cfg.compile and name.startswith("ours"))
     loss_fn = ReIDLoss(("infonce",)).to(device)
     opt = build_optimizer([encoder], 1e-5, 0.01, fused=fused)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     b, size = cfg.batch_size, encoder.image_size
     aug = AugmentConfig()
     if feed == "device":
@@ -149,8 +152,9 @@ def time_training(name: str, model: str, cfg: Config, device: torch.device, dtyp
             f = encoder(torch.cat([xa, xp]))
         fa, fp = f.float().chunk(2)
         loss, _ = loss_fn(fa, fp, torch.arange(b, device=device), encoder.scale())
-        loss.backward()
-        opt.step()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
         opt.zero_grad(set_to_none=True)
 
     seconds = _timed(step, cfg, device)
@@ -203,8 +207,11 @@ def main(cfg: Config) -> None:
         fwd_flops = forward_flops(encoder, encoder.image_size, device)
         del encoder
         groups = [[
-            *([time_training("fp32", model, cfg, device, torch.float32, fused=False, feed="device", sdpa=False),
-               time_training("ours/mha", model, cfg, device, dtype, fused=fused, feed="device", sdpa=False)]
+            *([time_training("fp32", model, cfg, device, torch.float32, fused=False, feed="device", sdpa=False)]
+              if cfg.reference else []),
+            *([time_training("fp16 amp", model, cfg, device, torch.float16, fused=False, feed="device", sdpa=False)]
+              if cfg.reference and device.type == "cuda" else []),
+            *([time_training("ours/mha", model, cfg, device, dtype, fused=fused, feed="device", sdpa=False)]
               if cfg.reference else []),
             time_training("ours", model, cfg, device, dtype, fused=fused, feed="device", sdpa=True),
             time_training("ours+data", model, cfg, device, dtype, fused=fused, feed="cache", sdpa=True),

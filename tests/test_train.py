@@ -253,6 +253,14 @@ def test_reduced_precision_runs_on_cpu(synthetic_small, tmp_path, precision):
     assert math.isfinite(record["train_loss"]) and 0 <= record["mAP"] <= 1
 
 
+def test_channels_last_trains_a_convnet_to_the_same_loss(synthetic_small, tmp_path):
+    """channels_last (for convolutional backbones) changes the memory layout, not the numbers."""
+    runs = [train(tiny_config(synthetic_small, tmp_path / str(cl), model="resnet18", img_size=(64, 32), epochs=1,
+                              lr=1e-3, validation="none", channels_last=cl)) for cl in (False, True)]
+    losses = [json.loads((d / "log.jsonl").read_text().splitlines()[-1])["train_loss"] for d in runs]
+    assert math.isfinite(losses[0]) and losses[1] == pytest.approx(losses[0], rel=1e-3)
+
+
 def test_checkpoint_round_trip_weights_only(synthetic_small, tmp_path):
     run_dir = train(tiny_config(synthetic_small, tmp_path, epochs=1))
     state = read_checkpoint(run_dir / "best.pt")
