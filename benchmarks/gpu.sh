@@ -7,26 +7,38 @@
 #   bash benchmarks/gpu.sh eval    [LOG_DIR]   # compute_scores at 12k x 88k, re-ranking vs numpy, re-ranking to N=100k
 #   bash benchmarks/gpu.sh all     [LOG_DIR]
 #
-# Each stage prints its tables and keeps a copy in LOG_DIR (default benchmarks/logs); PYTHON picks the interpreter.
+# Each stage prints its tables and keeps a copy in LOG_DIR (default benchmarks/logs); PYTHON picks the interpreter,
+# DEVICE the device of the evaluation benchmarks (default cuda; DEVICE=cpu dry-runs the script on a laptop).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 stage=${1:?usage: bash benchmarks/gpu.sh tests|train|compile|eval|all [LOG_DIR]}
 logs=${2:-benchmarks/logs}
 py=${PYTHON:-python3}
+device=${DEVICE:-cuda}
 export PYTHONUNBUFFERED=1
 mkdir -p "$logs"
 
-step() {  # step NAME COMMAND...: run, show and keep the output
+failed=()
+step() {  # step NAME COMMAND...: run, show and keep the output; a failure is reported at the end, not fatal
     local name=$1
     shift
     echo "== $name: $*"
-    "$@" 2>&1 | tee "$logs/$name.txt"
+    if ! "$@" 2>&1 | tee "$logs/$name.txt"; then
+        failed+=("$name")
+    fi
 }
 
 header() {
-    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$logs/device.txt"
-    "$py" -c "import torch, open_clip; print('torch', torch.__version__, 'open_clip', open_clip.__version__)" \
-        | tee -a "$logs/device.txt"
+    if command -v nvidia-smi >/dev/null; then
+        nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$logs/device.txt"
+    else
+        echo "no nvidia-smi on this machine" | tee "$logs/device.txt"
+    fi
+    if ! "$py" -c "import torch, open_clip; print('torch', torch.__version__, 'open_clip', open_clip.__version__)" \
+        | tee -a "$logs/device.txt"; then
+        echo "$py cannot import torch and open_clip: install requirements.txt (or carry open_clip's wheels)" >&2
+        exit 1
+    fi
 }
 
 run_stage() {
@@ -41,9 +53,9 @@ run_stage() {
             step train_throughput_b64 "$py" benchmarks/train_throughput.py --models ViT-L-14-quickgelu \
                 --batch-size 64 --eval-batch-size 512 --compile --reference false ;;
         eval)
-            step metrics "$py" benchmarks/metrics.py --scale --device cuda
-            step rerank "$py" benchmarks/rerank.py --device cuda
-            step rerank_scale "$py" benchmarks/rerank.py --device cuda --scale ;;
+            step metrics "$py" benchmarks/metrics.py --scale --device "$device"
+            step rerank "$py" benchmarks/rerank.py --device "$device"
+            step rerank_scale "$py" benchmarks/rerank.py --device "$device" --scale ;;
         *)
             echo "unknown stage $1: use tests, train, compile, eval or all" >&2
             exit 2 ;;
@@ -55,4 +67,8 @@ if [ "$stage" = all ]; then
     for s in tests train compile eval; do run_stage "$s"; done
 else
     run_stage "$stage"
+fi
+if [ ${#failed[@]} -gt 0 ]; then
+    echo "failed: ${failed[*]} (logs in $logs)" >&2
+    exit 1
 fi
