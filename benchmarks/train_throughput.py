@@ -114,6 +114,17 @@ def _timed(step, cfg: Config, device: torch.device) -> float:
     return time.perf_counter() - t
 
 
+def _op_census(step, i: int) -> tuple[int, int]:
+    """(aten operator calls, of which aten::copy_) in one more call of ``step``: fewer copies, fewer passes over
+    the activations, whatever the device."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step(i)
+    events = [e for e in prof.key_averages() if e.key.startswith("aten::")]
+    return sum(e.count for e in events), sum(e.count for e in events if e.key == "aten::copy_")
+
+
 def _peak_gib(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
 
@@ -158,7 +169,9 @@ def time_training(name: str, model: str, cfg: Config, device: torch.device, dtyp
         opt.zero_grad(set_to_none=True)
 
     seconds = _timed(step, cfg, device)
-    return {"variant": name, "images_per_s": 2 * b * cfg.steps / seconds, "peak_gib": _peak_gib(device),
+    peak_gib = _peak_gib(device)
+    return {"variant": name, "images_per_s": 2 * b * cfg.steps / seconds, "peak_gib": peak_gib,
+            "census": _op_census(step, cfg.warmup + cfg.steps),
             "size": size, "passes": 3}
 
 
@@ -167,6 +180,7 @@ def time_inference(name: str, model: str, cfg: Config, device: torch.device, dty
                    sdpa: bool) -> dict:
     encoder = _encoder(model, cfg, device, sdpa, compile=cfg.compile and name != "infer fp32").eval()
     b, size = cfg.eval_batch_size, encoder.image_size
+    census = None
     _reset_peak(device)
     if feed == "device":
         batch = torch.randint(0, 256, (b, 3, *size), dtype=torch.uint8, device=device)
@@ -176,6 +190,7 @@ def time_inference(name: str, model: str, cfg: Config, device: torch.device, dty
                 encoder(normalize(batch, encoder.mean, encoder.std))
 
         seconds = _timed(step, cfg, device)
+        census = _op_census(step, cfg.warmup + cfg.steps)
     else:  # the evaluation path: a CPU uint8 cache through extract_features (pinned copies, one copy back)
         cache = torch.randint(0, 256, (b * cfg.steps, 3, *size), dtype=torch.uint8)
         extract_features(encoder, cache[:b * cfg.warmup], batch_size=b, device=device, dtype=dtype, progress=False)
@@ -183,7 +198,7 @@ def time_inference(name: str, model: str, cfg: Config, device: torch.device, dty
         t = time.perf_counter()
         extract_features(encoder, cache, batch_size=b, device=device, dtype=dtype, progress=False)
         seconds = time.perf_counter() - t
-    return {"variant": name, "images_per_s": b * cfg.steps / seconds, "peak_gib": _peak_gib(device),
+    return {"variant": name, "images_per_s": b * cfg.steps / seconds, "peak_gib": _peak_gib(device), "census": census,
             "size": size, "passes": 1}
 
 
@@ -199,7 +214,7 @@ def main(cfg: Config) -> None:
           f"{cfg.eval_batch_size} images per batch; {cfg.steps} timed steps; precision "
           f"{str(dtype).removeprefix('torch.')}, compile {cfg.compile}")
     print(f"{'model':<22}{'variant':<12}{'input':>9}{'img/s':>10}{'vs ref':>9}{'peak GiB':>10}{'GFLOP/img':>11}"
-          f"{'MFU':>7}")
+          f"{'MFU':>7}{'aten ops':>10}{'copies':>8}")
     fused = device.type == "cuda"
     for model in models:
         # counted once per model: open_clip's inference fast path hides its attention from the FLOP counter
@@ -230,8 +245,9 @@ def main(cfg: Config) -> None:
                 ratio = f"{r['images_per_s'] / ref:.2f}x" if ref else "-"
                 h, w = r["size"]
                 mem = "-" if r["peak_gib"] is None else f"{r['peak_gib']:.2f}"
+                ops, copies = r["census"] or ("-", "-")
                 print(f"{model:<22}{r['variant']:<12}{f'{h}x{w}':>9}{r['images_per_s']:>10.1f}{ratio:>9}"
-                      f"{mem:>10}{fwd_flops / 1e9:>11.2f}{mfu:>7.1%}")
+                      f"{mem:>10}{fwd_flops / 1e9:>11.2f}{mfu:>7.1%}{ops:>10}{copies:>8}")
 
 
 if __name__ == "__main__":
