@@ -2,7 +2,8 @@
 # Every GPU check and benchmark behind benchmarks/RESULTS.md, in stages that each take a few minutes on an H100/H200:
 #
 #   bash benchmarks/gpu.sh tests   [LOG_DIR]   # tests/test_gpu.py and the GPU metrics test
-#   bash benchmarks/gpu.sh train   [LOG_DIR]   # training and feature-extraction throughput, ViT-B-16 and ViT-L-14
+#   bash benchmarks/gpu.sh train   [LOG_DIR]   # training and feature-extraction throughput, ViT-B-16 and ViT-L-14,
+#                                              # then ViT-L-14 with each of clipreid.blocks' drop-ins alone
 #   bash benchmarks/gpu.sh compile [LOG_DIR]   # the same with torch.compile, and ViT-L-14 at 64 pairs per step
 #   bash benchmarks/gpu.sh eval    [LOG_DIR]   # compute_scores at 12k x 88k, re-ranking vs numpy, re-ranking to N=100k
 #   bash benchmarks/gpu.sh all     [LOG_DIR]
@@ -46,7 +47,11 @@ run_stage() {
         tests)
             step tests "$py" -m pytest -q -rs tests/test_gpu.py tests/test_metrics.py -k "gpu or GPU" ;;
         train)
-            step train_throughput "$py" benchmarks/train_throughput.py ;;
+            step train_throughput "$py" benchmarks/train_throughput.py
+            for b in attention mlp; do  # each of clipreid.blocks' drop-ins alone
+                step "train_throughput_$b" "$py" benchmarks/train_throughput.py --models ViT-L-14-quickgelu \
+                    --blocks "$b" --reference false
+            done ;;
         compile)
             step train_throughput_compile "$py" benchmarks/train_throughput.py --models ViT-L-14-quickgelu \
                 --compile --reference false

@@ -3,20 +3,20 @@
 One training step = augmentation of a batch of uint8 pairs on the device, forward of both images, InfoNCE,
 backward, AdamW step, as ``clipreid.trainer`` runs it. Measured in the same run:
 
-- ``fp32``: the reference, the field's un-optimised step: fp32, no autocast, open_clip's own
-  ``nn.MultiheadAttention``, plain AdamW;
+- ``fp32``: the reference, the field's un-optimised step: fp32, no autocast, open_clip's own blocks
+  (``nn.MultiheadAttention``, QuickGELU), plain AdamW;
 - ``fp16 amp`` (GPUs): the field's usual mixed-precision step: fp16 autocast with a GradScaler, open_clip's
-  attention, plain AdamW;
-- ``ours/mha``: ours (below) but with open_clip's ``nn.MultiheadAttention``: what the SDPA attention adds;
-- ``ours``: the configured precision (bf16 on GPUs), SDPA attention, fused AdamW, fed from a synthetic batch
-  already on the device;
+  blocks, plain AdamW;
+- ``ours/oc``: ours (below) but with open_clip's own blocks: what ``clipreid.blocks`` adds;
+- ``ours``: the configured precision (bf16 on GPUs), ``clipreid.blocks``' SDPA attention and fused QuickGELU
+  MLP (``--blocks`` picks), fused AdamW, fed from a synthetic batch already on the device;
 - ``ours+data``: the same fed from the in-memory uint8 cache through pinned memory, as training does; if it matches
   ``ours``, the data pipeline is not the bottleneck (the GPU is).
 
 Feature extraction (``--inference``, on by default), batches of ``eval_batch_size`` images:
 
-- ``infer fp32``: the reference, fp32 forward with open_clip's attention on batches already on the device;
-- ``infer ours``: bf16 (on GPUs) and SDPA, batches on the device;
+- ``infer fp32``: the reference, fp32 forward with open_clip's blocks on batches already on the device;
+- ``infer ours``: bf16 (on GPUs) and clipreid's blocks, batches on the device;
 - ``infer+data``: ``clipreid.evaluator.extract_features`` over a CPU uint8 cache, as evaluation and validation run.
 
 MFU = (3 x forward FLOPs per image x images/s) / peak for training, 1 x forward FLOPs for inference; the peak is
@@ -33,11 +33,13 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from clipreid.blocks import speed_up_blocks  # noqa: E402
 from clipreid.config import run  # noqa: E402
 from clipreid.evaluator import autocast, extract_features, pick_device, resolve_precision  # noqa: E402
 from clipreid.loss import ReIDLoss  # noqa: E402
@@ -58,6 +60,7 @@ class Config:
     grad_checkpointing: bool = False
     reference: bool = True  # also time the fp32 reference step and ours with open_clip's attention
     inference: bool = True  # also time feature extraction
+    blocks: Literal["attention", "mlp", "both"] = "both"  # which of clipreid.blocks' drop-ins "ours" uses
     device: str = "auto"
 
 
@@ -93,10 +96,15 @@ def forward_flops(encoder: torch.nn.Module, size: tuple[int, int], device: torch
     return float(counter.get_total_flops())
 
 
-def _encoder(model: str, cfg: Config, device: torch.device, sdpa: bool, compile: bool = False) -> ReIDEncoder:
+def _encoder(model: str, cfg: Config, device: torch.device, fast: bool, compile: bool = False) -> ReIDEncoder:
+    """The encoder with open_clip's own blocks, or (``fast``) with ``cfg.blocks`` of clipreid's drop-ins."""
     torch.manual_seed(0)
     spec = ModelSpec(model, "none", grad_checkpointing=cfg.grad_checkpointing)
-    encoder = build_encoder(spec, sdpa=sdpa).to(device)
+    encoder = build_encoder(spec, fast_blocks=False)
+    if fast:
+        speed_up_blocks(encoder.backbone, attention=cfg.blocks in ("attention", "both"),
+                        mlp=cfg.blocks in ("mlp", "both"))
+    encoder.to(device)
     if compile:  # the backbone only, so the encoder keeps its attributes for extract_features
         encoder.backbone = torch.compile(encoder.backbone)
     return encoder
@@ -136,8 +144,8 @@ def _reset_peak(device: torch.device) -> None:
 
 
 def time_training(name: str, model: str, cfg: Config, device: torch.device, dtype: torch.dtype, *, fused: bool,
-                  feed: str, sdpa: bool) -> dict:
-    encoder = _encoder(model, cfg, device, sdpa, compile=cfg.compile and name.startswith("ours"))
+                  feed: str, fast: bool) -> dict:
+    encoder = _encoder(model, cfg, device, fast, compile=cfg.compile and name.startswith("ours"))
     loss_fn = ReIDLoss(("infonce",)).to(device)
     opt = build_optimizer([encoder], 1e-5, 0.01, fused=fused)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
@@ -177,8 +185,8 @@ def time_training(name: str, model: str, cfg: Config, device: torch.device, dtyp
 
 @torch.no_grad()
 def time_inference(name: str, model: str, cfg: Config, device: torch.device, dtype: torch.dtype, *, feed: str,
-                   sdpa: bool) -> dict:
-    encoder = _encoder(model, cfg, device, sdpa, compile=cfg.compile and name != "infer fp32").eval()
+                   fast: bool) -> dict:
+    encoder = _encoder(model, cfg, device, fast, compile=cfg.compile and name != "infer fp32").eval()
     b, size = cfg.eval_batch_size, encoder.image_size
     census = None
     _reset_peak(device)
@@ -218,25 +226,25 @@ def main(cfg: Config) -> None:
     fused = device.type == "cuda"
     for model in models:
         # counted once per model: open_clip's inference fast path hides its attention from the FLOP counter
-        encoder = _encoder(model, cfg, device, sdpa=True)
+        encoder = _encoder(model, cfg, device, fast=True)
         fwd_flops = forward_flops(encoder, encoder.image_size, device)
         del encoder
         groups = [[
-            *([time_training("fp32", model, cfg, device, torch.float32, fused=False, feed="device", sdpa=False)]
+            *([time_training("fp32", model, cfg, device, torch.float32, fused=False, feed="device", fast=False)]
               if cfg.reference else []),
-            *([time_training("fp16 amp", model, cfg, device, torch.float16, fused=False, feed="device", sdpa=False)]
+            *([time_training("fp16 amp", model, cfg, device, torch.float16, fused=False, feed="device", fast=False)]
               if cfg.reference and device.type == "cuda" else []),
-            *([time_training("ours/mha", model, cfg, device, dtype, fused=fused, feed="device", sdpa=False)]
+            *([time_training("ours/oc", model, cfg, device, dtype, fused=fused, feed="device", fast=False)]
               if cfg.reference else []),
-            time_training("ours", model, cfg, device, dtype, fused=fused, feed="device", sdpa=True),
-            time_training("ours+data", model, cfg, device, dtype, fused=fused, feed="cache", sdpa=True),
+            time_training("ours", model, cfg, device, dtype, fused=fused, feed="device", fast=True),
+            time_training("ours+data", model, cfg, device, dtype, fused=fused, feed="cache", fast=True),
         ]]
         if cfg.inference:
             groups.append([
-                *([time_inference("infer fp32", model, cfg, device, torch.float32, feed="device", sdpa=False)]
+                *([time_inference("infer fp32", model, cfg, device, torch.float32, feed="device", fast=False)]
                   if cfg.reference else []),
-                time_inference("infer ours", model, cfg, device, dtype, feed="device", sdpa=True),
-                time_inference("infer+data", model, cfg, device, dtype, feed="cache", sdpa=True),
+                time_inference("infer ours", model, cfg, device, dtype, feed="device", fast=True),
+                time_inference("infer+data", model, cfg, device, dtype, feed="cache", fast=True),
             ])
         for rows in groups:
             ref = rows[0]["images_per_s"] if cfg.reference else None

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .attention import use_sdpa_attention
+from .blocks import speed_up_blocks
 from .errors import UserError
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -231,11 +231,11 @@ def _load_backbone_file(module: nn.Module, path: str) -> None:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def build_encoder(spec: ModelSpec, *, sdpa: bool = True) -> ReIDEncoder:
+def build_encoder(spec: ModelSpec, *, fast_blocks: bool = True) -> ReIDEncoder:
     """Build the encoder of ``spec``, fetching its pretrained weights (errors are one-line ``UserError`` s).
 
-    ``sdpa`` runs open_clip ViTs' self-attention through ``SelfAttention`` (one scaled-dot-product-attention call,
-    no layout copies); off, they keep open_clip's ``nn.MultiheadAttention`` (same weights, same results, slower).
+    ``fast_blocks`` swaps open_clip ViTs' attention and QuickGELU MLPs for ``clipreid.blocks``' drop-ins (same
+    parameters and function, fewer passes over the activations); off, open_clip's own modules stay.
     """
     if spec.name == TINY_VIT:
         parts = _build_tiny(spec)
@@ -254,8 +254,8 @@ def build_encoder(spec: ModelSpec, *, sdpa: bool = True) -> ReIDEncoder:
             raise UserError(f"unknown model '{spec.name}': not an open_clip or timm model name{hint}")
         parts = _build_timm(spec)
     backbone, size, mean, std, feature_dim, scale = parts
-    if sdpa:
-        use_sdpa_attention(backbone)
+    if fast_blocks:
+        speed_up_blocks(backbone)
     return ReIDEncoder(backbone, spec, size, mean, std, feature_dim, min(scale, MAX_LOGIT_SCALE))
 
 

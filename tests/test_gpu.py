@@ -60,9 +60,9 @@ def test_bf16_attention_uses_a_fused_kernel(train_mode):
     assert "aten::_scaled_dot_product_attention_math" not in ops
 
 
-def test_sdpa_attention_matches_open_clip_in_bf16():
+def test_fast_blocks_match_open_clip_in_bf16():
     torch.manual_seed(0)
-    stock = build_encoder(ModelSpec("ViT-B-16-quickgelu", "none"), sdpa=False).cuda().eval()
+    stock = build_encoder(ModelSpec("ViT-B-16-quickgelu", "none"), fast_blocks=False).cuda().eval()
     ours = build_encoder(ModelSpec("ViT-B-16-quickgelu", "none")).cuda().eval()
     ours.load_state_dict(stock.state_dict())
     x = torch.randn(8, 3, 224, 224, device="cuda")
