@@ -128,3 +128,17 @@ def test_the_swaps_can_be_chosen():
     assert speed_up_blocks(encoder.backbone, attention=False) == {"attention": 0, "mlp": 12}
     assert speed_up_blocks(encoder.backbone, mlp=False) == {"attention": 12, "mlp": 0}
     assert speed_up_blocks(encoder.backbone) == {"attention": 0, "mlp": 0}  # already swapped: nothing left
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        encoder = build_encoder(ModelSpec("ViT-B-32-quickgelu", "none", img_size=(64, 64),
+                                          grad_checkpointing=checkpointing)).double().train()
+        torch.manual_seed(1)
+        encoder(torch.randn(2, 3, 64, 64, dtype=torch.float64)).square().sum().backward()
+        grads.append([p.grad for p in encoder.parameters()])
+    for a, b in zip(*grads, strict=True):
+        assert (a is None) == (b is None)  # the logit scale takes no part in the forward
+        assert a is None or (a - b).norm() <= 1e-10 * a.norm()
