@@ -38,7 +38,8 @@ class Config:
     batch_size: int = 64  # images per inference batch
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 on GPUs that have it, fp32 on CPU
     device: str = "auto"  # auto = cuda, then mps, then cpu
-    num_workers: int = 4  # DataLoader workers decoding images
+    cache_images: bool = True  # decode every image once into memory (all cores), shared by all checkpoints
+    num_workers: int = 4  # DataLoader workers decoding images when cache_images is off
     # outputs
     output_dir: Path | None = None  # none = <run folder of the first checkpoint>/eval
     ranked_lists: int = 8  # queries shown in ranked_lists.png; 0 = no picture

@@ -29,12 +29,13 @@ import torch
 from .config import save_config
 from .dataset import Split, load_split
 from .errors import UserError
-from .evaluator import embed, pick_device, squared_distances
+from .evaluator import embed, extract_features, pick_device, resolve_precision, squared_distances
 from .fileio import write_text
 from .fusion import dissimilarity_fusion, similarity_fusion, winners_fusion
 from .metrics import compute_scores
 from .model import ReIDEncoder, checkpoint_file, load_encoder, read_checkpoint, run_dir_of
 from .rerank import hard_k_reciprocal, k_reciprocal_features
+from .transforms import decode_images
 
 RERANKS = ("none", "k_reciprocal", "hard")
 FUSIONS = ("similarity", "dissimilarity", "winners")
@@ -115,13 +116,42 @@ def load_for_inference(checkpoint: Path, device: torch.device) -> ReIDEncoder:
     return load_encoder(checkpoint, device)
 
 
+class ImageCache:
+    """Letterboxed uint8 images decoded once per image size (on all cores) and reused by every checkpoint of a run.
+
+    Disabled, it keeps nothing and each checkpoint streams its images from disk through DataLoader workers. At
+    224 x 224 an image takes 150 KB: about 1.5 GB for the challenge set.
+    """
+
+    def __init__(self, enabled: bool = True, progress: bool = True) -> None:
+        self.enabled, self.progress = enabled, progress
+        self._images: dict[tuple[tuple[str, ...], tuple[int, int]], torch.Tensor] = {}
+
+    def get(self, paths: Sequence[Path], size: tuple[int, int]) -> torch.Tensor | None:
+        """The decoded images of ``paths`` at ``size``, or None when disabled."""
+        if not self.enabled:
+            return None
+        key = (tuple(str(p) for p in paths), tuple(size))
+        if key not in self._images:
+            self._images[key] = decode_images(paths, size, progress=self.progress, desc="decode images")
+        return self._images[key]
+
+
 def query_gallery_features(encoder: ReIDEncoder, query_paths: Sequence[Path], gallery_paths: Sequence[Path], *,
-                           device: torch.device, cfg: Any) -> tuple[torch.Tensor, torch.Tensor]:
+                           device: torch.device, cfg: Any, cache: ImageCache | None = None
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
     """Features of the query and gallery images on ``device``, in one pass (``cfg``: batch_size, flip, precision,
-    num_workers, progress)."""
-    features, _ = embed(encoder, [*query_paths, *gallery_paths], batch_size=cfg.batch_size, device=str(device),
-                        flip=cfg.flip, precision=cfg.precision, num_workers=getattr(cfg, "num_workers", 0),
-                        progress=cfg.progress)
+    num_workers, progress), from ``cache`` when it is enabled."""
+    paths = [*query_paths, *gallery_paths]
+    images = cache.get(paths, encoder.image_size) if cache is not None else None
+    if images is None:
+        features, _ = embed(encoder, paths, batch_size=cfg.batch_size, device=str(device), flip=cfg.flip,
+                            precision=cfg.precision, num_workers=getattr(cfg, "num_workers", 0),
+                            progress=cfg.progress)
+    else:
+        features = extract_features(encoder, images, batch_size=cfg.batch_size, device=device,
+                                    dtype=resolve_precision(cfg.precision, device), flip=cfg.flip,
+                                    progress=cfg.progress, desc="features")
     features = features.to(device)
     return features[:len(query_paths)], features[len(query_paths):]
 
@@ -212,9 +242,11 @@ def _scores(distmat: torch.Tensor, split: Split) -> dict[str, float]:
     return compute_scores(distmat, split.query_players, split.gallery_players, split.query_cams, split.gallery_cams)
 
 
-def _matrices(encoder: ReIDEncoder, split: Split, device: torch.device, cfg: Any) -> dict[str, Any]:
+def _matrices(encoder: ReIDEncoder, split: Split, device: torch.device, cfg: Any,
+              cache: ImageCache | None = None) -> dict[str, Any]:
     """Distance matrices (on the CPU) of one encoder on a split, one per re-ranking method of ``cfg.rerank``."""
-    qf, gf = query_gallery_features(encoder, split.query_paths, split.gallery_paths, device=device, cfg=cfg)
+    qf, gf = query_gallery_features(encoder, split.query_paths, split.gallery_paths, device=device, cfg=cfg,
+                                    cache=cache)
     return {m: rerank_distances(qf, gf, m, k1=cfg.k1, k2=cfg.k2, lambda_value=cfg.lambda_value,
                                 hard_lambda=cfg.hard_lambda).float().cpu() for m in dict.fromkeys(cfg.rerank)}
 
@@ -274,9 +306,10 @@ def _evaluate_split(cfg: Any, checkpoints: list[Path], labels: list[str], device
     title = f"{where} of {cfg.data_dir}: {len(split.query_paths)} queries, {len(split.gallery_paths)} gallery images"
     results: list[tuple[Row, torch.Tensor]] = []  # every row with its distance matrix
     per_model = []
+    cache = ImageCache(getattr(cfg, "cache_images", False), cfg.progress)
     for path, label in zip(checkpoints, labels, strict=True):
         encoder = load_for_inference(path, device)
-        mats = _matrices(encoder, split, device, cfg)
+        mats = _matrices(encoder, split, device, cfg, cache)
         del encoder
         per_model.append(mats)
         results += [(Row(label, m, _scores(d, split), str(path)), d) for m, d in mats.items()]
@@ -301,6 +334,7 @@ def _evaluate_folds(cfg: Any, checkpoints: list[Path], labels: list[str], device
     folds = [_fold_of(c) for c in checkpoints]  # every checkpoint is checked before any work
     splits: dict[int, Split] = {}
     rows = []
+    cache = ImageCache(getattr(cfg, "cache_images", False), cfg.progress)
     for path, label, fold in zip(checkpoints, labels, folds, strict=True):
         if fold not in splits:
             splits[fold] = load_split(cfg.data_dir, "fold", fold)
@@ -308,7 +342,7 @@ def _evaluate_folds(cfg: Any, checkpoints: list[Path], labels: list[str], device
         print(f"{label}: fold {fold} of {cfg.data_dir}, {len(split.query_paths)} queries, "
               f"{len(split.gallery_paths)} gallery images", flush=True)
         encoder = load_for_inference(path, device)
-        mats = _matrices(encoder, split, device, cfg)
+        mats = _matrices(encoder, split, device, cfg, cache)
         del encoder
         rows += [Row(label, m, _scores(d, split), str(path), fold) for m, d in mats.items()]
     n = len(checkpoints)

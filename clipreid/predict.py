@@ -28,6 +28,7 @@ from .dataset import load_split
 from .errors import UserError
 from .evaluation import (
     FUSIONS,
+    ImageCache,
     check_rerank,
     checkpoint_labels,
     fuse,
@@ -194,10 +195,12 @@ def predict(cfg: Any) -> PredictReport:
     reranked: dict[str, list[torch.Tensor]] = {name: [] for name in sets}
     if checkpoints:
         device = pick_device(cfg.device)
+        cache = ImageCache(getattr(cfg, "cache_images", False), cfg.progress)
         for path in checkpoints:
             encoder = load_for_inference(path, device)
             for name, qset in qsets.items():
-                qf, gf = query_gallery_features(encoder, qset.query_paths, qset.gallery_paths, device=device, cfg=cfg)
+                qf, gf = query_gallery_features(encoder, qset.query_paths, qset.gallery_paths, device=device, cfg=cfg,
+                                                cache=cache)
                 raw[name].append(squared_distances(qf, gf).cpu())
                 if cfg.rerank != "none":
                     reranked[name].append(rerank_distances(qf, gf, cfg.rerank, k1=cfg.k1, k2=cfg.k2,

@@ -160,6 +160,23 @@ def test_evaluate_two_checkpoints_adds_the_fusion(synthetic_small, run_dir, tmp_
     assert report.ranked_lists is None and not (tmp_path / "ranked_lists.png").exists()
 
 
+def test_decoded_image_cache_gives_the_streamed_results_and_decodes_once(synthetic_small, run_dir, tmp_path,
+                                                                           monkeypatch):
+    import clipreid.evaluation as evaluation
+
+    decoded = []
+    real = evaluation.decode_images
+    monkeypatch.setattr(evaluation, "decode_images", lambda paths, *a, **k: decoded.append(len(paths)) or
+                        real(paths, *a, **k))
+    base = dict(checkpoints=(run_dir, run_dir / "best.pt"), data_dir=synthetic_small, rerank=("none",), device="cpu",
+                num_workers=0, output_dir=tmp_path, ranked_lists=0, progress=False)
+    cached = evaluate(EvalConfig(**base, cache_images=True))
+    streamed = evaluate(EvalConfig(**base, cache_images=False))
+    assert len(decoded) == 1  # one decode for both checkpoints; none when streaming
+    for a, b in zip(cached.rows, streamed.rows, strict=True):
+        assert a.scores == pytest.approx(b.scores, abs=1e-9)
+
+
 def test_evaluate_folds_mean_and_std(synthetic_small, tmp_path):
     runs = [tiny_train(synthetic_small, tmp_path, validation="fold", fold=k) for k in (0, 1)]
     out = tmp_path / "folds"
