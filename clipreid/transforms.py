@@ -122,8 +122,8 @@ class AugmentConfig:
 def _sharpen(images: torch.Tensor, apply: torch.Tensor, alpha: torch.Tensor, lightness: torch.Tensor) -> torch.Tensor:
     """Sharpen the float images (B, 3, H, W) in [0, 1] where ``apply`` is True, with per-image strengths."""
     b, c, h, w = images.shape
-    identity = torch.zeros(3, 3, device=images.device)
-    identity[1, 1] = 1.0
+    # built without item assignment, which copies a host scalar (a GPU sync) on CUDA
+    identity = F.pad(torch.ones(1, 1, device=images.device), (1, 1, 1, 1))
     effect = -torch.ones(b, 3, 3, device=images.device)
     effect[:, 1, 1] = 8.0 + lightness
     alpha = torch.where(apply, alpha, torch.zeros_like(alpha)).view(b, 1, 1)

@@ -14,6 +14,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from clipreid.evaluator import extract_features
 from clipreid.loss import ReIDLoss
+from clipreid.metrics import compute_scores
 from clipreid.model import ModelSpec, build_encoder
 from clipreid.rerank import hard_k_reciprocal, k_reciprocal, k_reciprocal_features, pairwise_squared_euclidean
 from clipreid.trainer import build_optimizer, train
@@ -27,16 +28,25 @@ FUSED_SDPA = ("aten::_scaled_dot_product_flash_attention", "aten::_scaled_dot_pr
               "aten::_scaled_dot_product_cudnn_attention")
 
 
+def _mostly_equal(gpu: torch.Tensor, cpu: np.ndarray, q_ids: np.ndarray, g_ids: np.ndarray) -> None:
+    """Distances computed on each device round differently, so a near-tie at a k boundary may flip a neighbour
+    set and move a few entries: nearly all entries must agree, and the mAP to 1e-3."""
+    gpu = gpu.cpu().numpy()
+    assert np.mean(np.abs(gpu - cpu) < 1e-5) > 0.99
+    assert compute_scores(gpu, q_ids, g_ids)["mAP"] == pytest.approx(compute_scores(cpu, q_ids, g_ids)["mAP"],
+                                                                      abs=1e-3)
+
+
 def test_re_ranking_on_the_gpu_matches_the_cpu():
-    qf, gf, _, _ = clustered(60, 400, dim=32)
+    qf, gf, q_ids, g_ids = clustered(60, 400, dim=32)
     cpu = k_reciprocal(*matrices(qf, gf))
     gpu = k_reciprocal(*(torch.from_numpy(m).cuda() for m in matrices(qf, gf)))
     assert gpu.is_cuda
+    # the same distance matrices in: the same neighbours, sums in another order
     np.testing.assert_allclose(gpu.cpu().numpy(), cpu, atol=2e-6)
-    from_features = k_reciprocal_features(torch.from_numpy(qf).cuda(), torch.from_numpy(gf).cuda())
-    np.testing.assert_allclose(from_features.cpu().numpy(), cpu, atol=2e-5)
-    hard = hard_k_reciprocal(torch.from_numpy(qf).cuda(), torch.from_numpy(gf).cuda())
-    np.testing.assert_allclose(hard.cpu().numpy(), hard_k_reciprocal(qf, gf), atol=2e-5)
+    _mostly_equal(k_reciprocal_features(torch.from_numpy(qf).cuda(), torch.from_numpy(gf).cuda()), cpu, q_ids, g_ids)
+    _mostly_equal(hard_k_reciprocal(torch.from_numpy(qf).cuda(), torch.from_numpy(gf).cuda()),
+                  hard_k_reciprocal(qf, gf), q_ids, g_ids)
 
 
 def test_distances_on_the_gpu_match_the_cpu():
@@ -72,7 +82,8 @@ def test_fast_blocks_match_open_clip_in_bf16():
     assert cos.min().item() > 0.999
 
 
-def test_features_on_the_gpu_match_the_cpu():
+def test_features_on_the_gpu_match_the_cpu(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # the patch convolution in true fp32
     torch.manual_seed(0)
     encoder = build_encoder(ModelSpec("tiny-vit", "none"))
     images = torch.randint(0, 256, (70, 3, *encoder.image_size), dtype=torch.uint8)
