@@ -24,7 +24,8 @@ step() {  # step NAME COMMAND...: run, show and keep the output; a failure is re
     local name=$1
     shift
     echo "== $name: $*"
-    if ! "$@" 2>&1 | tee "$logs/$name.txt"; then
+    # (the torch profiler's USDT lines are noise)
+    if ! "$@" 2>&1 | grep --line-buffered -v '^USDT:' | tee "$logs/$name.txt"; then
         failed+=("$name")
     fi
 }

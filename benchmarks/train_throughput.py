@@ -1,7 +1,8 @@
 """Training and feature-extraction throughput per backbone: images/s, peak memory, FLOPs per image and MFU.
 
-One training step = augmentation of a batch of uint8 pairs on the device, forward of both images, InfoNCE,
-backward, AdamW step, as ``clipreid.trainer`` runs it. Measured in the same run:
+One training step = ``clipreid.trainer``'s own ``forward_backward`` and ``optimizer_update``: augmentation of a
+batch of uint8 pairs on the device, forward of both images, InfoNCE, backward, gradient clipping, AdamW step.
+Measured in the same run:
 
 - ``fp32``: the reference, the field's un-optimised step: fp32, no autocast, open_clip's own blocks
   (``nn.MultiheadAttention``, QuickGELU), plain AdamW;
@@ -44,8 +45,8 @@ from clipreid.config import run  # noqa: E402
 from clipreid.evaluator import autocast, extract_features, pick_device, resolve_precision  # noqa: E402
 from clipreid.loss import ReIDLoss  # noqa: E402
 from clipreid.model import ModelSpec, ReIDEncoder, build_encoder  # noqa: E402
-from clipreid.trainer import build_optimizer  # noqa: E402
-from clipreid.transforms import AugmentConfig, augment_pairs, normalize  # noqa: E402
+from clipreid.trainer import build_optimizer, forward_backward, optimizer_update  # noqa: E402
+from clipreid.transforms import AugmentConfig, normalize  # noqa: E402
 
 
 @dataclass
@@ -58,6 +59,7 @@ class Config:
     precision: str = "auto"  # auto: bf16 on GPUs, fp32 on the CPU
     compile: bool = False  # torch.compile the backbone in the "ours" variants (training and inference)
     grad_checkpointing: bool = False
+    clip_grad: float = 100.0  # gradient clipping in every variant, as train.py does by default (0 = off)
     reference: bool = True  # also time the fp32 reference step and ours with open_clip's attention
     inference: bool = True  # also time feature extraction
     blocks: Literal["attention", "mlp", "both"] = "both"  # which of clipreid.blocks' drop-ins "ours" uses
@@ -157,6 +159,8 @@ def time_training(name: str, model: str, cfg: Config, device: torch.device, dtyp
         cache = torch.randint(0, 256, (max(512, 4 * b), 3, *size), dtype=torch.uint8)
     _reset_peak(device)
 
+    labels = torch.arange(b, device=device)
+
     def step(i: int) -> None:
         if feed == "device":
             x = batch
@@ -166,15 +170,9 @@ def time_training(name: str, model: str, cfg: Config, device: torch.device, dtyp
             if device.type == "cuda":
                 x = x.pin_memory()
             x = x.to(device, non_blocking=True)
-        xa, xp = augment_pairs(x[:b], x[b:], aug, encoder.mean, encoder.std, torch.Generator().manual_seed(i))
-        with autocast(device, dtype):
-            f = encoder(torch.cat([xa, xp]))
-        fa, fp = f.float().chunk(2)
-        loss, _ = loss_fn(fa, fp, torch.arange(b, device=device), encoder.scale())
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-        opt.zero_grad(set_to_none=True)
+        forward_backward(encoder, encoder, loss_fn, x[:b], x[b:], labels, aug, dtype,
+                         torch.Generator().manual_seed(i), scaler=scaler)
+        optimizer_update(opt, encoder, scaler, cfg.clip_grad)
 
     seconds = _timed(step, cfg, device)
     peak_gib = _peak_gib(device)

@@ -348,6 +348,43 @@ def micro_batches_in_step(i: int, n: int, accum: int) -> int:
     return min(accum, n - (i - i % accum))
 
 
+def forward_backward(model: nn.Module, encoder: ReIDEncoder, loss_fn: ReIDLoss, anchors: torch.Tensor,
+                     positives: torch.Tensor, labels: torch.Tensor, augment: AugmentConfig, dtype: torch.dtype,
+                     generator: torch.Generator, *, scaler: torch.amp.GradScaler | None = None, divisor: int = 1,
+                     channels_last: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One micro-batch of training on the device: augment the uint8 pairs, forward both images through
+    ``model`` (the encoder, or its DDP/compiled wrapper) under autocast, the loss, and backward of loss/divisor.
+
+    Returns the loss and its parts, detached; nothing here waits for the GPU.
+    """
+    anchors, positives = augment_pairs(anchors, positives, augment, encoder.mean, encoder.std, generator)
+    if channels_last:
+        anchors = anchors.contiguous(memory_format=torch.channels_last)
+        positives = positives.contiguous(memory_format=torch.channels_last)
+    with autocast(anchors.device, dtype):
+        features = model(torch.cat([anchors, positives]))
+    fa, fp = features.float().chunk(2)
+    loss, parts = loss_fn(fa, fp, labels, encoder.scale())
+    scaled = loss / divisor
+    (scaler.scale(scaled) if scaler is not None else scaled).backward()
+    return loss.detach(), parts
+
+
+def optimizer_update(optimizer: torch.optim.Optimizer, encoder: ReIDEncoder,
+                     scaler: torch.amp.GradScaler | None = None, clip_grad: float | None = None) -> None:
+    """The optimiser step after the accumulated backward passes: gradient clipping (on unscaled gradients), the
+    step (skipped by the scaler on inf/NaN fp16 gradients), zeroed gradients and the clamped logit scale."""
+    if scaler is None:
+        scaler = torch.amp.GradScaler(enabled=False)
+    if clip_grad:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], clip_grad)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    encoder.clamp_logit_scale()
+
+
 def _step_generator(seed: int, epoch: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 1_000_033 + step)
 
@@ -372,36 +409,22 @@ def _train_epoch(cfg: Any, rt: Runtime, model: nn.Module, encoder: ReIDEncoder, 
         anchors = anchors.to(rt.device, non_blocking=True)
         positives = positives.to(rt.device, non_blocking=True)
         labels = labels.to(rt.device, non_blocking=True)
-        anchors, positives = augment_pairs(anchors, positives, augment, encoder.mean, encoder.std,
-                                           _step_generator(cfg.seed, epoch, i))
-        if cfg.channels_last:
-            anchors = anchors.contiguous(memory_format=torch.channels_last)
-            positives = positives.contiguous(memory_format=torch.channels_last)
         last_of_step = (i + 1) % accum == 0 or i + 1 == n
-        group = micro_batches_in_step(i, n, accum)
         sync = nullcontext() if last_of_step or not isinstance(model, nn.parallel.DistributedDataParallel) \
             else model.no_sync()
         with sync:
-            with autocast(rt.device, dtype):
-                features = model(torch.cat([anchors, positives]))
-            fa, fp = features.float().chunk(2)
-            loss, parts = loss_fn(fa, fp, labels, encoder.scale())
-            scaler.scale(loss / group).backward()
-        loss_sum += loss.detach()
+            loss, parts = forward_backward(model, encoder, loss_fn, anchors, positives, labels, augment, dtype,
+                                           _step_generator(cfg.seed, epoch, i), scaler=scaler,
+                                           divisor=micro_batches_in_step(i, n, accum),
+                                           channels_last=cfg.channels_last)
+        loss_sum += loss
         for k, v in parts.items():
             parts_sum[k] = parts_sum.get(k, 0.0) + v
         n_batches += 1
         images_seen += 2 * len(anchors) * rt.world_size
         if last_of_step:
-            if cfg.clip_grad:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
-                                               cfg.clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer_update(optimizer, encoder, scaler, cfg.clip_grad)
             scheduler.step()
-            encoder.clamp_logit_scale()
         if (i + 1) % cfg.log_every == 0 or i + 1 == n:
             mean_loss = float(loss_sum) / n_batches  # one device sync per log interval, not per step
             if not math.isfinite(mean_loss):

@@ -17,8 +17,8 @@ from clipreid.loss import ReIDLoss
 from clipreid.metrics import compute_scores
 from clipreid.model import ModelSpec, build_encoder
 from clipreid.rerank import hard_k_reciprocal, k_reciprocal, k_reciprocal_features, pairwise_squared_euclidean
-from clipreid.trainer import build_optimizer, train
-from clipreid.transforms import AugmentConfig, augment_pairs
+from clipreid.trainer import build_optimizer, forward_backward, optimizer_update, train
+from clipreid.transforms import AugmentConfig
 from tests.test_rerank import clustered, matrices
 from tests.test_train import tiny_config
 
@@ -111,19 +111,13 @@ def test_a_training_step_never_waits_for_the_gpu():
     opt = build_optimizer([encoder], 1e-3, 0.01, fused=True)
     batch = torch.randint(0, 256, (16, 3, *encoder.image_size), dtype=torch.uint8).pin_memory()
     aug = AugmentConfig(sharpen=True, random_erasing=True)
+    labels = torch.arange(8, device="cuda")
 
     def step(i: int) -> None:
         x = batch.to("cuda", non_blocking=True)
-        xa, xp = augment_pairs(x[:8], x[8:], aug, encoder.mean, encoder.std, torch.Generator().manual_seed(i))
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            f = encoder(torch.cat([xa, xp]))
-        fa, fp = f.float().chunk(2)
-        loss, _ = loss_fn(fa, fp, torch.arange(8, device="cuda"), encoder.scale())
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(list(encoder.parameters()), 100.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        encoder.clamp_logit_scale()
+        forward_backward(encoder, encoder, loss_fn, x[:8], x[8:], labels, aug, torch.bfloat16,
+                         torch.Generator().manual_seed(i))
+        optimizer_update(opt, encoder, clip_grad=100.0)
 
     step(0)  # first use: optimiser state, cached normalisation constants, cuBLAS handles
     torch.cuda.synchronize()
