@@ -1,11 +1,11 @@
 """The two numbers before a GPU run: matmul FLOPs and the bytes the other operators move, per image.
 
-Every aten operator of one training step (augmented pair batch, bf16 autocast forward, InfoNCE, backward) and of
-one inference batch is intercepted with a ``TorchDispatchMode``. Matrix products and attention count as FLOPs;
-every other operator that makes a new tensor counts the bytes of its tensor inputs and outputs (each read and
-written once: a lower bound on its memory traffic); views count nothing. From these, for a GPU with a given bf16
-matmul rate and memory bandwidth (defaults: the H200 figures measured in this workplace, 790 TFLOP/s and
-4.3 TB/s; an H100 moved 3.0 TB/s):
+Every aten operator of one training step (the trainer's: augmented pair batch, bf16 autocast forward, InfoNCE,
+backward, gradient clipping) and of one inference batch is intercepted with a ``TorchDispatchMode``. Matrix
+products and attention count as FLOPs; every other operator that makes a new tensor counts the bytes of its
+tensor inputs and outputs (each read and written once: a lower bound on its memory traffic); views count nothing.
+From these, for a GPU with a given bf16 matmul rate and memory bandwidth (defaults: the H200 figures measured
+in this workplace, 790 TFLOP/s and 4.3 TB/s; an H100 moved 3.0 TB/s):
 
 - ``floor``: FLOPs / rate + bytes / bandwidth, the time per image no eager implementation beats;
 - ``MFU ceiling``: the MFU at that floor, i.e. if every matmul ran at the full measured rate and every other
@@ -36,7 +36,8 @@ from clipreid.blocks import speed_up_blocks  # noqa: E402
 from clipreid.config import run  # noqa: E402
 from clipreid.loss import ReIDLoss  # noqa: E402
 from clipreid.model import ModelSpec, build_encoder  # noqa: E402
-from clipreid.transforms import AugmentConfig, augment_pairs, normalize  # noqa: E402
+from clipreid.trainer import forward_backward  # noqa: E402
+from clipreid.transforms import AugmentConfig, normalize  # noqa: E402
 
 
 @dataclass
@@ -105,14 +106,10 @@ def training_costs(model: str, pairs: int, blocks: str) -> tuple[float, dict[str
     loss_fn = ReIDLoss(("infonce",))
     x = torch.randint(0, 256, (2 * pairs, 3, *encoder.image_size), dtype=torch.uint8)
 
-    def step() -> None:
-        xa, xp = augment_pairs(x[:pairs], x[pairs:], AugmentConfig(), encoder.mean, encoder.std,
-                               torch.Generator().manual_seed(0))
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            f = encoder(torch.cat([xa, xp]))
-        fa, fp = f.float().chunk(2)
-        loss, _ = loss_fn(fa, fp, torch.arange(pairs), encoder.scale())
-        loss.backward()
+    def step() -> None:  # the trainer's own step; AdamW's bytes are added per step (CPU AdamW is not CUDA's)
+        forward_backward(encoder, encoder, loss_fn, x[:pairs], x[pairs:], torch.arange(pairs), AugmentConfig(),
+                         torch.bfloat16, torch.Generator().manual_seed(0))
+        torch.nn.utils.clip_grad_norm_(list(encoder.parameters()), 100.0)
 
     return count(step)
 
