@@ -46,7 +46,7 @@ from clipreid.evaluator import autocast, extract_features, pick_device, resolve_
 from clipreid.loss import ReIDLoss  # noqa: E402
 from clipreid.model import ModelSpec, ReIDEncoder, build_encoder  # noqa: E402
 from clipreid.trainer import build_optimizer, forward_backward, optimizer_update  # noqa: E402
-from clipreid.transforms import AugmentConfig, normalize  # noqa: E402
+from clipreid.transforms import AugmentConfig, normalize, to_device  # noqa: E402
 
 
 @dataclass
@@ -166,10 +166,7 @@ def time_training(name: str, model: str, cfg: Config, device: torch.device, dtyp
             x = batch
         else:
             idx = torch.randint(0, len(cache), (2 * b,))
-            x = cache[idx]
-            if device.type == "cuda":
-                x = x.pin_memory()
-            x = x.to(device, non_blocking=True)
+            x = to_device(cache[idx], device)
         forward_backward(encoder, encoder, loss_fn, x[:b], x[b:], labels, aug, dtype,
                          torch.Generator().manual_seed(i), scaler=scaler)
         optimizer_update(opt, encoder, scaler, cfg.clip_grad)

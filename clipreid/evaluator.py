@@ -22,7 +22,7 @@ from .errors import UserError
 from .metrics import compute_scores
 from .model import ReIDEncoder, load_encoder
 from .rerank import pairwise_squared_euclidean as squared_distances
-from .transforms import normalize, to_uint8_tensor
+from .transforms import normalize, to_device, to_uint8_tensor
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -80,9 +80,7 @@ def extract_features(
         total = len(loader)
     out = []
     for x in tqdm(batches, total=total, desc=desc, disable=not progress, leave=False, unit="batch"):
-        if device.type == "cuda" and x.device.type == "cpu" and not x.is_pinned():
-            x = x.pin_memory()  # an asynchronous copy needs page-locked memory
-        x = normalize(x.to(device, non_blocking=True), encoder.mean, encoder.std)
+        x = normalize(to_device(x, device), encoder.mean, encoder.std)
         with autocast(device, dtype):
             f = encoder(x).float()
             if flip:

@@ -37,7 +37,7 @@ from .evaluator import autocast, pick_device, resolve_precision, validate
 from .fileio import atomic_path, write_text
 from .loss import ReIDLoss
 from .model import ModelSpec, ReIDEncoder, build_encoder, read_checkpoint, run_dir_of
-from .transforms import AugmentConfig, augment_pairs, decode_images
+from .transforms import AugmentConfig, augment_pairs, decode_images, to_device
 
 LOG_NAME = "log.jsonl"
 CURVES_NAME = "curves.png"
@@ -406,9 +406,7 @@ def _train_epoch(cfg: Any, rt: Runtime, model: nn.Module, encoder: ReIDEncoder, 
     n = len(loader)
     optimizer.zero_grad(set_to_none=True)
     for i, (anchors, positives, labels) in enumerate(bar):
-        anchors = anchors.to(rt.device, non_blocking=True)
-        positives = positives.to(rt.device, non_blocking=True)
-        labels = labels.to(rt.device, non_blocking=True)
+        anchors, positives, labels = (to_device(t, rt.device) for t in (anchors, positives, labels))
         last_of_step = (i + 1) % accum == 0 or i + 1 == n
         sync = nullcontext() if last_of_step or not isinstance(model, nn.parallel.DistributedDataParallel) \
             else model.no_sync()

@@ -83,12 +83,13 @@ def decode_images(
 
 
 def to_device(values: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A small CPU tensor onto ``device`` without stalling the host: through pinned memory on CUDA.
+    """A CPU tensor onto ``device`` without stalling the host: through pinned memory on CUDA (kept if already
+    pinned, as DataLoader batches are).
 
-    A plain ``.to("cuda")`` of pageable memory waits for all queued GPU work, once per training step here, which
-    would stop the host from queuing the next step while the GPU finishes the last.
+    A plain ``.to("cuda")`` of pageable memory waits for all queued GPU work, once per batch here, which would stop
+    the host from queuing the next batch while the GPU finishes the last.
     """
-    if device.type == "cuda":
+    if device.type == "cuda" and values.device.type == "cpu":
         return values.pin_memory().to(device, non_blocking=True)
     return values.to(device)
 
