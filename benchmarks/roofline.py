@@ -106,12 +106,15 @@ def training_costs(model: str, pairs: int, blocks: str) -> tuple[float, dict[str
     loss_fn = ReIDLoss(("infonce",))
     x = torch.randint(0, 256, (2 * pairs, 3, *encoder.image_size), dtype=torch.uint8)
 
-    def step() -> None:  # the trainer's own step; AdamW's bytes are added per step (CPU AdamW is not CUDA's)
+    def step() -> None:  # the trainer's own step; AdamW's bytes are added below (CPU AdamW is not CUDA's)
         forward_backward(encoder, encoder, loss_fn, x[:pairs], x[pairs:], torch.arange(pairs), AugmentConfig(),
                          torch.bfloat16, torch.Generator().manual_seed(0))
         torch.nn.utils.clip_grad_norm_(list(encoder.parameters()), 100.0)
 
-    return count(step)
+    flops, moved = count(step)
+    # fused AdamW reads param, grad, two moments and writes three (fp32): 28 bytes per parameter, once per step
+    moved["adamw"] = 28 * sum(p.numel() for p in encoder.parameters())
+    return flops, moved
 
 
 def inference_costs(model: str, images: int, blocks: str) -> tuple[float, dict[str, int]]:
@@ -150,12 +153,10 @@ def main(cfg: Config) -> None:
                                                            training_costs(model, n2, cfg.blocks), 2 * n1, 2 * n2)),
                 ("inference", None, per_image(inference_costs(model, n1, cfg.blocks),
                                               inference_costs(model, n2, cfg.blocks), n1, n2))]
-        params = sum(p.numel() for p in build_encoder(ModelSpec(model, "none")).parameters())
         for name, images_per_step, (flops, per, fixed, ops) in rows:
             step_bytes = 0.0
-            if images_per_step:
-                # fused AdamW reads param, grad, two moments and writes three (fp32): 28 bytes per parameter
-                step_bytes = fixed + 28 * params
+            if images_per_step:  # per-step costs (AdamW, weight casts) spread over the step's images
+                step_bytes = fixed
                 per = per + step_bytes / images_per_step
             t_mm, t_other = flops / rate, per / bw
             top = sorted(ops.items(), key=lambda kv: -kv[1])[:4]
