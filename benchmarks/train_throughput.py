@@ -18,7 +18,7 @@ Feature extraction (``--inference``, on by default), batches of ``eval_batch_siz
 
 - ``infer fp32``: the reference, fp32 forward with open_clip's blocks on batches already on the device;
 - ``infer ours``: bf16 (on GPUs) and clipreid's blocks, batches on the device;
-- ``infer+data``: ``clipreid.evaluator.extract_features`` over a CPU uint8 cache, as evaluation and validation run.
+- ``infer+data``: ``clipreid.features.extract_features`` over a CPU uint8 cache, as evaluation and validation run.
 
 MFU = (3 x forward FLOPs per image x images/s) / peak for training, 1 x forward FLOPs for inference; the peak is
 the matmul rate measured here (a large bf16 matmul on GPUs), what the GPU can really do, so MFU is conservative
@@ -42,9 +42,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from clipreid.blocks import speed_up_blocks  # noqa: E402
 from clipreid.config import run  # noqa: E402
-from clipreid.evaluator import autocast, extract_features, pick_device, resolve_precision  # noqa: E402
+from clipreid.features import extract_features  # noqa: E402
 from clipreid.loss import ReIDLoss  # noqa: E402
 from clipreid.model import ModelSpec, ReIDEncoder, build_encoder  # noqa: E402
+from clipreid.runtime import autocast, pick_device, resolve_precision  # noqa: E402
 from clipreid.trainer import build_optimizer, forward_backward, optimizer_update  # noqa: E402
 from clipreid.transforms import AugmentConfig, normalize, to_device  # noqa: E402
 

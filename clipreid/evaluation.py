@@ -29,12 +29,13 @@ import torch
 from .config import save_config
 from .dataset import Split, load_split
 from .errors import UserError
-from .evaluator import embed, extract_features, pick_device, resolve_precision, squared_distances
+from .features import embed, extract_features, squared_distances
 from .fileio import write_text
 from .fusion import dissimilarity_fusion, similarity_fusion, winners_fusion
 from .metrics import compute_scores
 from .model import ReIDEncoder, checkpoint_file, load_encoder, read_checkpoint, run_dir_of
 from .rerank import hard_k_reciprocal, k_reciprocal_features
+from .runtime import pick_device, resolve_precision
 from .transforms import decode_images
 
 RERANKS = ("none", "k_reciprocal", "hard")

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .blocks import speed_up_blocks
+from .checkpoint import checkpoint_file, read_checkpoint, run_dir_of  # noqa: F401 (re-exported)
 from .errors import UserError
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -269,36 +270,6 @@ def architecture_only(spec: ModelSpec) -> ModelSpec:
 def checkpoint_spec(path: str | Path) -> ModelSpec:
     """Read only the ModelSpec stored in a checkpoint."""
     return ModelSpec.from_dict(read_checkpoint(path)["model_spec"])
-
-
-def checkpoint_file(path: str | Path) -> Path:
-    """The checkpoint file a path names (a run folder: its best.pt, else last.pt); UserError if there is none."""
-    path = Path(path)
-    if path.is_dir():
-        for name in ("best.pt", "last.pt"):
-            if (path / name).is_file():
-                return path / name
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} not found; train one with train.py (it writes model/<run>/best.pt)")
-    return path
-
-
-def run_dir_of(checkpoint: str | Path) -> Path:
-    """The run folder of a checkpoint path (a run folder is its own)."""
-    checkpoint = Path(checkpoint)
-    return checkpoint if checkpoint.is_dir() else checkpoint.parent
-
-
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """``torch.load`` with ``weights_only=True`` (no pickled code), with one-line errors."""
-    path = checkpoint_file(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise UserError(f"cannot read checkpoint {path}: {str(err).splitlines()[0]}") from err
-    if not isinstance(state, dict) or "model" not in state or "model_spec" not in state:
-        raise UserError(f"{path} is not a clipreid checkpoint (no 'model' and 'model_spec' entries)")
-    return state
 
 
 def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> ReIDEncoder:

@@ -36,11 +36,12 @@ from .evaluation import (
     query_gallery_features,
     rerank_distances,
 )
-from .evaluator import pick_device, squared_distances
+from .features import squared_distances
 from .layout import CHALLENGE_GALLERY_DIR, CHALLENGE_QUERY_DIR
 from .metrics import compute_scores
 from .model import checkpoint_file
 from .preprocess import CHALLENGE_COLUMNS, CHALLENGE_DF
+from .runtime import pick_device
 from .submission import align_to, read_distance_matrix, write_distance_matrix
 from .synthetic import INFO_NAME
 

@@ -120,7 +120,7 @@ def hard_k_reciprocal(query_features: Array, gallery_features: Array, k1: int = 
                       lambda_value: float = 0.7, *, chunk_size: int | None = None) -> Array:
     """The MMSports 2023 winners' hard-weight k-reciprocal re-ranking, vectorised and sparse.
 
-    Source: ``postprocess_distance`` in ``clipreid/evaluator.py`` of
+    Source: ``postprocess_distance`` in ``clipreid/evaluator.py`` (the 2023 code) of
     github.com/LIRENDA621/MMSports2023_-Player_Reidentification_Challenge (Yu, Li et al., "Exploring Loss
     Function and Rank Fusion for Enhanced Person Re-identification"), called there with k1=20, k2=6, lamda=0.7
     on L2-normalised features. With d the squared Euclidean distance of the features as given (no squaring

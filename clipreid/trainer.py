@@ -15,12 +15,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import random
 import re
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +28,15 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
+from .checkpoint import read_checkpoint, run_dir_of, save_checkpoint
 from .config import config_from_dict, config_to_dict, save_config
 from .dataset import ImageSet, PairBatchSampler, PairDataset, Split, contiguous_labels, load_split
 from .errors import UserError
-from .evaluator import autocast, pick_device, resolve_precision, validate
-from .fileio import atomic_path, write_text
+from .features import validate
+from .fileio import write_text
 from .loss import ReIDLoss
-from .model import ModelSpec, ReIDEncoder, build_encoder, read_checkpoint, run_dir_of
+from .model import ModelSpec, ReIDEncoder, build_encoder
+from .runtime import Runtime, autocast, resolve_precision, setup_runtime
 from .transforms import AugmentConfig, augment_pairs, decode_images, to_device
 
 LOG_NAME = "log.jsonl"
@@ -45,41 +45,6 @@ CONFIG_NAME = "train_config.json"
 # Fields a resumed run may change: where and how it runs, not what it computes.
 RUNTIME_FIELDS = {"device", "progress", "num_workers", "resume", "compile", "cache_images", "overwrite", "stop_after",
                   "log_every"}
-
-
-# --------------------------------------------------------------------------------------------------------------
-# devices and processes
-
-
-@dataclass
-class Runtime:
-    device: torch.device
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-
-def setup_runtime(device: str = "auto") -> Runtime:
-    """One process per device under ``torchrun`` (NCCL on GPUs, gloo on the CPU), else a single process."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Runtime(pick_device(device))
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    base = pick_device(device)
-    if base.type == "cuda":
-        torch.cuda.set_device(local_rank)
-        base = torch.device("cuda", local_rank)
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if base.type == "cuda" else "gloo")
-    return Runtime(base, rank, world, local_rank)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -150,12 +115,6 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((py[0], tuple(py[1]), py[2]))
     kind, keys, *rest = state["numpy"]
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), *rest))
-
-
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """torch.save to a temporary file renamed into place: a crash never leaves a half-written checkpoint."""
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
 
 
 def read_log(path: Path) -> list[dict[str, Any]]:

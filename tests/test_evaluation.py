@@ -17,7 +17,7 @@ from PIL import Image
 
 from clipreid.errors import UserError
 from clipreid.evaluation import evaluate
-from clipreid.evaluator import embed, squared_distances
+from clipreid.features import embed, squared_distances
 from clipreid.metrics import compute_scores
 from clipreid.model import load_encoder, read_checkpoint
 from clipreid.predict import predict

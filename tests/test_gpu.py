@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from clipreid.evaluator import extract_features
+from clipreid.features import extract_features
 from clipreid.loss import ReIDLoss
 from clipreid.metrics import compute_scores
 from clipreid.model import ModelSpec, build_encoder

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -22,37 +21,8 @@ from .errors import UserError
 from .metrics import compute_scores
 from .model import ReIDEncoder, load_encoder
 from .rerank import pairwise_squared_euclidean as squared_distances
+from .runtime import autocast, pick_device, resolve_precision
 from .transforms import normalize, to_device, to_uint8_tensor
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """``auto`` -> cuda, then mps, then cpu."""
-    if name != "auto":
-        device = torch.device(name)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise UserError(f"device {name} requested but CUDA is not available; use --device cpu")
-        return device
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    """``auto``: bf16 on GPUs that have it, fp16 on other GPUs, fp32 on the CPU and MPS."""
-    if precision == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    """``torch.autocast`` for a reduced-precision dtype, or a no-op for fp32."""
-    if dtype is None or dtype == torch.float32:
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 @torch.no_grad()

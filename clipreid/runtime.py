@@ -1,0 +1,73 @@
+"""Where and how code runs: the device, the precision, autocast, and the process group under torchrun."""
+
+from __future__ import annotations
+
+import os
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from .errors import UserError
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` -> cuda, then mps, then cpu."""
+    if name != "auto":
+        device = torch.device(name)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise UserError(f"device {name} requested but CUDA is not available; use --device cpu")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    """``auto``: bf16 on GPUs that have it, fp16 on other GPUs, fp32 on the CPU and MPS."""
+    if precision == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """``torch.autocast`` for a reduced-precision dtype, or a no-op for fp32."""
+    if dtype is None or dtype == torch.float32:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def setup_runtime(device: str = "auto") -> Runtime:
+    """One process per device under ``torchrun`` (NCCL on GPUs, gloo on the CPU), else a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Runtime(pick_device(device))
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    base = pick_device(device)
+    if base.type == "cuda":
+        torch.cuda.set_device(local_rank)
+        base = torch.device("cuda", local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if base.type == "cuda" else "gloo")
+    return Runtime(base, rank, world, local_rank)
