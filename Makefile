@@ -1,5 +1,6 @@
 # The two commands a new user needs: `make demo` and `make test`.
-# Both create (or reuse) the virtual environment in .venv and install requirements.txt into it.
+# Both create (or reuse) the virtual environment in .venv and install requirements-dev.txt into it (the runtime
+# requirements.txt, the export and tensorboard extras, pytest and ruff).
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -14,10 +15,12 @@ DEMO_TRAIN := --model tiny-vit --pretrained none --data-dir $(DEMO_DATA) --epoch
 
 venv: $(STAMP)
 
-# Reinstalled only when requirements.txt changes.
-$(STAMP): requirements.txt
+REQUIREMENTS := requirements.txt requirements-export.txt requirements-tensorboard.txt requirements-dev.txt
+
+# Reinstalled only when a requirements file changes.
+$(STAMP): $(REQUIREMENTS)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet -r requirements-dev.txt
 	@touch $(STAMP)
 
 demo: $(STAMP)
