@@ -1,11 +1,14 @@
 """Stage 2: build the DataFrames the later stages read.
 
-    python preprocess_data.py                                       # data/data_reid
+    python preprocess_data.py                                              # data/data_reid
     python preprocess_data.py --data-dir data/synthetic_reid
     python preprocess_data.py --data-dir data/Market-1501 --layout market1501
+    python preprocess_data.py --data-dir data/my_players --layout folders  # data/my_players/<identity>/*.jpg
+    python preprocess_data.py --data-dir data/my_players --layout csv --csv data/my_players/labels.csv
 
 Writes ``train_df.csv`` (train + test images with their 10-fold GroupKFold fold) and ``challenge_df.csv`` into
-the data folder, with image paths relative to that folder.
+the data folder, with image paths relative to that folder; for the folders and csv layouts also
+``identities.csv`` (the integer player id of each identity name).
 """
 
 from __future__ import annotations
@@ -21,15 +24,18 @@ from clipreid.preprocess import preprocess
 @dataclass
 class Config:
     data_dir: Path = Path("data/data_reid")  # the extracted dataset; the CSVs are written here
-    layout: Literal["synergyreid", "market1501"] = "synergyreid"  # folder layout of data_dir
-    n_folds: int = 10  # GroupKFold splits over train+test, grouped by sequence (by identity for Market-1501)
+    layout: Literal["synergyreid", "market1501", "folders", "csv"] = "synergyreid"  # layout of data_dir (see README)
+    csv: Path | None = None  # layout csv: the CSV of path,id[,camera][,split]; none = data_dir/labels.csv
+    holdout: float = 0.2  # folders/csv without splits: share of identities held out as test queries and gallery
+    split_seed: int = 0  # folders/csv without splits: seed of the (hash-based) choice of held-out identities
+    n_folds: int = 10  # GroupKFold splits over train+test, grouped by sequence (by identity for the other layouts)
     check_images: bool = True  # decode every image and leave out unreadable ones (listed in preprocess_skipped.txt)
     progress: bool = True  # show progress bars
 
 
 def main(cfg: Config) -> None:
     result = preprocess(cfg.data_dir, layout=cfg.layout, n_folds=cfg.n_folds, check_images=cfg.check_images,
-                        progress=cfg.progress)
+                        progress=cfg.progress, csv=cfg.csv, holdout=cfg.holdout, split_seed=cfg.split_seed)
     save_config(cfg, cfg.data_dir / "preprocess_config.json")
     print(result.summary())
 

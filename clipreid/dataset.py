@@ -81,6 +81,9 @@ def load_split(data_dir: str | Path, validation: Validation = "test", fold: int 
     if train.empty:
         raise UserError(f"no training rows in {data_dir / TRAIN_DF} for validation={validation}")
     query, gallery = val[val.img_type == "q"], val[val.img_type == "g"]
+    if validation == "test" and val.empty:
+        raise UserError(f"{data_dir / TRAIN_DF} has no test split (no query/gallery images): "
+                        "validate on a fold instead (train.py --validation fold, evaluate.py --split fold)")
     if validation != "none" and (query.empty or gallery.empty):
         raise UserError(f"the validation set ({validation}) of {data_dir / TRAIN_DF} has no queries or no gallery")
 

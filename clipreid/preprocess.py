@@ -8,6 +8,8 @@ Files that cannot be used (unreadable images, names that do not parse) are left 
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 from collections import Counter
 from collections.abc import Callable
@@ -35,7 +37,7 @@ from clipreid.layout import (
     parse_player_name,
 )
 
-LAYOUTS = ("synergyreid", "market1501")
+LAYOUTS = ("synergyreid", "market1501", "folders", "csv")
 IMAGE_SUFFIXES = (IMAGE_SUFFIX, ".jpg", ".png")  # compared lower-cased
 TRAIN_DF = "train_df.csv"
 CHALLENGE_DF = "challenge_df.csv"
@@ -68,6 +70,7 @@ class PreprocessResult:
     layout: str = "synergyreid"
     notes: list[str] = field(default_factory=list)
     paths: dict[str, Path] = field(default_factory=dict)
+    identities: pd.DataFrame | None = None  # own data: player id, identity name, images (identities.csv)
 
     def summary(self) -> str:
         """A few human lines: counts per split, single-image players, what was left out and where it is listed."""
@@ -328,24 +331,313 @@ def build_market1501_frame(
     return PreprocessResult(train_df, None, sorted(skipped), "market1501", notes)
 
 
+# ---- users' own data: one folder per identity, or a CSV listing
+
+FOLDER_SPLITS = {"train": "train", "query": "test", "gallery": "test"}  # subfolder (or CSV split) -> split
+CSV_COLUMNS = ("path", "id", "camera", "split")  # path and id required
+IDENTITIES_CSV = "identities.csv"
+DEFAULT_CSV = "labels.csv"
+FOLDERS_HINT = "a folder per identity: <data_dir>/<identity>/*.jpg, or <data_dir>/{train,query,gallery}/<identity>/"
+CSV_HINT = "the CSV needs the columns path,id and optionally camera (an integer) and split (train, query or gallery)"
+
+
+@dataclass
+class OwnImage:
+    """One image of a user's dataset before the table is built."""
+
+    rel: str  # path relative to data_dir, posix
+    identity: str
+    camera: int | None = None
+    role: str | None = None  # train, query, gallery, or None to split by identity
+
+
+def identity_ids(names: list[str]) -> dict[str, int]:
+    """Integer player id of every identity name, deterministic.
+
+    Names that are all integers (``0001``, ``17``) keep their value, so ids in submissions are the user's own;
+    otherwise (strings, or integers that collide like ``7`` and ``007``) the sorted names are numbered 0..N-1.
+    """
+    unique = sorted(set(names))
+    if all(n.isdigit() for n in unique) and len({int(n) for n in unique}) == len(unique):
+        return {n: int(n) for n in unique}
+    return {n: i for i, n in enumerate(unique)}
+
+
+def _hash_rank(name: str, seed: int) -> str:
+    """A stable per-identity random key: the same on every machine and python, unlike ``hash()``."""
+    return hashlib.sha256(f"{seed}:{name}".encode()).hexdigest()
+
+
+def _held_out(df: pd.DataFrame, holdout: float, seed: int, has_cameras: bool) -> set[str]:
+    """Identities held out as the test split: a ``holdout`` share of those a query can be scored on.
+
+    Eligible identities have two images or more (with cameras: in two cameras or more, as the camera-aware
+    protocol ignores same-camera matches). The choice is by a seeded hash of the name, so it does not
+    depend on file order, and adding an identity never moves the others.
+    """
+    sizes = df.groupby("identity").size()
+    eligible = sizes[sizes >= 2].index
+    if has_cameras:
+        cams = df.groupby("identity").camera.nunique()
+        eligible = [n for n in eligible if cams[n] >= 2]
+    eligible = sorted(eligible, key=lambda n: _hash_rank(n, seed))
+    if holdout <= 0 or not eligible:
+        return set()
+    k = min(max(round(holdout * len(eligible)), 1), len(eligible))
+    return set(eligible[:k])
+
+
+def build_own_frame(
+    data_dir: Path,
+    images: list[OwnImage],
+    layout: str,
+    n_folds: int = 10,
+    holdout: float = 0.2,
+    seed: int = 0,
+    check_images: bool = True,
+    progress: bool = True,
+    skipped: list | None = None,
+    notes: list | None = None,
+) -> PreprocessResult:
+    """``train_df`` of a user's images: the same columns as the other layouts, folds grouped by identity.
+
+    Images with a ``role`` keep it (train; query and gallery form the test split); otherwise a ``holdout`` share
+    of identities becomes the test split with one query per identity (its first image by path) and the rest
+    gallery. In train, the first image of each identity (of each identity and camera) is the pseudo-query of
+    fold validation. ``camera`` is a column only when the data has cameras.
+    """
+    skipped = [] if skipped is None else skipped
+    notes = [] if notes is None else notes
+    if not 0 <= holdout < 1:
+        raise UserError(f"holdout must be in [0, 1), got {holdout}: the share of identities held out for testing")
+    items = _drop_unreadable(data_dir, [(im.rel, im) for im in images], check_images, progress, skipped)
+    if not items:
+        raise UserError(f"no usable images in {data_dir}: every listed image was left out (see the skip list)")
+    has_cameras = any(im.camera is not None for _, im in items)
+    roles = {im.role for _, im in items}
+    if roles != {None} and None in roles:
+        raise UserError("either every image has a split (train, query, gallery) or none has")
+    ids = identity_ids([im.identity for _, im in items])
+    rows = []
+    for rel, im in items:
+        folder, _, img_id = rel.rpartition("/")
+        row = {"img_id": img_id, "folder": folder or ".", "player": ids[im.identity], "identity": im.identity,
+               "role": im.role}
+        if has_cameras:
+            row["camera"] = im.camera
+        rows.append(row)
+    df = pd.DataFrame(rows)
+
+    if roles == {None}:
+        test_names = _held_out(df, holdout, seed, has_cameras)
+        df["split"] = np.where(df.identity.isin(test_names), "test", "train")
+        if test_names:
+            notes.append(f"held out {len(test_names):,} of {df.player.nunique():,} identities as the test split "
+                         f"(holdout={holdout}, seed={seed}): one query each, the rest gallery")
+    else:
+        if ("query" in roles) != ("gallery" in roles):
+            have, lack = ("query", "gallery") if "query" in roles else ("gallery", "query")
+            raise UserError(f"the data has {have} images but no {lack} images: give both, or neither (train only)")
+        if "train" not in roles:
+            raise UserError("the data has no train images: mark some as train (a train/ folder or split=train)")
+        df["split"] = df.role.map(FOLDER_SPLITS)
+    if (df.split == "train").sum() == 0:
+        raise UserError(f"no training identities left: lower holdout (now {holdout})")
+    if not (df.split == "test").any():
+        notes.append("no query/gallery images: train only; validate with `train.py --validation fold`")
+    df["game"] = df.split + "_" + df.player.astype(str)  # folds group by identity
+    df["img_type"] = np.where(df.role == "query", "q", "g")
+    df = _sorted_with_folds(df.drop(columns=["role", "identity"]).to_dict("records"), n_folds)
+    # Rows are sorted by (folder, img_id): the first image of an identity is the one with the smallest path.
+    pseudo = ["player", "camera"] if has_cameras else ["player"]
+    train = df.split == "train"
+    df.loc[train, "img_type"] = np.where(~df[train].duplicated(pseudo), "q", "g")
+    if roles == {None}:
+        test = df.split == "test"
+        df.loc[test, "img_type"] = np.where(~df[test].duplicated(["player"]), "q", "g")
+    train_df = df[TRAIN_COLUMNS + (["camera"] if has_cameras else [])]
+
+    counts = train_df.groupby("player").size()
+    names = {v: k for k, v in ids.items()}
+    identities = pd.DataFrame({"player": counts.index, "identity": [names[p] for p in counts.index],
+                               "images": counts.to_numpy()})
+    notes.insert(0, f"identities: {len(identities):,} (player id of each name in {IDENTITIES_CSV})")
+    notes.insert(1, f"cameras: {train_df.camera.nunique()}" if has_cameras
+                 else "cameras: none (every gallery image counts, no same-camera rule)")
+    return PreprocessResult(train_df, None, sorted(skipped), layout, notes, identities=identities)
+
+
+def _walk_images(data_dir: Path, folder: Path, skipped: list) -> list[str]:
+    """Image paths under ``folder`` (any depth, hidden entries ignored), relative to data_dir, sorted."""
+    rels = []
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(data_dir).as_posix()
+        if any(part.startswith(".") for part in p.relative_to(folder).parts) or not p.is_file():
+            continue
+        if p.suffix.lower() in IMAGE_SUFFIXES:
+            rels.append(rel)
+        else:
+            skipped.append((rel, f"{NOT_IMAGE}: suffix {p.suffix or '(none)'!r}"))
+    return rels
+
+
+def _subfolders(path: Path) -> list[Path]:
+    return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def build_folders_frame(
+    data_dir: Path, n_folds: int = 10, holdout: float = 0.2, seed: int = 0, check_images: bool = True,
+    progress: bool = True,
+) -> PreprocessResult:
+    """``train_df`` for one folder per identity: ``data_dir/<identity>/`` (split by identity, see ``holdout``),
+    or ``data_dir/train/<identity>/`` with optional ``query/<identity>/`` and ``gallery/<identity>/``."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise UserError(f"data folder {data_dir} not found: {FOLDERS_HINT}")
+    skipped: list[tuple[str, str]] = []
+    notes: list[str] = []
+    explicit = [name for name in FOLDER_SPLITS if (data_dir / name).is_dir()]
+    if explicit:
+        if "train" not in explicit:
+            raise UserError(f"{data_dir} has {'/, '.join(explicit)}/ but no train/ folder: {FOLDERS_HINT}")
+        others = [p.name for p in _subfolders(data_dir) if p.name not in FOLDER_SPLITS]
+        if others:
+            notes.append(f"ignored {len(others)} folders beside train/, query/, gallery/: {', '.join(others[:5])}")
+        parents = [(data_dir / name, name) for name in explicit]
+    else:
+        parents = [(data_dir, None)]
+    images, empty = [], 0
+    for parent, role in parents:
+        identities = _subfolders(parent)
+        if not identities:
+            raise UserError(f"no identity folders in {parent}: {FOLDERS_HINT}")
+        for ident in identities:
+            rels = _walk_images(data_dir, ident, skipped)
+            empty += not rels
+            images += [OwnImage(rel, ident.name, None, role) for rel in rels]
+    if empty:
+        notes.append(f"left out {empty:,} identity folders without images")
+    if not images:
+        raise UserError(f"no .jpeg/.jpg/.png images in the identity folders of {data_dir}: {FOLDERS_HINT}")
+    return build_own_frame(data_dir, images, "folders", n_folds, holdout, seed, check_images, progress, skipped,
+                           notes)
+
+
+def _csv_error(csv_path: Path, rows: pd.Series, what: str) -> UserError:
+    """One line naming the CSV, the first bad rows (1-based line numbers of the file, header = line 1) and why."""
+    lines = [str(i + 2) for i in rows.index[:5]]
+    more = f" and {len(rows) - 5:,} more" if len(rows) > 5 else ""
+    return UserError(f"{csv_path}: line {', '.join(lines)}{more}: {what}")
+
+
+def read_own_csv(csv_path: Path, data_dir: Path) -> list[OwnImage]:
+    """The images a CSV lists, checked: columns, files that exist, integer cameras, known split values.
+
+    A relative path is looked up beside the CSV first, then in data_dir; the table stores it relative to data_dir.
+    """
+    csv_path, data_dir = Path(csv_path), Path(data_dir)
+    if not csv_path.is_file():
+        raise UserError(f"CSV {csv_path} not found: pass --csv PATH ({CSV_HINT})")
+    try:
+        df = pd.read_csv(csv_path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise UserError(f"{csv_path} is not a readable CSV ({type(e).__name__}: {str(e).strip()}): {CSV_HINT}") from e
+    df.columns = [c.strip().lower() for c in df.columns]
+    for col in ("path", "id"):
+        if col not in df.columns:
+            raise UserError(f"{csv_path} lacks the column {col!r} (it has {', '.join(df.columns)}): {CSV_HINT}")
+    if df.empty:
+        raise UserError(f"{csv_path} lists no images: {CSV_HINT}")
+    df = df.apply(lambda c: c.str.strip())
+    for col in ("path", "id"):
+        if (df[col] == "").any():
+            raise _csv_error(csv_path, df[df[col] == ""], f"empty {col}")
+    dup = df.duplicated("path")
+    if dup.any():
+        raise _csv_error(csv_path, df[dup], "path listed twice")
+    cameras = None
+    if "camera" in df.columns:
+        bad = ~df.camera.str.fullmatch(r"[+-]?\d+")
+        if bad.any():
+            first = df.camera[bad].iloc[0]
+            raise _csv_error(csv_path, df[bad], f"camera {first!r} is not an integer (leave the column out if "
+                                                "there are no cameras)")
+        cameras = df.camera.astype(int).tolist()
+    roles = None
+    if "split" in df.columns:
+        lowered = df.split.str.lower()
+        bad = ~lowered.isin(list(FOLDER_SPLITS))
+        if bad.any():
+            first = df.split[bad].iloc[0]
+            raise _csv_error(csv_path, df[bad], f"split {first!r} is not train, query or gallery")
+        roles = lowered.tolist()
+
+    resolved, missing = [], []
+    base = csv_path.parent
+    for i, rel in zip(df.index, df.path, strict=True):
+        p = Path(rel)
+        candidates = [p] if p.is_absolute() else [base / p, data_dir / p]
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            missing.append(i)
+        resolved.append(found)
+    if missing:
+        first = df.path[missing[0]]
+        where = "" if Path(first).is_absolute() else f" (looked in {base} and {data_dir})"
+        raise _csv_error(csv_path, df.loc[missing], f"image {first!r} not found{where}")
+    rels = [Path(os.path.relpath(p, data_dir)).as_posix() for p in resolved]
+    return [OwnImage(rel, ident, None if cameras is None else cameras[k], None if roles is None else roles[k])
+            for k, (rel, ident) in enumerate(zip(rels, df.id, strict=True))]
+
+
+def build_csv_frame(
+    data_dir: Path, csv_path: Path | None = None, n_folds: int = 10, holdout: float = 0.2, seed: int = 0,
+    check_images: bool = True, progress: bool = True,
+) -> PreprocessResult:
+    """``train_df`` for the images listed by a CSV (``path,id[,camera][,split]``; default ``data_dir/labels.csv``)."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise UserError(f"data folder {data_dir} not found: it is where the tables are written")
+    images = read_own_csv(data_dir / DEFAULT_CSV if csv_path is None else Path(csv_path), data_dir)
+    return build_own_frame(data_dir, images, "csv", n_folds, holdout, seed, check_images, progress)
+
+
 def preprocess(
-    data_dir: Path, layout: str = "synergyreid", n_folds: int = 10, check_images: bool = True, progress: bool = True
+    data_dir: Path,
+    layout: str = "synergyreid",
+    n_folds: int = 10,
+    check_images: bool = True,
+    progress: bool = True,
+    csv: Path | None = None,
+    holdout: float = 0.2,
+    split_seed: int = 0,
 ) -> PreprocessResult:
     """Build the tables for ``layout`` and write them into ``data_dir``; return them with the paths written.
 
-    ``train_df.csv``, ``challenge_df.csv`` and ``preprocess_skipped.txt`` are written to temporary files and
-    renamed into place only once all of them are complete, so a failure leaves the older set untouched. A
-    ``challenge_df.csv`` or skip list left from an earlier run is removed when this run has none.
+    ``csv`` (layout csv), ``holdout`` and ``split_seed`` (layouts folders and csv) describe users' own data.
+    ``train_df.csv``, ``challenge_df.csv``, ``identities.csv`` and ``preprocess_skipped.txt`` are written to
+    temporary files and renamed into place only once all of them are complete, so a failure leaves the older set
+    untouched. A ``challenge_df.csv``, identity map or skip list left from an earlier run is removed when this run
+    has none.
     """
-    builders = {"synergyreid": build_synergy_frames, "market1501": build_market1501_frame}
-    if layout not in builders:
+    if layout not in LAYOUTS:
         raise UserError(f"unknown layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
     data_dir = Path(data_dir)
-    result = builders[layout](data_dir, n_folds=n_folds, check_images=check_images, progress=progress)
+    common = dict(n_folds=n_folds, check_images=check_images, progress=progress)
+    if layout == "synergyreid":
+        result = build_synergy_frames(data_dir, **common)
+    elif layout == "market1501":
+        result = build_market1501_frame(data_dir, **common)
+    elif layout == "folders":
+        result = build_folders_frame(data_dir, holdout=holdout, seed=split_seed, **common)
+    else:
+        result = build_csv_frame(data_dir, csv, holdout=holdout, seed=split_seed, **common)
 
     paths = {"train_df": data_dir / TRAIN_DF}
     if result.challenge_df is not None:
         paths["challenge_df"] = data_dir / CHALLENGE_DF
+    if result.identities is not None:
+        paths["identities"] = data_dir / IDENTITIES_CSV
     if result.skipped:
         paths["skipped"] = data_dir / SKIPPED_TXT
     with ExitStack() as stack:
@@ -353,12 +645,14 @@ def preprocess(
         result.train_df.to_csv(tmp["train_df"], index=False)
         if "challenge_df" in tmp:
             result.challenge_df.to_csv(tmp["challenge_df"], index=False)
+        if "identities" in tmp:
+            result.identities.to_csv(tmp["identities"], index=False)
         if "skipped" in tmp:
             lines = [f"{rel}\t{reason}" for rel, reason in result.skipped]
             header = "# files left out by preprocessing: path relative to the data folder <TAB> reason\n"
             tmp["skipped"].write_text(header + "\n".join(lines) + "\n", encoding="utf-8")
     # Tables from an earlier run that this data no longer has would point at files that are gone.
-    for key, name in (("challenge_df", CHALLENGE_DF), ("skipped", SKIPPED_TXT)):
+    for key, name in (("challenge_df", CHALLENGE_DF), ("identities", IDENTITIES_CSV), ("skipped", SKIPPED_TXT)):
         if key not in paths:
             (data_dir / name).unlink(missing_ok=True)
     result.paths = paths
