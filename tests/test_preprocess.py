@@ -18,8 +18,11 @@ from clipreid.preprocess import (
     TRAIN_COLUMNS,
     TRAIN_DF,
     assign_folds,
+    build_csv_frame,
+    build_folders_frame,
     build_market1501_frame,
     build_synergy_frames,
+    identity_ids,
     parse_market_name,
     preprocess,
 )
@@ -361,3 +364,198 @@ def test_market_missing_folder(tmp_path):
     (data / "query").rmdir()
     with pytest.raises(UserError, match=re.escape(str(data / "query"))):
         build_market1501_frame(data, n_folds=4, progress=False)
+
+
+# ---- users' own data: a folder per identity, a CSV
+
+
+def make_folders(root: Path, names: dict[str, int]) -> Path:
+    """``root/<identity>/<k>.jpg`` with ``names[identity]`` images each."""
+    for i, (name, n) in enumerate(names.items()):
+        for k in range(n):
+            write_image(root / name / f"{k:02d}.jpg", seed=i * 10 + k)
+    return root
+
+
+OWN = {f"player {c}": 3 for c in "abcdefghij"} | {"solo": 1}
+
+
+def test_identity_ids_are_deterministic():
+    assert identity_ids(["0007", "12", "3"]) == {"0007": 7, "12": 12, "3": 3}  # integer names keep their value
+    assert identity_ids(["bob", "alice", "bob"]) == {"alice": 0, "bob": 1}
+    assert identity_ids(["7", "007", "x"]) == {"007": 0, "7": 1, "x": 2}  # colliding integers: numbered instead
+    assert identity_ids(["7", "007"]) == {"007": 0, "7": 1}
+
+
+def test_folders_layout_holds_out_identities(tmp_path):
+    data = make_folders(tmp_path / "own", OWN)
+    (data / "notes.txt").write_text("top-level files are ignored")
+    (data / "player a" / "readme.md").write_text("not an image")
+    result = preprocess(data, layout="folders", n_folds=3, holdout=0.3, progress=False)
+    df = result.train_df
+    assert list(df.columns) == TRAIN_COLUMNS and result.challenge_df is None
+    assert pd.api.types.is_integer_dtype(df.player) and pd.api.types.is_integer_dtype(df.fold)
+    assert [rel for rel, _ in result.skipped] == ["player a/readme.md"]
+    ids = pd.read_csv(data / "identities.csv")
+    assert ids.identity.tolist() == sorted(OWN) and ids.player.tolist() == list(range(len(OWN)))
+    assert ids.set_index("identity").images.to_dict() == OWN
+    assert all((data / f / i).is_file() for f, i in zip(df.folder, df.img_id, strict=True))
+    # 3 of the 10 identities with two images or more; "solo" cannot be a scored query, so it stays in train
+    test, train = df[df.split == "test"], df[df.split == "train"]
+    assert test.player.nunique() == 3 and ids.player[ids.identity == "solo"].item() in set(train.player)
+    assert (test.groupby("player").img_type.apply(lambda t: (t == "q").sum()) == 1).all()
+    assert (test[test.img_type == "q"].img_id == "00.jpg").all()
+    assert (train.groupby("player").img_type.apply(lambda t: (t == "q").sum()) == 1).all()
+    assert (df.game == df.split + "_" + df.player.astype(str)).all()
+    assert (df.groupby("player").fold.nunique() == 1).all()
+    assert "held out 3 of 11 identities" in result.summary() and "cameras: none" in result.summary()
+    # the same files give the same tables; another seed holds out others
+    again = preprocess(make_folders(tmp_path / "again", OWN), layout="folders", n_folds=3, holdout=0.3, progress=False)
+    assert again.paths["train_df"].read_bytes() == result.paths["train_df"].read_bytes()
+    other = preprocess(data, layout="folders", n_folds=3, holdout=0.3, split_seed=1, progress=False).train_df
+    assert set(other[other.split == "test"].player) != set(test.player)
+
+
+def test_holdout_is_stable_when_identities_are_added(tmp_path):
+    names = {f"id{k:02d}": 2 for k in range(30)}
+    small = build_folders_frame(make_folders(tmp_path / "a", names), n_folds=3, holdout=0.2, progress=False)
+    more = build_folders_frame(make_folders(tmp_path / "b", names | {"zz": 2}), n_folds=3, holdout=0.2, progress=False)
+
+    def held(result):
+        df = result.train_df.merge(result.identities, on="player")
+        return set(df[df.split == "test"].identity)
+
+    assert len(held(small)) == 6 and len(held(small) - held(more)) <= 1  # at most the one displaced by the new id
+
+
+def test_folders_layout_with_split_subfolders_and_nesting(tmp_path):
+    data = tmp_path / "own"
+    make_folders(data / "train", {"a": 2, "b": 2, "c": 2})
+    make_folders(data / "query", {"d": 1, "e": 1})
+    make_folders(data / "gallery", {"d": 2, "e": 2, "f": 1})
+    write_image(data / "train" / "a" / "cam2" / "05.jpg")  # images in sub-folders of an identity count too
+    df = build_folders_frame(data, n_folds=3, progress=False).train_df
+    assert df.groupby("split").player.nunique().to_dict() == {"test": 3, "train": 3}
+    assert sorted(df[df.folder.str.startswith("query/")].img_type) == ["q", "q"]
+    assert (df[df.folder.str.startswith("gallery/")].img_type == "g").all()
+    assert "train/a/cam2" in set(df.folder)
+    (data / "query" / "d" / "00.jpg").unlink()
+    (data / "query" / "e" / "00.jpg").unlink()
+    with pytest.raises(UserError, match="gallery images but no query images"):
+        build_folders_frame(data, n_folds=3, progress=False)
+
+
+def test_folders_train_only(tmp_path):
+    data = make_folders(tmp_path / "own" / "train", {"a": 2, "b": 3, "c": 2})
+    result = build_folders_frame(data.parent, n_folds=3, progress=False)
+    assert set(result.train_df.split) == {"train"} and "--validation fold" in result.summary()
+    plain = build_folders_frame(make_folders(tmp_path / "plain", {"a": 2, "b": 3, "c": 2}), n_folds=3, holdout=0,
+                                progress=False)
+    assert set(plain.train_df.split) == {"train"}
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        (lambda d: d.mkdir(), "no identity folders in"),
+        (lambda d: (d / "a").mkdir(parents=True), "no .jpeg/.jpg/.png images in the identity folders"),
+        (lambda d: make_folders(d / "query", {"a": 1}), "has query/ but no train/ folder"),
+        (lambda d: None, "not found"),
+    ],
+)
+def test_folders_layout_errors(tmp_path, setup, message):
+    data = tmp_path / "own"
+    setup(data)
+    with pytest.raises(UserError, match=re.escape(message)) as err:
+        preprocess(data, layout="folders", n_folds=2, progress=False)
+    assert "\n" not in str(err.value)
+    assert not (data / TRAIN_DF).exists()
+
+
+def make_csv_data(root: Path, camera: bool = False, split: bool = False) -> Path:
+    """``root/imgs/*.jpg`` and ``root/labels.csv`` listing them (6 identities of 4 images)."""
+    rows = []
+    for p in range(6):
+        for k in range(4):
+            rel = f"imgs/{p}_{k}.jpg"
+            write_image(root / rel, seed=p * 4 + k)
+            row = {"path": rel, "id": f"P{p}"}
+            if camera:
+                row["camera"] = k % 2 + 1
+            if split:
+                row["split"] = "train" if p < 4 else ("query" if k == 0 else "gallery")
+            rows.append(row)
+    pd.DataFrame(rows).to_csv(root / "labels.csv", index=False)
+    return root
+
+
+def test_csv_layout_with_cameras_and_splits(tmp_path):
+    data = make_csv_data(tmp_path / "own", camera=True, split=True)
+    result = preprocess(data, layout="csv", n_folds=3, progress=False)  # labels.csv in data_dir is the default
+    df = result.train_df
+    assert list(df.columns) == TRAIN_COLUMNS + ["camera"] and pd.api.types.is_integer_dtype(df.camera)
+    assert (df.folder == "imgs").all()
+    test = df[df.split == "test"]
+    assert len(test[test.img_type == "q"]) == 2 and set(test.player) == {4, 5}
+    train = df[df.split == "train"]
+    assert len(train[train.img_type == "q"]) == 4 * 2  # one pseudo-query per identity and camera
+    assert "cameras: 2" in result.summary()
+
+
+def test_csv_paths_beside_the_csv_or_in_data_dir_and_holdout(tmp_path):
+    data = make_csv_data(tmp_path / "own")
+    listing = pd.read_csv(data / "labels.csv")
+    listing.loc[:11, "path"] = "../own/" + listing.path[:12]  # relative to the CSV's folder
+    (tmp_path / "lists").mkdir()
+    listing.to_csv(tmp_path / "lists" / "mine.csv", index=False)
+    df = build_csv_frame(data, tmp_path / "lists" / "mine.csv", n_folds=3, holdout=0.34, progress=False).train_df
+    assert list(df.columns) == TRAIN_COLUMNS and (df.folder == "imgs").all() and len(df) == 24
+    assert df[df.split == "test"].player.nunique() == 2
+
+
+def test_csv_layout_with_data_outside_data_dir(tmp_path):
+    images = make_csv_data(tmp_path / "images")
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    df = build_csv_frame(tables, images / "labels.csv", n_folds=3, progress=False).train_df
+    assert (df.folder == "../images/imgs").all()  # still relative to the data folder, never to the cwd
+    assert all((tables / f / i).is_file() for f, i in zip(df.folder, df.img_id, strict=True))
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda t: t.drop(columns="id"), "lacks the column 'id'"),
+        (lambda t: t.drop(columns="path"), "lacks the column 'path'"),
+        (lambda t: t.assign(path=t.path.where(t.index != 3, "imgs/no.jpg")), "line 5: image 'imgs/no.jpg' not found"),
+        (lambda t: t.assign(camera=["1"] * 23 + ["c2"]), "line 25: camera 'c2' is not an integer"),
+        (lambda t: t.assign(camera=[""] + ["1"] * 23), "line 2: camera '' is not an integer"),
+        (lambda t: t.assign(split=["train"] * 20 + ["val"] * 4), "line 22, 23, 24, 25: split 'val' is not train"),
+        (lambda t: t.assign(id=t.id.where(t.index != 0, "")), "line 2: empty id"),
+        (lambda t: pd.concat([t, t.iloc[:1]], ignore_index=True), "line 26: path listed twice"),
+        (lambda t: t.iloc[:0], "lists no images"),
+    ],
+)
+def test_bad_csvs_are_one_line_errors(tmp_path, edit, message):
+    data = make_csv_data(tmp_path / "own")
+    edit(pd.read_csv(data / "labels.csv")).to_csv(data / "labels.csv", index=False)
+    with pytest.raises(UserError, match=re.escape(message)) as err:
+        preprocess(data, layout="csv", n_folds=3, progress=False)
+    assert "\n" not in str(err.value) and str(data / "labels.csv") in str(err.value)
+    assert not (data / TRAIN_DF).exists()
+
+
+def test_missing_csv_and_bad_holdout(tmp_path):
+    (tmp_path / "own").mkdir()
+    with pytest.raises(UserError, match="labels.csv not found: pass --csv"):
+        preprocess(tmp_path / "own", layout="csv", progress=False)
+    data = make_csv_data(tmp_path / "data")
+    with pytest.raises(UserError, match=r"holdout must be in \[0, 1\)"):
+        preprocess(data, layout="csv", holdout=1.0, progress=False)
+
+
+def test_stale_identity_map_is_removed(tmp_path):
+    data = make_synergy(tmp_path)
+    (data / "identities.csv").write_text("player,identity\n1,x\n")
+    preprocess(data, n_folds=3, progress=False)
+    assert not (data / "identities.csv").exists()
