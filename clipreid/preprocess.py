@@ -586,6 +586,9 @@ def read_own_csv(csv_path: Path, data_dir: Path) -> list[OwnImage]:
         where = "" if Path(first).is_absolute() else f" (looked in {base} and {data_dir})"
         raise _csv_error(csv_path, df.loc[missing], f"image {first!r} not found{where}")
     rels = [Path(os.path.relpath(p, data_dir)).as_posix() for p in resolved]
+    dup = pd.Series(rels, index=df.index).duplicated()
+    if dup.any():
+        raise _csv_error(csv_path, df[dup], f"image {df.path[dup].iloc[0]!r} is listed twice (under another path)")
     return [OwnImage(rel, ident, None if cameras is None else cameras[k], None if roles is None else roles[k])
             for k, (rel, ident) in enumerate(zip(rels, df.id, strict=True))]
 

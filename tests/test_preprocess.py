@@ -533,6 +533,7 @@ def test_csv_layout_with_data_outside_data_dir(tmp_path):
         (lambda t: t.assign(split=["train"] * 20 + ["val"] * 4), "line 22, 23, 24, 25: split 'val' is not train"),
         (lambda t: t.assign(id=t.id.where(t.index != 0, "")), "line 2: empty id"),
         (lambda t: pd.concat([t, t.iloc[:1]], ignore_index=True), "line 26: path listed twice"),
+        (lambda t: pd.concat([t, "./" + t.iloc[:1]], ignore_index=True), "line 26: image './imgs/0_0.jpg' is listed"),
         (lambda t: t.iloc[:0], "lists no images"),
     ],
 )
