@@ -210,3 +210,22 @@ def test_predict_script_ranks_a_folder(folders, tmp_path):
                           str(tmp_path / "nowhere"), "--output-dir", str(out)],
                          capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert bad.returncode == 1 and bad.stderr.strip().startswith("error:") and len(bad.stderr.splitlines()) == 1
+
+
+def test_the_picture_has_a_header_neutral_frames_and_no_self_match(folders, tmp_path):
+    from clipreid.visualize import BORDER, CAPTION, GAP, HEADER, NO_TRUTH_COLOUR, PAD, QUERY_COLOUR
+
+    query, _, one, _ = folders
+    out = tmp_path / "pic"
+    rank_folders(_cfg([one], query, out, topk=4, ranked_lists=4))  # 4 images against themselves: 3 others each
+    ranked = np.load(out / "distances_k_reciprocal.npy")
+    assert np.isinf(np.diag(ranked)).all() and np.isfinite(ranked[~np.eye(4, dtype=bool)]).all()
+    pitch_x, pitch_y = 64 + 2 * BORDER + PAD, 128 + 2 * BORDER + CAPTION + PAD
+    with Image.open(out / "ranked_lists.png") as image:
+        assert image.size == (PAD + 5 * pitch_x + GAP, HEADER + PAD + 4 * pitch_y)
+        image = image.convert("RGB")
+        y = HEADER + PAD
+        assert image.getpixel((PAD, y)) == QUERY_COLOUR
+        assert image.getpixel((PAD + pitch_x + GAP, y)) == NO_TRUTH_COLOUR  # rank 1: no truth to colour it
+        assert image.getpixel((PAD + 3 * pitch_x + GAP, y)) == NO_TRUTH_COLOUR  # rank 3, the last other image
+        assert image.getpixel((PAD + 4 * pitch_x + GAP, y)) == (255, 255, 255)  # rank 4 would be itself: empty
