@@ -149,3 +149,22 @@ def test_cli(checkpoint, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "clipreid.export", str(tmp_path / "missing.pt")],
                          capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1 and "not found" in bad.stderr
+
+
+def test_falls_back_to_open_clips_own_blocks_when_the_fast_ones_do_not_export(checkpoint, tmp_path, monkeypatch):
+    import clipreid.export as export_module
+    from clipreid.blocks import SelfAttention
+
+    real = export_module._export_onnx
+
+    def picky(module, path, opset):
+        if any(isinstance(m, SelfAttention) for m in module.modules()):
+            path.write_bytes(b"half")
+            raise RuntimeError("unsupported operator\nmore detail")
+        real(module, path, opset)
+
+    monkeypatch.setattr(export_module, "_export_onnx", picky)
+    report = export_module.export(checkpoint, tmp_path / "plain")
+    assert not report.fast_blocks and report.max_abs_diff <= 1e-4
+    assert sorted(p.name for p in (tmp_path / "plain").iterdir()) == ["model.json", "model.onnx",
+                                                                        "model.safetensors"]
