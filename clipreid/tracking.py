@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,15 @@ TENSORBOARD_DIR = "tensorboard"
 class Tracker:
     """Writes scalars to a TensorBoard event file (or nowhere, for ``report_to="none"``)."""
 
-    def __init__(self, writer: Any = None) -> None:
-        self.writer = writer
+    def __init__(self, writer: Any = None, make_writer: Callable[[], Any] | None = None) -> None:
+        self._writer, self._make_writer = writer, make_writer  # made on first use: no folder before a value
         self._sum, self._batches = 0.0, 0  # running sums of the epoch at the previous step point
+
+    @property
+    def writer(self) -> Any:
+        if self._writer is None and self._make_writer is not None:
+            self._writer, self._make_writer = self._make_writer(), None
+        return self._writer
 
     def log_step(self, step: int, loss_sum: float, batches: int, lr: float) -> None:
         """``loss_sum`` and ``batches``: the epoch's running totals (they restart at each epoch)."""
@@ -50,9 +57,9 @@ class Tracker:
         self.writer.flush()
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
+        if self._writer is not None:
+            self._writer.close()
+        self._writer = self._make_writer = None
 
 
 def open_tracker(report_to: str, run_dir: str | Path) -> Tracker:
@@ -66,4 +73,4 @@ def open_tracker(report_to: str, run_dir: str | Path) -> Tracker:
     except ImportError:
         raise UserError("report_to tensorboard needs the tensorboard package: pip install tensorboard "
                         "(or pip install clipreid[tensorboard]), or leave --report-to at none") from None
-    return Tracker(SummaryWriter(log_dir=str(Path(run_dir) / TENSORBOARD_DIR)))
+    return Tracker(make_writer=lambda: SummaryWriter(log_dir=str(Path(run_dir) / TENSORBOARD_DIR)))

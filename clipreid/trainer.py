@@ -184,6 +184,7 @@ def _train(cfg: Any, rt: Runtime) -> Path:
         raise UserError(f"{run_dir} already holds a run; --resume {run_dir / 'last.pt'} continues it, "
                         "--overwrite replaces it, --run-name NAME starts another")
     say = print if rt.is_main else (lambda *a, **k: None)
+    tracker = open_tracker(getattr(cfg, "report_to", "none") if rt.is_main else "none", run_dir)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -252,7 +253,6 @@ def _train(cfg: Any, rt: Runtime) -> Path:
     if rt.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / CONFIG_NAME)
-    tracker = open_tracker(getattr(cfg, "report_to", "none") if rt.is_main else "none", run_dir)
 
     def evaluate_now() -> dict[str, float]:
         if val_sets is None:

@@ -76,6 +76,7 @@ def test_step_losses_restart_each_epoch():
             pass
 
     tracker = Tracker(Writer())
+    assert Tracker(make_writer=lambda: 1 / 0)._writer is None  # nothing is made before the first value
     tracker.log_step(2, 4.0, 2, 0.1)  # 2 micro-batches, loss sum 4 -> mean 2
     tracker.log_step(4, 10.0, 4, 0.1)  # the next 2 sum to 6 -> mean 3
     tracker.log_epoch({"epoch": 1, "train_loss": 2.5, "note": "text", "flag": True})
