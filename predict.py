@@ -4,10 +4,12 @@
     python predict.py --checkpoints model/run_a model/run_b --fusion winners   # an ensemble of two models
     python predict.py --checkpoints model/run_a --submissions 'model/other/{set}_hard.csv'   # a model + earlier CSVs
     python predict.py --checkpoints none --submissions a/challenge_raw.csv b/challenge_raw.csv --sets challenge
+    python predict.py --checkpoints model/run_a --query-dir crops/ --output-dir model/crops_ranked   # your images
 
 Writes ``<set>_raw.csv`` and ``<set>_<rerank>.csv`` for each set, and ``predict_config.json``, into ``output_dir``.
 Rows are queries and columns gallery images, ids sorted, distances with 5 decimals (lower = more similar); test
-ids are the true player ids, so the test matrices are scored as they are written.
+ids are the true player ids, so the test matrices are scored as they are written. With ``query_dir`` it ranks
+your own unlabelled images instead (``clipreid.ranking``): ranking CSVs, distance matrices, features, a picture.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Literal
 
 from clipreid.config import run
 from clipreid.predict import predict
+from clipreid.ranking import rank_folders
 
 
 @dataclass
@@ -28,6 +31,11 @@ class Config:
     submissions: tuple[Path, ...] = ()
     data_dir: Path = Path("data/data_reid")  # folder holding train_df.csv and challenge_df.csv
     sets: tuple[str, ...] = ("test", "challenge")  # sets to predict: test, challenge
+    # your own images instead of the sets: rankings, distance matrices and features into output_dir
+    query_dir: Path | None = None  # a folder of images (searched recursively) to rank
+    gallery_dir: Path | None = None  # the images to rank them against; none = the query folder against itself
+    topk: int = 10  # nearest gallery images per query in ranking_<method>.csv and the picture
+    ranked_lists: int = 8  # queries drawn in ranked_lists.png; 0 = no picture
     flip: bool = False  # test-time augmentation: average each image's features with its mirror image's
     # re-ranking (each checkpoint on its own, before fusion)
     rerank: Literal["none", "k_reciprocal", "hard"] = "k_reciprocal"  # written as <set>_<rerank>.csv beside raw
@@ -50,7 +58,7 @@ class Config:
 
 
 def main(cfg: Config) -> None:
-    report = predict(cfg)
+    report = rank_folders(cfg) if cfg.query_dir is not None else predict(cfg)
     print(report.summary())
 
 

@@ -70,6 +70,7 @@ class Config:
     seed: int = 1
     device: str = "auto"  # auto = cuda, then mps, then cpu
     log_every: int = 10  # optimiser steps between progress updates (and divergence checks)
+    report_to: Literal["none", "tensorboard"] = "none"  # tensorboard: log.jsonl's values into <run>/tensorboard/
     progress: bool = True  # progress bars
 
 

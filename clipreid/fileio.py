@@ -53,3 +53,30 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as indented JSON to ``path`` atomically."""
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+
+@contextlib.contextmanager
+def atomic_files(folder: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty staging folder beside ``folder``; if the block succeeds, its files land in ``folder``.
+
+    For a set of outputs written together: a failure leaves no part of the new set. A new ``folder`` is the
+    staging folder renamed; into an existing one the files are renamed one by one (same file system, no
+    copying), replacing earlier files of the same names and leaving its other files alone. The staging folder
+    is made before the work starts, so an unwritable destination fails at once. On error it is removed.
+    """
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    try:
+        yield stage
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(stage, 0o777 & ~umask)
+        if not folder.exists():
+            os.replace(stage, folder)
+        else:
+            for item in sorted(stage.iterdir()):
+                os.replace(item, folder / item.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)

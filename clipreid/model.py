@@ -274,6 +274,10 @@ def checkpoint_spec(path: str | Path) -> ModelSpec:
 
 def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> ReIDEncoder:
     """Rebuild an encoder from a clipreid checkpoint (architecture from its spec, weights loaded strictly)."""
+    if Path(path).suffix == ".safetensors":  # written by python -m clipreid.export
+        from .export import load_safetensors
+
+        return load_safetensors(path, device)
     state = read_checkpoint(path)
     spec = ModelSpec.from_dict(state["model_spec"])
     encoder = build_encoder(architecture_only(spec))

@@ -37,6 +37,7 @@ from .fileio import write_text
 from .loss import ReIDLoss
 from .model import ModelSpec, ReIDEncoder, build_encoder
 from .runtime import Runtime, autocast, resolve_precision, setup_runtime
+from .tracking import Tracker, open_tracker
 from .transforms import AugmentConfig, augment_pairs, decode_images, to_device
 
 LOG_NAME = "log.jsonl"
@@ -44,7 +45,7 @@ CURVES_NAME = "curves.png"
 CONFIG_NAME = "train_config.json"
 # Fields a resumed run may change: where and how it runs, not what it computes.
 RUNTIME_FIELDS = {"device", "progress", "num_workers", "resume", "compile", "cache_images", "overwrite", "stop_after",
-                  "log_every"}
+                  "log_every", "report_to"}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -183,6 +184,7 @@ def _train(cfg: Any, rt: Runtime) -> Path:
         raise UserError(f"{run_dir} already holds a run; --resume {run_dir / 'last.pt'} continues it, "
                         "--overwrite replaces it, --run-name NAME starts another")
     say = print if rt.is_main else (lambda *a, **k: None)
+    tracker = open_tracker(getattr(cfg, "report_to", "none") if rt.is_main else "none", run_dir)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -264,12 +266,13 @@ def _train(cfg: Any, rt: Runtime) -> Path:
         history.append(record)
         say(f"epoch 0 (before training): {_format_metrics(record)}")
         _write_log(run_dir, history)
+        tracker.log_epoch(record)
     _barrier(rt)
 
     augment = AugmentConfig(cfg.flip, cfg.sharpen, cfg.random_erasing)
     for epoch in range(start_epoch, cfg.epochs):
         record = _train_epoch(cfg, rt, model, encoder, loss_fn, optimizer, scheduler, scaler, sampler, pairs,
-                              augment, dtype, epoch)
+                              augment, dtype, epoch, tracker)
         record.update(evaluate_now())
         record["logit_scale"] = float(encoder.scale().detach())
         history.append(record)
@@ -286,11 +289,13 @@ def _train(cfg: Any, rt: Runtime) -> Path:
             if improved:
                 save_checkpoint(run_dir / "best.pt", common)
             _write_log(run_dir, history)
+            tracker.log_epoch(record)
             say(f"epoch {epoch + 1}/{cfg.epochs}: {_format_metrics(record)}" + ("  (best)" if improved else ""))
         _barrier(rt)
         if cfg.stop_after is not None and epoch + 1 >= cfg.stop_after and epoch + 1 < cfg.epochs:
             say(f"stopping after epoch {epoch + 1} as asked; continue with --resume {run_dir / 'last.pt'}")
             break
+    tracker.close()
     return run_dir
 
 
@@ -351,7 +356,7 @@ def _step_generator(seed: int, epoch: int, step: int) -> torch.Generator:
 def _train_epoch(cfg: Any, rt: Runtime, model: nn.Module, encoder: ReIDEncoder, loss_fn: ReIDLoss,
                  optimizer: torch.optim.Optimizer, scheduler: Any, scaler: torch.amp.GradScaler,
                  sampler: PairBatchSampler, pairs: PairDataset, augment: AugmentConfig, dtype: torch.dtype,
-                 epoch: int) -> dict[str, Any]:
+                 epoch: int, tracker: Tracker | None = None) -> dict[str, Any]:
     model.train()
     loader = torch.utils.data.DataLoader(
         pairs, batch_sampler=list(sampler.batches(epoch)), num_workers=0 if pairs.images.cache is not None
@@ -390,6 +395,9 @@ def _train_epoch(cfg: Any, rt: Runtime, model: nn.Module, encoder: ReIDEncoder, 
                                 "lower lr, raise warmup_epochs or use precision bf16")
             rate = images_seen / max(1e-9, time.perf_counter() - start)
             bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", img_s=f"{rate:.0f}")
+            if tracker is not None:
+                tracker.log_step(epoch * math.ceil(n / accum) + i // accum + 1, float(loss_sum), n_batches,
+                                 scheduler.get_last_lr()[0])
     elapsed = time.perf_counter() - start
     record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": float(loss_sum) / max(1, n_batches),
                               "lr": scheduler.get_last_lr()[0], "images_per_s": images_seen / max(1e-9, elapsed),

@@ -23,6 +23,8 @@ RIGHT_COLOUR = (0, 170, 0)
 WRONG_COLOUR = (210, 0, 0)
 MISSING_COLOUR = (150, 150, 150)
 TEXT_COLOUR = (20, 20, 20)
+NO_TRUTH_COLOUR = (235, 150, 0)  # a ranked image whose identity is unknown
+HEADER = 2 * CAPTION  # title and legend lines above the grid
 
 
 def _numpy(x: Any) -> np.ndarray:
@@ -47,6 +49,12 @@ def _tile(path: Any, cell: tuple[int, int]) -> Image.Image:
     return canvas
 
 
+def _short_name(path: Any, limit: int = 11) -> str:
+    """The file name of ``path``, shortened to ``limit`` characters to fit under a tile."""
+    name = os.path.basename(str(path)) if path is not None else "?"
+    return name if len(name) <= limit else name[:limit - 2] + ".."
+
+
 def _centred_text(draw: ImageDraw.ImageDraw, text: str, box: tuple[int, int, int, int]) -> None:
     font = ImageFont.load_default()
     left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
@@ -67,6 +75,7 @@ def save_ranked_lists(
     num_queries: int = 8,
     seed: int = 0,
     cell: tuple[int, int] = (64, 128),
+    title: str | None = None,
 ) -> list[int]:
     """Save a PNG grid of ranked lists and return the query indices shown.
 
@@ -75,10 +84,17 @@ def save_ranked_lists(
     its rank and distance. ``cell`` is the (width, height) every image is letterboxed into. Images that cannot
     be read become grey placeholders. The image is ``PAD + (topk + 1) * (cell_w + 2 * BORDER + PAD) + GAP``
     wide and ``PAD + rows * (cell_h + 2 * BORDER + CAPTION + PAD)`` high.
+
+    Without ground truth (``query_ids`` and ``gallery_ids`` None) gallery images get a neutral frame and the
+    query is captioned with its file name. A ``title``, and the no-truth mode, add a header (``HEADER`` high:
+    the title and a legend of the colours) above the grid. Infinite distances (an image excluded from its own
+    list) are not drawn.
     """
     d = _numpy(distmat)
-    qids, gids = _numpy(query_ids), _numpy(gallery_ids)
     m, n = d.shape
+    truth = query_ids is not None and gallery_ids is not None
+    qids = _numpy(query_ids) if truth else np.zeros(m)
+    gids = _numpy(gallery_ids) if truth else np.zeros(n)
     if (len(query_paths), len(gallery_paths), len(qids), len(gids)) != (m, n, m, n):
         raise ValueError(
             f"distmat is {m} x {n} but got {len(query_paths)} query paths, {len(gallery_paths)} gallery paths, "
@@ -94,21 +110,30 @@ def save_ranked_lists(
     k = min(topk, n)
     cw, ch = cell
     pitch_x, pitch_y = cw + 2 * BORDER + PAD, ch + 2 * BORDER + CAPTION + PAD
-    grid = Image.new("RGB", (PAD + (k + 1) * pitch_x + GAP, PAD + len(chosen) * pitch_y), (255, 255, 255))
+    header = HEADER if title is not None or not truth else 0
+    grid = Image.new("RGB", (PAD + (k + 1) * pitch_x + GAP, header + PAD + len(chosen) * pitch_y), (255, 255, 255))
     draw = ImageDraw.Draw(grid)
+    if header:
+        font = ImageFont.load_default()
+        legend = ("blue: query; green: same id; red: other id" if truth else
+                  "blue: query; orange: its nearest images (no ground truth)") + "; captions: rank: distance"
+        draw.text((PAD, PAD), title or "ranked lists", fill=TEXT_COLOUR, font=font)
+        draw.text((PAD, PAD + CAPTION), legend, fill=TEXT_COLOUR, font=font)
 
     def put(col: int, row: int, image_path: Any, colour: tuple[int, int, int], caption: str) -> None:
         x = PAD + col * pitch_x + (GAP if col else 0)
-        y = PAD + row * pitch_y
+        y = header + PAD + row * pitch_y
         draw.rectangle((x, y, x + cw + 2 * BORDER - 1, y + ch + 2 * BORDER - 1), fill=colour)
         grid.paste(_tile(image_path, cell), (x + BORDER, y + BORDER))
         top = y + ch + 2 * BORDER
         _centred_text(draw, caption, (x, top, x + cw + 2 * BORDER, top + CAPTION))
 
     for row, q in enumerate(chosen):
-        put(0, row, query_paths[q], QUERY_COLOUR, f"query {qids[q]}")
+        put(0, row, query_paths[q], QUERY_COLOUR, f"query {qids[q]}" if truth else _short_name(query_paths[q]))
         for rank, g in enumerate(np.argsort(d[q], kind="stable")[:k], start=1):
-            colour = RIGHT_COLOUR if gids[g] == qids[q] else WRONG_COLOUR
+            if not np.isfinite(d[q, g]):
+                break
+            colour = (RIGHT_COLOUR if gids[g] == qids[q] else WRONG_COLOUR) if truth else NO_TRUTH_COLOUR
             put(rank, row, gallery_paths[g], colour, f"{rank}: {d[q, g]:.3g}")
     with atomic_path(path) as tmp:
         grid.save(tmp, format="PNG")

@@ -1,0 +1,266 @@
+"""Models you can ship: a checkpoint as safetensors weights with a JSON model card, and as an ONNX encoder.
+
+    python -m clipreid.export model/ViT-L-14-quickgelu_test_seed1/best.pt [--output-dir DIR] [--opset 18]
+
+writes into ``DIR`` (default: the run folder's ``export/``), as one set (staged, then moved into place):
+
+- ``model.safetensors``: the backbone's own weights, under the keys of the open_clip visual tower or the timm
+  model (no clipreid prefix), with the model card in its metadata (key ``clipreid``). ``load_encoder`` reads it
+  back; open_clip and timm load it directly (see the README's "Export").
+- ``model.json``: the model card: the model spec, the preprocessing (input size, mean, std, interpolation,
+  letterboxing), the feature size and the logit scale.
+- ``model.onnx``: the encoder with its normalisation inside the graph. Input ``images``: uint8 (N, 3, H, W)
+  RGB, letterboxed as in training (resized to fit H x W keeping the aspect ratio, zero padding, centred);
+  output ``features``: float32 (N, D), L2-normalised; the batch size N is dynamic. At export its outputs are
+  compared with PyTorch's under onnxruntime at batch sizes 1 and 3: more than 1e-4 apart, the export fails.
+
+Writing needs ``onnx``, ``onnxscript``, ``onnxruntime`` and ``safetensors`` (``pip install clipreid[export]``);
+reading the safetensors file needs only ``safetensors``, which timm already depends on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .checkpoint import checkpoint_file, run_dir_of
+from .errors import UserError
+from .fileio import atomic_files, write_json
+from .model import TINY_VIT, ModelSpec, ReIDEncoder, architecture_only, build_encoder, load_encoder
+
+EXPORT_PACKAGES = ("onnx", "onnxscript", "onnxruntime", "safetensors")
+INSTALL_HINT = "pip install clipreid[export] (or: pip install onnx onnxscript onnxruntime safetensors)"
+WEIGHTS_NAME, CARD_NAME, ONNX_NAME = "model.safetensors", "model.json", "model.onnx"
+METADATA_KEY = "clipreid"
+CARD_FORMAT = "clipreid-export"
+TOLERANCE = 1e-4
+CHECK_BATCHES = (1, 3)  # two batch sizes: the ONNX graph's batch dimension must really be dynamic
+DEFAULT_OPSET = 18
+EXTERNAL_DATA_BYTES = 1 << 31  # ONNX protobufs stop at 2 GB: larger weights go into model.onnx.data
+
+
+def require_export_packages() -> None:
+    """UserError naming the missing packages when the export extra is not installed."""
+    missing = [name for name in EXPORT_PACKAGES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise UserError(f"clipreid.export needs {', '.join(missing)}: {INSTALL_HINT}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# safetensors + model card
+
+
+def _library(spec: ModelSpec) -> str:
+    if spec.name == TINY_VIT:
+        return TINY_VIT
+    from .model import _is_open_clip
+
+    return "open_clip" if _is_open_clip(spec.name) else "timm"
+
+
+def model_card(encoder: ReIDEncoder) -> dict[str, Any]:
+    """What it takes to use the weights: the spec, the preprocessing, the feature size, the ONNX interface."""
+    h, w = encoder.image_size
+    return {
+        "format": CARD_FORMAT,
+        "version": 1,
+        "library": _library(encoder.spec),
+        "model_spec": encoder.spec.to_dict(),
+        "preprocessing": {
+            "input_size": [h, w],  # height, width
+            "mean": list(encoder.mean),
+            "std": list(encoder.std),
+            "interpolation": getattr(encoder, "interpolation", "bicubic"),
+            "resize": "letterbox: fit inside input_size keeping the aspect ratio, pad with 0 (black), centred",
+            "channels": "RGB",
+        },
+        "feature_dim": encoder.feature_dim,
+        "logit_scale": float(encoder.scale().detach()),
+        "onnx": {"input": "images: uint8 (N, 3, H, W) RGB, letterboxed; normalisation is inside the graph",
+                 "output": "features: float32 (N, feature_dim), L2-normalised"},
+    }
+
+
+def save_safetensors(encoder: ReIDEncoder, path: str | Path) -> dict[str, Any]:
+    """Write the backbone's weights (its own keys) with the model card in the metadata; return the card."""
+    from safetensors.torch import save_file
+
+    card = model_card(encoder)
+    state = {k: v.detach().cpu().contiguous() for k, v in encoder.backbone.state_dict().items()}
+    save_file(state, str(path), metadata={METADATA_KEY: json.dumps(card)})
+    return card
+
+
+def load_safetensors(path: str | Path, device: str | torch.device = "cpu") -> ReIDEncoder:
+    """Rebuild an encoder from an exported ``model.safetensors`` (weights loaded strictly)."""
+    try:
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+    except ImportError:
+        raise UserError(f"reading {path} needs safetensors: pip install safetensors") from None
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        state = load_file(str(path))
+    except Exception as err:  # the library raises its own error types for damaged files
+        raise UserError(f"cannot read {path}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") \
+            from None
+    card_file = path.with_name(CARD_NAME)
+    try:
+        card = json.loads(metadata[METADATA_KEY]) if METADATA_KEY in metadata else \
+            json.loads(card_file.read_text(encoding="utf-8"))
+        spec = ModelSpec.from_dict(card["model_spec"])
+        pre = card["preprocessing"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UserError(f"{path} has no clipreid model card (metadata '{METADATA_KEY}' or {card_file.name} beside "
+                        f"it): {err}; export it with python -m clipreid.export") from None
+    encoder = build_encoder(architecture_only(spec))
+    encoder.spec = spec
+    try:
+        encoder.backbone.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise UserError(f"{path} does not match {spec.name}: {str(err).splitlines()[0]}") from None
+    with torch.no_grad():
+        encoder.logit_scale.fill_(float(np.log(card.get("logit_scale", encoder.scale().item()))))
+    encoder.image_size = tuple(int(x) for x in pre["input_size"])
+    encoder.mean = tuple(float(x) for x in pre["mean"])
+    encoder.std = tuple(float(x) for x in pre["std"])
+    encoder.interpolation = str(pre.get("interpolation", "bicubic"))
+    return encoder.to(device).eval()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# ONNX
+
+
+class OnnxEncoder(nn.Module):
+    """uint8 letterboxed RGB images (N, 3, H, W) -> L2-normalised float32 features: what the ONNX file computes."""
+
+    def __init__(self, encoder: ReIDEncoder) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.register_buffer("mean", torch.tensor(encoder.mean, dtype=torch.float32).view(1, 3, 1, 1) * 255)
+        self.register_buffer("std", torch.tensor(encoder.std, dtype=torch.float32).view(1, 3, 1, 1) * 255)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = (images.float() - self.mean) / self.std
+        return F.normalize(self.encoder(x).float(), dim=-1)
+
+
+def _plain_blocks(encoder: ReIDEncoder) -> ReIDEncoder:
+    """The same weights in a build with open_clip's own attention and MLP modules (no clipreid.blocks)."""
+    plain = build_encoder(architecture_only(encoder.spec), fast_blocks=False)
+    plain.load_state_dict(encoder.state_dict(), strict=True)
+    plain.spec, plain.image_size, plain.mean, plain.std = encoder.spec, encoder.image_size, encoder.mean, encoder.std
+    return plain.eval()
+
+
+def _export_onnx(module: OnnxEncoder, path: Path, opset: int) -> None:
+    h, w = module.encoder.image_size
+    example = torch.zeros(2, 3, h, w, dtype=torch.uint8)
+    large = sum(p.numel() * p.element_size() for p in module.parameters()) >= EXTERNAL_DATA_BYTES
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (example,), str(path), input_names=["images"], output_names=["features"],
+                          dynamic_shapes={"images": {0: torch.export.Dim("batch")}}, opset_version=opset,
+                          dynamo=True, external_data=large, verbose=False)
+
+
+def check_onnx(path: str | Path, module: nn.Module, *, batches: Sequence[int] = CHECK_BATCHES, seed: int = 0
+               ) -> float:
+    """The largest absolute difference between onnxruntime's and PyTorch's features on random uint8 images."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    h, w = module.encoder.image_size
+    generator = torch.Generator().manual_seed(seed)
+    worst = 0.0
+    with torch.no_grad():
+        for n in batches:
+            images = torch.randint(0, 256, (n, 3, h, w), dtype=torch.uint8, generator=generator)
+            got = session.run(["features"], {"images": images.numpy()})[0]
+            if got.shape != (n, module.encoder.feature_dim):
+                raise UserError(f"ONNX export check: batch of {n} gave features of shape {got.shape}, expected "
+                                f"({n}, {module.encoder.feature_dim})")
+            worst = max(worst, float(np.abs(got - module(images).numpy()).max()))
+    return worst
+
+
+@dataclass
+class ExportReport:
+    """What ``export`` wrote and how closely the ONNX file matches PyTorch."""
+
+    output_dir: Path
+    files: list[Path] = field(default_factory=list)
+    max_abs_diff: float = 0.0
+    fast_blocks: bool = True
+
+    def summary(self) -> str:
+        lines = [f"wrote {p}" for p in self.files]
+        lines.append(f"ONNX vs PyTorch (batch sizes {', '.join(map(str, CHECK_BATCHES))}): max |difference| "
+                     f"{self.max_abs_diff:.2e} (tolerance {TOLERANCE:g})")
+        return "\n".join(lines)
+
+
+def export(checkpoint: str | Path, output_dir: str | Path | None = None, *, opset: int = DEFAULT_OPSET,
+           tolerance: float = TOLERANCE) -> ExportReport:
+    """Export a clipreid checkpoint (or run folder) as safetensors + model card + checked ONNX; see the module."""
+    require_export_packages()
+    if opset < DEFAULT_OPSET:
+        raise UserError(f"opset: torch's ONNX exporter needs opset {DEFAULT_OPSET} or later, got {opset}")
+    path = checkpoint_file(checkpoint)
+    out = Path(output_dir) if output_dir is not None else run_dir_of(path) / "export"
+    encoder = load_encoder(path, "cpu").float().eval()
+    report = ExportReport(out)
+    with atomic_files(out) as stage:
+        card = save_safetensors(encoder, stage / WEIGHTS_NAME)
+        write_json(stage / CARD_NAME, card)
+        module = OnnxEncoder(encoder).eval()
+        try:
+            _export_onnx(module, stage / ONNX_NAME, opset)
+        except Exception:  # the fast attention blocks did not export: the same weights in open_clip's modules
+            for leftover in stage.glob(f"{ONNX_NAME}*"):
+                leftover.unlink()
+            module = OnnxEncoder(_plain_blocks(encoder)).eval()
+            report.fast_blocks = False
+            try:
+                _export_onnx(module, stage / ONNX_NAME, opset)
+            except Exception as err:
+                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                raise UserError(f"ONNX export of {encoder.spec.name} failed: {first}") from err
+        report.max_abs_diff = check_onnx(stage / ONNX_NAME, module)
+        if not report.max_abs_diff <= tolerance:
+            raise UserError(f"ONNX export of {path}: onnxruntime's features differ from PyTorch's by "
+                            f"{report.max_abs_diff:.2e} (more than {tolerance:g}); nothing was written")
+        report.files = [out / p.name for p in sorted(stage.iterdir())]
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m clipreid.export", description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", type=Path, help="a clipreid checkpoint (best.pt, last.pt) or its run folder")
+    parser.add_argument("--output-dir", type=Path, default=None, help="default: <run folder>/export")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    args = parser.parse_args(argv)
+    try:
+        print(export(args.checkpoint, args.output_dir, opset=args.opset).summary())
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()

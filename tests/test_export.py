@@ -1,0 +1,170 @@
+"""python -m clipreid.export: safetensors + model card loadable by load_encoder and by open_clip itself, and an
+ONNX encoder (uint8 in, L2-normalised features out, dynamic batch) matching PyTorch under onnxruntime."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from clipreid.checkpoint import save_checkpoint
+from clipreid.errors import UserError
+from clipreid.features import embed
+from clipreid.model import ModelSpec, build_encoder, load_encoder
+from clipreid.transforms import normalize
+
+ROOT = Path(__file__).resolve().parents[1]
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A random tiny-vit checkpoint with a non-default logit scale, so the card must carry it."""
+    torch.manual_seed(0)
+    encoder = build_encoder(ModelSpec("tiny-vit", "none"))
+    with torch.no_grad():
+        encoder.logit_scale.fill_(3.0)
+    path = tmp_path_factory.mktemp("run") / "best.pt"
+    save_checkpoint(path, {"model": encoder.state_dict(), "model_spec": encoder.spec.to_dict()})
+    return path
+
+
+@pytest.fixture(scope="module")
+def exported(checkpoint):
+    from clipreid.export import export
+
+    return export(checkpoint)
+
+
+def _images(n: int, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, 256, (n, 3, 128, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+def test_export_writes_the_set_into_the_run_folder(checkpoint, exported):
+    out = checkpoint.parent / "export"
+    assert exported.output_dir == out
+    assert sorted(p.name for p in out.iterdir()) == ["model.json", "model.onnx", "model.safetensors"]
+    assert exported.max_abs_diff <= 1e-4
+    assert exported.fast_blocks  # clipreid.blocks' SDPA attention exports as it is
+    card = json.loads((out / "model.json").read_text())
+    assert card["model_spec"]["name"] == "tiny-vit" and card["feature_dim"] == 64
+    assert card["preprocessing"]["input_size"] == [128, 64]
+    assert card["preprocessing"]["interpolation"] == "bicubic"
+    assert card["logit_scale"] == pytest.approx(np.exp(3.0), rel=1e-6)
+    assert [p.name for p in checkpoint.parent.iterdir() if p.name.startswith(".")] == []
+
+
+def test_safetensors_loads_back_through_load_encoder(checkpoint, exported):
+    original = load_encoder(checkpoint)
+    loaded = load_encoder(checkpoint.parent / "export" / "model.safetensors")
+    assert loaded.image_size == original.image_size and loaded.mean == original.mean and loaded.std == original.std
+    assert loaded.logit_scale.item() == pytest.approx(3.0, abs=1e-6)
+    x = normalize(_images(3), original.mean, original.std)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), original(x), rtol=0, atol=0)
+
+
+def test_safetensors_keys_are_open_clips_own(checkpoint, exported):
+    """Anyone with open_clip loads the weights into its own visual tower, no clipreid code involved."""
+    from open_clip.transformer import VisionTransformer
+    from safetensors.torch import load_file
+
+    state = load_file(checkpoint.parent / "export" / "model.safetensors")
+    assert not any(k.startswith(("backbone.", "model.")) for k in state) and "logit_scale" not in state
+    visual = VisionTransformer(image_size=(128, 64), patch_size=16, width=64, layers=4, heads=4, mlp_ratio=2.0,
+                               output_dim=64, act_layer=torch.nn.GELU)
+    visual.proj = None  # clipreid removes the projection (remove_proj)
+    visual.load_state_dict(state, strict=True)
+    original = load_encoder(checkpoint)
+    x = normalize(_images(2), original.mean, original.std)
+    with torch.no_grad():
+        torch.testing.assert_close(visual.eval()(x), original(x), rtol=1e-5, atol=1e-5)
+
+
+def test_onnx_matches_pytorch_at_two_batch_sizes(checkpoint, exported, tmp_path):
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(checkpoint.parent / "export" / "model.onnx"),
+                                           providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].name == "images" and session.get_inputs()[0].type == "tensor(uint8)"
+    encoder = load_encoder(checkpoint)
+    # the images the way clipreid sees them: letterboxed uint8 crops of any size
+    paths = []
+    for i, size in enumerate([(30, 90), (70, 40), (64, 128)]):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (*size[::-1], 3), dtype=np.uint8)).save(paths[-1])
+    expected, _ = embed(encoder, paths, device="cpu", progress=False)
+    from clipreid.transforms import load_image
+
+    images = torch.stack([load_image(p, encoder.image_size) for p in paths]).numpy()
+    for batch in (images[:1], images):
+        features = session.run(["features"], {"images": batch})[0]
+        assert features.shape == (len(batch), 64)
+        np.testing.assert_allclose(features, expected[:len(batch)].numpy(), atol=1e-4, rtol=0)
+        np.testing.assert_allclose(np.linalg.norm(features, axis=1), 1, atol=1e-5)
+
+
+def test_a_failed_check_writes_nothing(checkpoint, tmp_path, monkeypatch):
+    import clipreid.export as export_module
+
+    monkeypatch.setattr(export_module, "_export_onnx", lambda module, path, opset: path.write_bytes(b"onnx"))
+    monkeypatch.setattr(export_module, "check_onnx", lambda *a, **k: 0.5)
+    with pytest.raises(UserError, match="differ from PyTorch's by 5.00e-01"):
+        export_module.export(checkpoint, tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_packages_and_bad_input_are_one_line_errors(checkpoint, tmp_path, monkeypatch):
+    import clipreid.export as export_module
+
+    with pytest.raises(UserError, match="not found"):
+        export_module.export(tmp_path / "nope.pt")
+    with pytest.raises(UserError, match="opset"):
+        export_module.export(checkpoint, tmp_path / "o", opset=9)
+    real = export_module.importlib.util.find_spec
+    monkeypatch.setattr(export_module.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    with pytest.raises(UserError, match=r"needs onnxruntime: pip install clipreid\[export\]") as err:
+        export_module.export(checkpoint, tmp_path / "o")
+    assert "\n" not in str(err.value)
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    with pytest.raises(UserError, match="cannot read"):
+        load_encoder(bad)
+
+
+def test_cli(checkpoint, tmp_path):
+    out = tmp_path / "cli"
+    done = subprocess.run([sys.executable, "-m", "clipreid.export", str(checkpoint.parent), "--output-dir", str(out),
+                           "--opset", "18"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert "max |difference|" in done.stdout and (out / "model.onnx").is_file()
+    bad = subprocess.run([sys.executable, "-m", "clipreid.export", str(tmp_path / "missing.pt")],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1 and "not found" in bad.stderr
+
+
+def test_falls_back_to_open_clips_own_blocks_when_the_fast_ones_do_not_export(checkpoint, tmp_path, monkeypatch):
+    import clipreid.export as export_module
+    from clipreid.blocks import SelfAttention
+
+    real = export_module._export_onnx
+
+    def picky(module, path, opset):
+        if any(isinstance(m, SelfAttention) for m in module.modules()):
+            path.write_bytes(b"half")
+            raise RuntimeError("unsupported operator\nmore detail")
+        real(module, path, opset)
+
+    monkeypatch.setattr(export_module, "_export_onnx", picky)
+    report = export_module.export(checkpoint, tmp_path / "plain")
+    assert not report.fast_blocks and report.max_abs_diff <= 1e-4
+    assert sorted(p.name for p in (tmp_path / "plain").iterdir()) == ["model.json", "model.onnx",
+                                                                        "model.safetensors"]
