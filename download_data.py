@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
-from clipreid.config import run, save_config
+from clipreid.config import Checks, at_least, between, rule, run, save_config
 
 
 @dataclass
@@ -30,6 +30,15 @@ class Config:
     synthetic_challenge_players: int = 12  # challenge identities (anonymous names)
     seed: int = 0  # same seed, same bytes
     progress: bool = True  # show progress bars
+
+    # what can work, per field: checked before any work starts (one line per field; see clipreid.config)
+    checks: ClassVar[Checks] = {
+        "url": rule(lambda v, c: v.split("://", 1)[0] in ("http", "https", "file"), "an http(s):// or file:// address"),
+        "synthetic_train_players": at_least(2),
+        "synthetic_test_players": at_least(1),
+        "synthetic_challenge_players": at_least(1),
+        "seed": between(0, 2**32 - 1),
+    }
 
 
 def main(cfg: Config) -> None:

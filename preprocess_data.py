@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
-from clipreid.config import run, save_config
+from clipreid.config import Checks, at_least, run, save_config
 from clipreid.preprocess import preprocess
 
 
@@ -25,6 +25,11 @@ class Config:
     n_folds: int = 10  # GroupKFold splits over train+test, grouped by sequence (by identity for Market-1501)
     check_images: bool = True  # decode every image and leave out unreadable ones (listed in preprocess_skipped.txt)
     progress: bool = True  # show progress bars
+
+    # what can work, per field: checked before any work starts (one line per field; see clipreid.config)
+    checks: ClassVar[Checks] = {
+        "n_folds": at_least(2),
+    }
 
 
 def main(cfg: Config) -> None:
