@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 from clipreid.config import Checks, at_least, between, rule, run, save_config
+from clipreid.fileio import check_writable
 
 
 @dataclass
@@ -42,6 +43,7 @@ class Config:
 
 
 def main(cfg: Config) -> None:
+    check_writable(cfg.data_dir, "--data-dir")
     if cfg.source == "synthetic":
         from clipreid.synthetic import SyntheticSpec, generate_synthetic_dataset, save_contact_sheet
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 from clipreid.config import Checks, at_least, run, save_config
+from clipreid.fileio import check_writable
 from clipreid.preprocess import preprocess
 
 
@@ -33,6 +34,8 @@ class Config:
 
 
 def main(cfg: Config) -> None:
+    if cfg.data_dir.is_dir():  # a missing one gets preprocess's own message
+        check_writable(cfg.data_dir, "--data-dir")
     result = preprocess(cfg.data_dir, layout=cfg.layout, n_folds=cfg.n_folds, check_images=cfg.check_images,
                         progress=cfg.progress)
     save_config(cfg, cfg.data_dir / "preprocess_config.json")

@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -119,9 +119,10 @@ def check_writable(folder: str | os.PathLike, what: str = "output folder") -> Pa
 
 
 @contextlib.contextmanager
-def file_set(folder: str | os.PathLike) -> Iterator[Path]:
+def file_set(folder: str | os.PathLike, members: Sequence[str] = ()) -> Iterator[Path]:
     """Yield a staging folder; the files written into it replace their namesakes in ``folder`` together, only
-    when the block succeeds.
+    when the block succeeds. ``members`` names the files the set may hold: those of an older set that this one
+    did not write are removed, so the folder never mixes two sets.
 
     A new ``folder`` is built whole under a temporary name and renamed into place. Into an existing folder (which
     may hold other things) each file is renamed only after all are written: a rename needs no space, so a full
@@ -136,6 +137,7 @@ def file_set(folder: str | os.PathLike) -> Iterator[Path]:
         yield stage
         for f in stage.rglob("*"):
             os.chmod(f, _default_mode(f.is_dir()))
+        written = {f.name for f in stage.iterdir()}
         if fresh and not folder.exists():
             os.chmod(stage, _default_mode(True))
             os.replace(stage, folder)
@@ -146,6 +148,10 @@ def file_set(folder: str | os.PathLike) -> Iterator[Path]:
                 _replace_folder(f, folder / f.name)
             else:
                 os.replace(f, folder / f.name)
+        for name in members:
+            if name not in written:
+                with contextlib.suppress(FileNotFoundError):
+                    (folder / name).unlink()
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
