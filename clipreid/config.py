@@ -317,7 +317,7 @@ def config_problems(cfg: Any) -> list[str]:
         for check in checks if isinstance(checks, tuple) else (checks,):
             problem = check.problem(value, cfg)
             if problem is not None:
-                problems.append(f"{_flag(name)} {_format_default(value)}: expected {problem}")
+                problems.append(f"{_flag(name)} {_format_default(value) or '(empty)'}: expected {problem}")
                 break
     return problems
 
@@ -413,6 +413,8 @@ def build_parser(cls: type, prog: str | None = None, description: str | None = N
         else:
             parser.add_argument(*names, dest=f.name, metavar=_metavar(tp), help=help_text)
     parser.known_flags = flags
+    # "--lr -1e-4" is a value, not a flag: argparse's own pattern knows only "-1" and "-0.5"
+    parser._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|nan)$", re.IGNORECASE)
     return parser
 
 

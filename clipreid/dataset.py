@@ -76,7 +76,9 @@ def read_table(path: Path, columns: Sequence[str], integer_columns: Sequence[str
                 df[col] = values.astype(np.int64)
                 continue
             row = int(bad.argmax())
-            raise UserError(f"{path}: row {row + 2}: {col} {df[col].iloc[row]!r} is not an integer; {fix}")
+            value = df[col].iloc[row]
+            value = value.item() if hasattr(value, "item") else value
+            raise UserError(f"{path}: row {row + 2}: {col} {value!r} is not an integer; {fix}")
     return df
 
 

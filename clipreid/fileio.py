@@ -109,8 +109,7 @@ def check_writable(folder: str | os.PathLike, what: str = "output folder") -> Pa
             os.close(fd)
             os.unlink(probe)
     except OSError as e:
-        raise UserError(f"cannot write to the {what} {folder}: {_reason(e)}; choose another folder or fix its "
-                        "permissions") from None
+        raise UserError(f"cannot write to the {what} {folder}: {_reason(e)}") from None
     finally:
         for created in missing:  # deepest first
             with contextlib.suppress(OSError):
@@ -198,7 +197,8 @@ _HINTS = {
     errno.EPERM: "operation not permitted; choose a folder you can write or fix its permissions",
     errno.EROFS: "read-only file system; choose a writable folder",
     errno.ENOENT: "no such file or folder (was it moved or deleted while the stage ran?)",
-    errno.ENOTDIR: "a path component is a file, not a folder",
+    errno.ENOTDIR: "a path component is a file, not a folder; choose another folder",
+    errno.EEXIST: "a file of that name is in the way; choose another folder",
 }
 
 
