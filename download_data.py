@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
-from clipreid.config import run, save_config
+from clipreid.config import Checks, at_least, between, rule, run, save_config
+from clipreid.fileio import check_writable
 
 
 @dataclass
@@ -31,8 +32,18 @@ class Config:
     seed: int = 0  # same seed, same bytes
     progress: bool = True  # show progress bars
 
+    # what can work, per field: checked before any work starts (one line per field; see clipreid.config)
+    checks: ClassVar[Checks] = {
+        "url": rule(lambda v, c: v.split("://", 1)[0] in ("http", "https", "file"), "an http(s):// or file:// address"),
+        "synthetic_train_players": at_least(2),
+        "synthetic_test_players": at_least(1),
+        "synthetic_challenge_players": at_least(1),
+        "seed": between(0, 2**32 - 1),
+    }
+
 
 def main(cfg: Config) -> None:
+    check_writable(cfg.data_dir, "--data-dir")
     if cfg.source == "synthetic":
         from clipreid.synthetic import SyntheticSpec, generate_synthetic_dataset, save_contact_sheet
 

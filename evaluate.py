@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
-from clipreid.config import run
-from clipreid.evaluation import evaluate
+from clipreid.config import Checks, at_least, available_device, between, non_negative, nonempty, one_of, run
+from clipreid.evaluation import RERANKS, evaluate
 
 
 @dataclass
@@ -45,6 +45,22 @@ class Config:
     ranked_lists: int = 8  # queries shown in ranked_lists.png; 0 = no picture
     topk: int = 10  # gallery images per query in ranked_lists.png
     progress: bool = True  # progress bars
+
+    # what can work, per field: checked before any work starts (one line per field; see clipreid.config)
+    checks: ClassVar[Checks] = {
+        "checkpoints": nonempty,
+        "fold": at_least(0),
+        "rerank": (nonempty, one_of(*RERANKS)),
+        "k1": at_least(1),
+        "k2": at_least(1),
+        "lambda_value": between(0, 1),
+        "hard_lambda": between(0, 1),
+        "batch_size": at_least(1),
+        "device": available_device,
+        "num_workers": non_negative,
+        "ranked_lists": non_negative,
+        "topk": at_least(1),
+    }
 
 
 def main(cfg: Config) -> None:

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
-from clipreid.config import run
-from clipreid.predict import predict
+from clipreid.config import Checks, at_least, available_device, between, each, non_negative, nonempty, one_of, rule, run
+from clipreid.predict import SETS, predict
 from clipreid.ranking import rank_folders
 
 
@@ -55,6 +55,27 @@ class Config:
     num_workers: int = 4  # DataLoader workers decoding images when cache_images is off
     output_dir: Path = Path("model/submission")  # where the CSVs go
     progress: bool = True  # progress bars
+
+    # what can work, per field: checked before any work starts (one line per field; see clipreid.config)
+    checks: ClassVar[Checks] = {
+        "submissions": rule(lambda v, c: len(v) > 0 or bool(c.checkpoints),
+                            "at least one CSV when --checkpoints is none"),
+        "sets": (nonempty, one_of(*SETS)),
+        "k1": at_least(1),
+        "k2": at_least(1),
+        "lambda_value": between(0, 1),
+        "hard_lambda": between(0, 1),
+        "weights": (each(non_negative), rule(lambda v, c: sum(v) > 0, "at least one weight > 0"),
+                    rule(lambda v, c: len(v) == len(c.checkpoints or ()) + len(c.submissions),
+                         lambda v, c: f"one weight per checkpoint, then one per submission CSV "
+                                      f"({len(c.checkpoints or ()) + len(c.submissions)} in all)"),
+                    rule(lambda v, c: c.fusion != "dissimilarity",
+                         "none with --fusion dissimilarity (it weighs the models itself)")),
+        "topk_fusion": at_least(1),
+        "batch_size": at_least(1),
+        "device": available_device,
+        "num_workers": non_negative,
+    }
 
 
 def main(cfg: Config) -> None:

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
-from clipreid.config import run, save_config
+from clipreid.config import Checks, at_least, run, save_config
+from clipreid.fileio import check_writable
 from clipreid.preprocess import preprocess
 
 
@@ -32,8 +33,15 @@ class Config:
     check_images: bool = True  # decode every image and leave out unreadable ones (listed in preprocess_skipped.txt)
     progress: bool = True  # show progress bars
 
+    # what can work, per field: checked before any work starts (one line per field; see clipreid.config)
+    checks: ClassVar[Checks] = {
+        "n_folds": at_least(2),
+    }
+
 
 def main(cfg: Config) -> None:
+    if cfg.data_dir.is_dir():  # a missing one gets preprocess's own message
+        check_writable(cfg.data_dir, "--data-dir")
     result = preprocess(cfg.data_dir, layout=cfg.layout, n_folds=cfg.n_folds, check_images=cfg.check_images,
                         progress=cfg.progress, csv=cfg.csv, holdout=cfg.holdout, split_seed=cfg.split_seed)
     save_config(cfg, cfg.data_dir / "preprocess_config.json")

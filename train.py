@@ -13,9 +13,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
-from clipreid.config import run
+from clipreid.config import (
+    Checks,
+    at_least,
+    available_device,
+    between,
+    each,
+    non_negative,
+    nonempty,
+    one_of,
+    positive,
+    rule,
+    run,
+)
+from clipreid.loss import LOSSES
 from clipreid.trainer import train
 
 
@@ -72,6 +85,34 @@ class Config:
     log_every: int = 10  # optimiser steps between progress updates (and divergence checks)
     report_to: Literal["none", "tensorboard"] = "none"  # tensorboard: log.jsonl's values into <run>/tensorboard/
     progress: bool = True  # progress bars
+
+    # what can work, per field: checked before any work starts (one line per field; see clipreid.config)
+    checks: ClassVar[Checks] = {
+        "fold": at_least(0),
+        "run_name": rule(lambda v, c: v.strip() not in ("", ".", "..") and "/" not in v, "a plain folder name"),
+        "stop_after": at_least(1),
+        "img_size": each(at_least(1)),
+        "batch_size": at_least(1),
+        "num_workers": non_negative,
+        "losses": (nonempty, one_of(*LOSSES), rule(lambda v, c: len(set(v)) == len(v), "each loss once")),
+        "loss_weights": (each(non_negative), rule(lambda v, c: len(v) == len(c.losses),
+                                                  lambda v, c: f"one weight per loss ({' '.join(c.losses)})"),
+                         rule(lambda v, c: sum(v) > 0, "at least one weight > 0")),
+        "label_smoothing": (non_negative, rule(lambda v, c: v < 1, "a number from 0 to below 1")),
+        "triplet_margin": non_negative,
+        "epochs": at_least(1),
+        "lr": positive,
+        "lr_end": non_negative,
+        "poly_power": positive,
+        "warmup_epochs": (non_negative, rule(lambda v, c: v <= c.epochs, "at most --epochs ({cfg.epochs})")),
+        "weight_decay": non_negative,
+        "grad_accum": at_least(1),
+        "clip_grad": positive,
+        "eval_batch_size": at_least(1),
+        "seed": between(0, 2**32 - 1),
+        "device": available_device,
+        "log_every": at_least(1),
+    }
 
 
 def main(cfg: Config) -> None:

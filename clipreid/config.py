@@ -19,9 +19,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import errno
 import inspect
 import io
 import json
+import math
 import re
 import sys
 import tokenize
@@ -32,7 +34,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
 
 from .errors import UserError
-from .fileio import write_json
+from .fileio import describe_os_error, write_json
 
 T = TypeVar("T")
 
@@ -190,6 +192,151 @@ def field_comments(cls: type) -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------------------------------------------
+# value checks: what can work, declared once per field in each script's Config
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """A constraint on one field. ``ok(value, cfg)`` says whether the value can work; ``expect`` says what would
+    (a string formatted with ``value`` and ``cfg``, or a function of them)."""
+
+    ok: Callable[[Any, Any], bool]
+    expect: str | Callable[[Any, Any], str]
+
+    def problem(self, value: Any, cfg: Any) -> str | None:
+        """None when ``value`` fits, else what would work."""
+        try:
+            fits = bool(self.ok(value, cfg))
+        except (TypeError, ValueError):
+            fits = False
+        if fits:
+            return None
+        return self.expect(value, cfg) if callable(self.expect) else self.expect.format(value=value, cfg=cfg)
+
+
+# A Config declares its checks as ``checks: ClassVar[Checks] = {"lr": positive, "epochs": at_least(1), ...}``:
+# one entry per field, a Check or a tuple of them. Fields that are None pass every check (None means "not used").
+Checks = dict[str, Union[Check, tuple[Check, ...]]]  # noqa: UP007
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def at_least(low: float) -> Check:
+    """A finite number >= ``low`` (or None)."""
+    return Check(lambda v, c: v is None or (_number(v) and v >= low), f"a number of at least {low:g}")
+
+
+def above(low: float) -> Check:
+    """A finite number > ``low`` (or None)."""
+    return Check(lambda v, c: v is None or (_number(v) and v > low), f"a finite number above {low:g}")
+
+
+def between(low: float, high: float) -> Check:
+    """A finite number in [low, high] (or None)."""
+    return Check(lambda v, c: v is None or (_number(v) and low <= v <= high), f"a number from {low:g} to {high:g}")
+
+
+positive = above(0)
+non_negative = at_least(0)
+
+
+def each(check: Check) -> Check:
+    """``check`` on every item of a sequence (or None)."""
+    def ok(v: Any, c: Any) -> bool:
+        return v is None or all(check.problem(x, c) is None for x in v)
+
+    def expect(v: Any, c: Any) -> str:
+        bad = next(x for x in v if check.problem(x, c) is not None)
+        return f"each value {check.problem(bad, c)} ({_format_default(bad)} is not)"
+
+    return Check(ok, expect)
+
+
+nonempty = Check(lambda v, c: v is None or len(v) > 0, "at least one value")
+
+
+def one_of(*choices: str) -> Check:
+    """A value (or every value of a sequence) among ``choices``."""
+    def ok(v: Any, c: Any) -> bool:
+        return v is None or all(x in choices for x in (v if isinstance(v, tuple | list) else [v]))
+
+    return Check(ok, "values among " + ", ".join(choices))
+
+
+def rule(ok: Callable[[Any, Any], bool], expect: str | Callable[[Any, Any], str]) -> Check:
+    """A check of a combination of fields: ``ok(value, cfg)``; ``expect`` may use ``{cfg.other_field}``."""
+    return Check(lambda v, c: v is None or ok(v, c), expect)
+
+
+def _device_exists(name: str) -> bool:
+    if name == "auto":
+        return True
+    import torch
+
+    device = torch.device(name)  # RuntimeError for names torch does not know
+    if device.type == "cpu":
+        return True
+    if device.type == "cuda":
+        return torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()
+    if device.type == "mps":
+        return bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
+    return False
+
+
+def _devices_here() -> str:
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    names = ["auto", "cpu"] + [f"cuda:{i}" for i in range(gpus)]
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        names.append("mps")
+    return ", ".join(names)
+
+
+def _device_ok(v: Any, c: Any) -> bool:
+    try:
+        return _device_exists(str(v))
+    except RuntimeError:
+        return False
+
+
+available_device = Check(_device_ok, lambda v, c: f"a device this machine has: {_devices_here()}")
+
+
+def config_problems(cfg: Any) -> list[str]:
+    """Every value of ``cfg`` that cannot work, as ``--flag VALUE: expected ...`` (empty when all fit)."""
+    table: Checks = getattr(type(cfg), "checks", None) or {}
+    names = {f.name for f in dataclasses.fields(cfg)}
+    problems = []
+    for name, checks in table.items():
+        if name not in names:
+            raise TypeError(f"{type(cfg).__name__}.checks names {name!r}, which is not a field")
+        value = getattr(cfg, name)
+        for check in checks if isinstance(checks, tuple) else (checks,):
+            problem = check.problem(value, cfg)
+            if problem is not None:
+                problems.append(f"{_flag(name)} {_format_default(value) or '(empty)'}: expected {problem}")
+                break
+    return problems
+
+
+def check_config(cfg: T, source: str | None = None) -> T:
+    """Raise one UserError line naming every field of ``cfg`` whose value cannot work; return ``cfg``."""
+    problems = config_problems(cfg)
+    if problems:
+        raise UserError((f"{source}: " if source else "") + "; ".join(problems))
+    return cfg
+
+
+def given_fields(cfg: Any) -> frozenset[str] | None:
+    """The fields set on the command line (or by --config) for a config from :func:`parse_config`; None when
+    unknown (a config built in code)."""
+    return getattr(cfg, "_given_fields", None)
+
+
+# --------------------------------------------------------------------------------------------------------------
 # the parser
 
 
@@ -250,7 +397,8 @@ def build_parser(cls: type, prog: str | None = None, description: str | None = N
         default = _default_of(f)
         help_text = comments.get(f.name, "")
         help_text = f"{help_text} " if help_text else ""
-        help_text += f"[{_type_name(tp)}; default: {_format_default(default)}]".replace("%", "%%")
+        # argparse %-formats help strings: a '%' anywhere (a comment's "2-33%" too) must be doubled
+        help_text = (help_text + f"[{_type_name(tp)}; default: {_format_default(default)}]").replace("%", "%%")
         names = [_flag(f.name)]
         if "_" in f.name:
             names.append("--" + f.name)
@@ -265,6 +413,8 @@ def build_parser(cls: type, prog: str | None = None, description: str | None = N
         else:
             parser.add_argument(*names, dest=f.name, metavar=_metavar(tp), help=help_text)
     parser.known_flags = flags
+    # "--lr -1e-4" is a value, not a flag: argparse's own pattern knows only "-1" and "-0.5"
+    parser._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|nan)$", re.IGNORECASE)
     return parser
 
 
@@ -307,27 +457,38 @@ def config_from_dict(cls: type[T], values: dict[str, Any], *, source: str = "con
 
 
 def parse_config(cls: type[T], argv: Sequence[str] | None = None, *, prog: str | None = None) -> T:
-    """Parse command-line flags into an instance of the dataclass ``cls``.
+    """Parse command-line flags into an instance of the dataclass ``cls`` and check it as a whole (``cls.checks``).
 
-    Bad values and unknown flags end the program with a one-line message (exit status 2), like argparse.
+    Bad values, values that cannot work and unknown flags end the program with a one-line message (exit status
+    2), like argparse.
     """
     parser = build_parser(cls, prog=prog)
     args = vars(parser.parse_args(sys.argv[1:] if argv is None else list(argv)))
     values: dict[str, Any] = {}
+    given: set[str] = set()
     config_file = args.pop("config", None)
     if config_file is not None:
         try:
-            base = load_config(cls, config_file)
+            base = load_config(cls, config_file, check=False)  # flags below may still fix a value
         except UserError as e:
             parser.exit(2, f"{parser.prog}: error: {e}\n")
         values.update(config_to_dict(base))
+        given = set(given_fields(base) or ())
     hints = typing.get_type_hints(cls)
     for name, raw in args.items():
         try:
             values[name] = convert_value(raw, hints[name], name)
         except ValueError as e:
             parser.exit(2, f"{parser.prog}: error: {_flag(name)}: {e}\n")
-    return cls(**values)
+    cfg = cls(**values)
+    problems = config_problems(cfg)
+    if problems:
+        parser.exit(2, f"{parser.prog}: error: {'; '.join(problems)}\n")
+    try:
+        object.__setattr__(cfg, "_given_fields", frozenset(given | set(args)))
+    except AttributeError:  # a slotted dataclass: resume then compares every field
+        pass
+    return cfg
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
@@ -350,8 +511,8 @@ def save_config(cfg: Any, path: str | Path) -> Path:
     return path
 
 
-def load_config(cls: type[T], path: str | Path) -> T:
-    """Read a config saved by :func:`save_config`, with the same type checks as the command line."""
+def load_config(cls: type[T], path: str | Path, *, check: bool = True) -> T:
+    """Read a config saved by :func:`save_config`, with the same type and value checks as the command line."""
     path = Path(path)
     try:
         values = json.loads(path.read_text(encoding="utf-8"))
@@ -361,21 +522,42 @@ def load_config(cls: type[T], path: str | Path) -> T:
         raise UserError(f"config file {path} is not valid JSON ({e}); fix or delete it") from None
     if not isinstance(values, dict):
         raise UserError(f"config file {path} must hold a JSON object of field values")
-    return config_from_dict(cls, values, source=str(path))
+    cfg = config_from_dict(cls, values, source=str(path))
+    try:
+        object.__setattr__(cfg, "_given_fields", frozenset(values))
+    except AttributeError:
+        pass
+    return check_config(cfg, str(path)) if check else cfg
 
 
 def run(cls: type[T], main: Callable[[T], Any], argv: Sequence[str] | None = None) -> None:
-    """Parse the config for ``cls``, call ``main(config)``, and turn a :class:`UserError` into one line.
+    """Parse and check the config for ``cls``, call ``main(config)``, and end expected failures with one line.
 
-    The scripts' entry point: ``if __name__ == "__main__": run(Config, main)``.
+    The scripts' entry point: ``if __name__ == "__main__": run(Config, main)``. A :class:`UserError` or an
+    operating-system error (a full disk, a read-only or vanished folder) prints ``error: ...`` and exits 1; an
+    interrupt prints ``interrupted`` (with how to continue, when the stage knows) and exits 130. Anything else
+    is a bug and keeps its traceback.
     """
     prog = Path(sys.argv[0]).name if argv is None else None
     cfg = parse_config(cls, argv, prog=prog)
     try:
         main(cfg)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        raise SystemExit(1) from None
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr, flush=True)
-        raise SystemExit(130) from None
+        _fail(f"error: {e}", 1)
+    except KeyboardInterrupt as e:
+        _fail("interrupted" + (f"; {e.args[0]}" if e.args and e.args[0] else ""), 130)
+    except OSError as e:
+        if e.errno is None or e.errno not in _EXPECTED_ERRNOS:
+            raise
+        _fail(f"error: {describe_os_error(e)}", 1)
+
+
+# What a stage's reads and writes meet on a real machine; other OSErrors are bugs and keep their traceback.
+_EXPECTED_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT,
+                    errno.ENOTDIR, errno.EISDIR, errno.EIO, errno.EFBIG, errno.ENAMETOOLONG, errno.EEXIST,
+                    errno.ENOTEMPTY, errno.EXDEV}
+
+
+def _fail(line: str, status: int) -> typing.NoReturn:
+    print(line.replace("\n", " "), file=sys.stderr, flush=True)
+    raise SystemExit(status) from None

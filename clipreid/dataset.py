@@ -8,7 +8,7 @@ InfoNCE loss every other pair in the batch is a negative, so a repeated player w
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -50,10 +50,35 @@ def read_train_df(data_dir: str | Path) -> pd.DataFrame:
     path = Path(data_dir) / TRAIN_DF
     if not path.is_file():
         raise UserError(f"{path} not found; run `python preprocess_data.py --data-dir {data_dir}` first")
-    df = pd.read_csv(path)
-    missing = [c for c in TRAIN_COLUMNS if c not in df.columns]
+    return read_table(path, TRAIN_COLUMNS, integer_columns=("player", "fold"))
+
+
+def read_table(path: Path, columns: Sequence[str], integer_columns: Sequence[str] = ()) -> pd.DataFrame:
+    """Read a CSV written by preprocess_data.py; UserError naming the file for an empty or broken one, a missing
+    column, or a non-integer value in ``integer_columns``."""
+    fix = f"re-run `python preprocess_data.py --data-dir {path.parent}`"
+    try:
+        df = pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        raise UserError(f"{path} is empty; {fix}") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is not a readable CSV ({str(e).splitlines()[0]}); {fix}") from None
+    missing = [c for c in columns if c not in df.columns]
     if missing:
-        raise UserError(f"{path} lacks the columns {missing}; re-run preprocess_data.py")
+        raise UserError(f"{path} lacks the columns {missing}; {fix}")
+    if df.empty:
+        raise UserError(f"{path} has no rows; {fix}")
+    for col in integer_columns:
+        if col in df.columns and not pd.api.types.is_integer_dtype(df[col]):
+            values = pd.to_numeric(df[col], errors="coerce")
+            bad = (values.isna() | (values != values.round())).to_numpy()
+            if not bad.any():  # 7.0: a float column of whole numbers
+                df[col] = values.astype(np.int64)
+                continue
+            row = int(bad.argmax())
+            value = df[col].iloc[row]
+            value = value.item() if hasattr(value, "item") else value
+            raise UserError(f"{path}: row {row + 2}: {col} {value!r} is not an integer; {fix}")
     return df
 
 

@@ -30,7 +30,7 @@ from .config import save_config
 from .dataset import Split, load_split
 from .errors import UserError
 from .features import embed, extract_features, squared_distances
-from .fileio import write_text
+from .fileio import check_writable, file_set, write_text
 from .fusion import dissimilarity_fusion, similarity_fusion, winners_fusion
 from .metrics import compute_scores
 from .model import ReIDEncoder, checkpoint_file, load_encoder, read_checkpoint, run_dir_of
@@ -262,13 +262,13 @@ def _fold_of(checkpoint: Path) -> int:
     return int(config["fold"])
 
 
-def _write_results(report: EvalReport, split: str, cfg: Any) -> None:
-    out = report.output_dir
-    csv_path, md_path, config_path = out / RESULTS_CSV, out / RESULTS_MD, out / CONFIG_NAME
-    write_text(csv_path, results_frame(report.rows, split).to_csv(index=False))
-    write_text(md_path, f"{report.title}\n\n{format_table(report.rows, markdown=True, folds=report.folds)}\n")
-    save_config(cfg, config_path)
-    report.files += [csv_path, md_path, config_path]
+def _write_results(report: EvalReport, split: str, cfg: Any, stage: Path) -> None:
+    """The tables and the config into the staging folder ``stage`` of ``report.output_dir``'s file set."""
+    write_text(stage / RESULTS_CSV, results_frame(report.rows, split).to_csv(index=False))
+    table = format_table(report.rows, markdown=True, folds=report.folds)
+    write_text(stage / RESULTS_MD, f"{report.title}\n\n{table}\n")
+    save_config(cfg, stage / CONFIG_NAME)
+    report.files += [report.output_dir / name for name in (RESULTS_CSV, RESULTS_MD, CONFIG_NAME)]
 
 
 def evaluate(cfg: Any) -> EvalReport:
@@ -288,20 +288,23 @@ def evaluate(cfg: Any) -> EvalReport:
         checkpoint_file(c)  # a missing file fails now, not after the first model's work
     device = pick_device(cfg.device)
     out = Path(cfg.output_dir) if cfg.output_dir is not None else run_dir_of(checkpoints[0]) / "eval"
+    check_writable(out, "--output-dir")  # before any image is decoded, not after all the work
     cfg = dataclasses.replace(cfg, output_dir=out) if dataclasses.is_dataclass(cfg) else cfg
     labels = checkpoint_labels(checkpoints)
-    if cfg.split == "folds":
-        report = _evaluate_folds(cfg, checkpoints, labels, device, out)
-    elif cfg.split in ("test", "fold"):
-        report = _evaluate_split(cfg, checkpoints, labels, device, out)
-    else:
+    if cfg.split not in ("test", "fold", "folds"):
         raise UserError(f"split must be test, fold or folds, not {cfg.split!r}")
-    _write_results(report, cfg.split, cfg)
+    # tables, picture and config replace the previous ones as one set, or not at all
+    with file_set(out, members=(RESULTS_CSV, RESULTS_MD, CONFIG_NAME, RANKED_PNG)) as stage:
+        if cfg.split == "folds":
+            report = _evaluate_folds(cfg, checkpoints, labels, device, out)
+        else:
+            report = _evaluate_split(cfg, checkpoints, labels, device, out, stage)
+        _write_results(report, cfg.split, cfg, stage)
     return report
 
 
 def _evaluate_split(cfg: Any, checkpoints: list[Path], labels: list[str], device: torch.device,
-                    out: Path) -> EvalReport:
+                    out: Path, stage: Path | None = None) -> EvalReport:
     split = load_split(cfg.data_dir, "test" if cfg.split == "test" else "fold", cfg.fold)
     where = "test split" if cfg.split == "test" else f"fold {cfg.fold}"
     title = f"{where} of {cfg.data_dir}: {len(split.query_paths)} queries, {len(split.gallery_paths)} gallery images"
@@ -324,8 +327,8 @@ def _evaluate_split(cfg: Any, checkpoints: list[Path], labels: list[str], device
         path = out / RANKED_PNG
         from .visualize import save_ranked_lists
 
-        save_ranked_lists(path, split.query_paths, split.gallery_paths, distmat, split.query_players,
-                          split.gallery_players, topk=cfg.topk, num_queries=cfg.ranked_lists)
+        save_ranked_lists((stage or out) / RANKED_PNG, split.query_paths, split.gallery_paths, distmat,
+                          split.query_players, split.gallery_players, topk=cfg.topk, num_queries=cfg.ranked_lists)
         report.ranked_lists, report.ranked_row = path, best
     return report
 

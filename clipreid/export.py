@@ -37,7 +37,7 @@ from torch import nn
 
 from .checkpoint import checkpoint_file, run_dir_of
 from .errors import UserError
-from .fileio import atomic_files, write_json
+from .fileio import file_set, write_json
 from .model import TINY_VIT, ModelSpec, ReIDEncoder, architecture_only, build_encoder, load_encoder
 
 EXPORT_PACKAGES = ("onnx", "onnxscript", "onnxruntime", "safetensors")
@@ -225,7 +225,7 @@ def export(checkpoint: str | Path, output_dir: str | Path | None = None, *, opse
     out = Path(output_dir) if output_dir is not None else run_dir_of(path) / "export"
     encoder = load_encoder(path, "cpu").float().eval()
     report = ExportReport(out)
-    with atomic_files(out) as stage:
+    with file_set(out) as stage:
         card = save_safetensors(encoder, stage / WEIGHTS_NAME)
         write_json(stage / CARD_NAME, card)
         module = OnnxEncoder(encoder).eval()

@@ -7,9 +7,10 @@ Distances are squared Euclidean between L2-normalised features (= 2 - 2 cos), th
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -36,8 +37,6 @@ def extract_features(
     ``flip`` averages the features of each image and its mirror image before normalising (test-time augmentation).
     """
     device = torch.device(device) if device is not None else next(encoder.parameters()).device
-    was_training = encoder.training
-    encoder.eval()
     if isinstance(images, torch.Tensor):
         batches = (images[i:i + batch_size] for i in range(0, len(images), batch_size))
         total = (len(images) + batch_size - 1) // batch_size
@@ -48,6 +47,14 @@ def extract_features(
                                              pin_memory=device.type == "cuda")
         batches = (x for x, _ in loader)
         total = len(loader)
+    return _features(encoder, batches, total, device, dtype, flip, progress, desc)
+
+
+def _features(encoder: ReIDEncoder, batches: Iterable[torch.Tensor], total: int, device: torch.device,
+              dtype: torch.dtype | None, flip: bool, progress: bool, desc: str) -> torch.Tensor:
+    """The inference loop of ``extract_features`` over batches of uint8 images."""
+    was_training = encoder.training
+    encoder.eval()
     out = []
     for x in tqdm(batches, total=total, desc=desc, disable=not progress, leave=False, unit="batch"):
         x = normalize(to_device(x, device), encoder.mean, encoder.std)
@@ -129,18 +136,23 @@ def _gather_inputs(inputs: Any) -> tuple[list[Any], list[str], bool]:
 def embed(
     checkpoint: str | os.PathLike | ReIDEncoder, inputs: Any, *, batch_size: int = 64, device: str = "auto",
     flip: bool = False, precision: str = "auto", num_workers: int = 0, progress: bool = True,
+    on_error: Literal["skip", "raise"] = "skip",
 ) -> tuple[torch.Tensor, list[str]]:
-    """L2-normalised float32 features (N, D) on the CPU of some images, and the images' names.
+    """L2-normalised float32 features (N, D) on the CPU of some images, and the names of the embedded images.
 
     ``inputs``: a folder (every .jpg/.jpeg/.png under it, recursively, sorted; names are the paths relative to
     it), one image file or a list of paths (names are the paths as given), or a list of PIL images / HxWx3 uint8
     arrays (names "0", "1", ...). ``checkpoint`` is a clipreid checkpoint (or its run folder) or an already
     loaded encoder; ``device="auto"`` uses the encoder's own device, any other device moves it there. Images
-    are letterboxed as in training; ``flip`` averages each image with its mirror image.
+    are letterboxed as in training; ``flip`` averages each image with its mirror image. An image file that
+    cannot be decoded is left out with a warning listing such files (``on_error="skip"``: names and features
+    then hold only the embedded images) or ends the call with a UserError naming it (``on_error="raise"``).
 
         features, names = embed("model/ViT-L-14-quickgelu_test_seed1/best.pt", "crops/")
         distances = squared_distances(features[:10], features[10:])
     """
+    if on_error not in ("skip", "raise"):
+        raise ValueError(f"on_error must be 'skip' or 'raise', not {on_error!r}")
     items, names, are_paths = _gather_inputs(inputs)
     if isinstance(checkpoint, ReIDEncoder):
         encoder = checkpoint
@@ -149,8 +161,24 @@ def embed(
     else:
         dev = pick_device(device)
         encoder = load_encoder(checkpoint, dev)
+    dtype = resolve_precision(precision, dev)
     if are_paths:
-        images: ImageSet | torch.Tensor = ImageSet(items, encoder.image_size)
+        readable: list[bool] = []
+        loader = torch.utils.data.DataLoader(_Tolerant(ImageSet(items, encoder.image_size)), batch_size=batch_size,
+                                             num_workers=min(num_workers, os.cpu_count() or 1),
+                                             pin_memory=dev.type == "cuda")
+        batches = _checked(loader, readable, items, on_error)
+        features = _features(encoder, batches, len(loader), dev, dtype, flip, progress, "embed")
+        bad = [name for name, ok in zip(names, readable, strict=True) if not ok]
+        if len(bad) == len(names):
+            raise UserError(f"none of the {len(names)} images could be read, e.g. {items[0]}: {_why(items[0])}")
+        if bad:
+            listed = ", ".join(bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+            warnings.warn(f"skipped {len(bad)} unreadable image(s): {listed}", stacklevel=2)
+            keep = torch.tensor(readable)
+            features = features[keep]
+            names = [name for name, ok in zip(names, readable, strict=True) if ok]
+        return features, names
     else:
         boxed = []
         for i, image in enumerate(items):
@@ -161,7 +189,44 @@ def embed(
             except ValueError as err:
                 raise ValueError(f"inputs[{i}]: {err}") from None
         images = torch.stack(boxed)
-    features = extract_features(encoder, images, batch_size=batch_size, device=dev,
-                                dtype=resolve_precision(precision, dev), flip=flip, num_workers=num_workers,
-                                progress=progress, desc="embed")
+    features = extract_features(encoder, images, batch_size=batch_size, device=dev, dtype=dtype, flip=flip,
+                                num_workers=num_workers, progress=progress, desc="embed")
     return features, names
+
+
+class _Tolerant(torch.utils.data.Dataset):
+    """An ImageSet whose unreadable images come back blank with a False flag (decided where they are decoded,
+    in DataLoader workers too), so one bad file does not end the whole set."""
+
+    def __init__(self, images: ImageSet):
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, bool]:
+        try:
+            return self.images.image(i), True
+        except UserError:
+            return torch.zeros(3, *self.images.size, dtype=torch.uint8), False
+
+
+def _checked(loader: Any, readable: list[bool], paths: list[Path], on_error: str) -> Iterator[torch.Tensor]:
+    """The loader's image batches; records which images were readable, or raises at the first unreadable one."""
+    for x, ok in loader:
+        flags = ok.tolist()
+        if on_error == "raise" and not all(flags):
+            path = paths[len(readable) + flags.index(False)]
+            raise UserError(f"cannot read image {path}: {_why(path)}")
+        readable.extend(flags)
+        yield x
+
+
+def _why(path: Path) -> str:
+    """Why ``path`` cannot be decoded, in the decoder's words."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except (OSError, ValueError) as err:
+        return str(err)
+    return "it could not be decoded"

@@ -20,11 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 
 from .config import save_config
-from .dataset import load_split
+from .dataset import load_split, read_table
 from .errors import UserError
 from .evaluation import (
     FUSIONS,
@@ -37,6 +36,7 @@ from .evaluation import (
     rerank_distances,
 )
 from .features import squared_distances
+from .fileio import check_writable, file_set
 from .layout import CHALLENGE_GALLERY_DIR, CHALLENGE_QUERY_DIR
 from .metrics import compute_scores
 from .model import checkpoint_file
@@ -109,10 +109,7 @@ def load_set(data_dir: str | Path, name: str) -> QuerySet:
     if not path.is_file():
         raise UserError(f"{path} not found: preprocess_data.py writes it when {data_dir}/reid_challenge/ exists; "
                         "or leave the challenge out with --sets test")
-    df = pd.read_csv(path)
-    missing = [c for c in CHALLENGE_COLUMNS if c not in df.columns]
-    if missing:
-        raise UserError(f"{path} lacks the columns {missing}; re-run preprocess_data.py")
+    df = read_table(path, CHALLENGE_COLUMNS, integer_columns=("player",))
     query, gallery = df[df.img_type == "q"], df[df.img_type == "g"]
     if query.empty or gallery.empty:
         raise UserError(f"{path} has no queries or no gallery images; re-run preprocess_data.py")
@@ -179,6 +176,7 @@ def predict(cfg: Any) -> PredictReport:
                         "one per submission CSV)")
     for c in checkpoints:
         checkpoint_file(c)
+    out = check_writable(Path(cfg.output_dir), "--output-dir")  # before any work, not after all of it
 
     # Everything that can fail on the inputs fails before any model runs.
     qsets = {name: load_set(cfg.data_dir, name) for name in sets}
@@ -209,7 +207,6 @@ def predict(cfg: Any) -> PredictReport:
                                                            hard_lambda=cfg.hard_lambda).cpu())
             del encoder
 
-    out = Path(cfg.output_dir)
     report = PredictReport()
     names = checkpoint_labels(checkpoints) + [str(s) for s in submissions]
     weights = tuple(cfg.weights) if cfg.weights is not None else None
@@ -217,22 +214,26 @@ def predict(cfg: Any) -> PredictReport:
     how = f"{cfg.fusion} fusion of {inputs}" if n_inputs > 1 else inputs
     suffixes = ["raw"] + ([cfg.rerank] if cfg.rerank != "none" else [])
     width = max(len(str(out / f"{name}_{suffix}.csv")) for name in sets for suffix in suffixes)
-    for name, qset in qsets.items():
-        report.lines.append(f"{name}: {len(qset.query_ids)} queries x {len(qset.gallery_ids)} gallery images; {how}")
-        report.files[name] = []
-        for suffix in suffixes:
-            mats = raw[name] if suffix == "raw" else reranked[name]
-            fused = fuse([*mats, *given[name]], cfg.fusion, weights, cfg.topk_fusion)
-            path = out / f"{name}_{suffix}.csv"
-            write_distance_matrix(path, fused, qset.query_ids, qset.gallery_ids)
-            scores = qset.score(path)
-            report.files[name].append(Written(path, scores))
-            text = f"  wrote {str(path):<{width}}"
-            if scores is not None:
-                text += f"  mAP {100 * scores['mAP']:.2f}  rank-1 {100 * scores['rank1']:.2f}  ({qset.truth_source})"
-            report.lines.append(text.rstrip())
-        if name == "challenge" and qset.truth is None:
-            report.lines.append("  (no ground truth for the challenge set: not scored)")
-    report.config_path = out / CONFIG_NAME
-    save_config(cfg, report.config_path)
+    # the CSVs and the config replace the previous ones as one set, or not at all (a full disk midway)
+    with file_set(out) as stage:
+        for name, qset in qsets.items():
+            report.lines.append(f"{name}: {len(qset.query_ids)} queries x {len(qset.gallery_ids)} gallery images; "
+                                f"{how}")
+            report.files[name] = []
+            for suffix in suffixes:
+                mats = raw[name] if suffix == "raw" else reranked[name]
+                fused = fuse([*mats, *given[name]], cfg.fusion, weights, cfg.topk_fusion)
+                path = out / f"{name}_{suffix}.csv"
+                write_distance_matrix(stage / path.name, fused, qset.query_ids, qset.gallery_ids)
+                scores = qset.score(stage / path.name)
+                report.files[name].append(Written(path, scores))
+                text = f"  wrote {str(path):<{width}}"
+                if scores is not None:
+                    text += (f"  mAP {100 * scores['mAP']:.2f}  rank-1 {100 * scores['rank1']:.2f}  "
+                             f"({qset.truth_source})")
+                report.lines.append(text.rstrip())
+            if name == "challenge" and qset.truth is None:
+                report.lines.append("  (no ground truth for the challenge set: not scored)")
+        report.config_path = out / CONFIG_NAME
+        save_config(cfg, stage / CONFIG_NAME)
     return report

@@ -44,7 +44,7 @@ from .evaluation import (
     rerank_distances,
 )
 from .features import list_images, squared_distances
-from .fileio import atomic_files
+from .fileio import file_set
 from .model import checkpoint_file
 from .runtime import pick_device
 
@@ -168,7 +168,7 @@ def rank_folders(cfg: Any) -> RankReport:
 
     weights = [float(w) for w in cfg.weights] if cfg.weights is not None else [1.0] * len(checkpoints)
     total_weight = sum(weights)
-    with atomic_files(out) as stage:  # made now: an unwritable output folder fails before any model runs
+    with file_set(out) as stage:  # made now: an unwritable output folder fails before any model runs
         device = pick_device(cfg.device)
         n_images = len(query_paths) + (0 if self_mode else len(gallery_paths))
         cache = ImageCache(bool(getattr(cfg, "cache_images", False)) and len(checkpoints) > 1, cfg.progress)

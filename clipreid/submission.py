@@ -168,6 +168,19 @@ def _match(ids: np.ndarray, ref: np.ndarray, what: str, name: str) -> np.ndarray
             f"{name}: its {what} ids differ from the reference: missing {_describe(want - have)}; "
             f"extra {_describe(have - want)}"
         )
+    counts = Counter(ref.tolist())
+    repeated = max(counts.values(), default=1) > 1
+    # With repeated ids, "the k-th 7 is the k-th 7" holds only if both sides list the images in the same order:
+    # the reference's own order, or the order write_distance_matrix writes it in (ids sorted, stably).
+    if repeated and not (np.array_equal(ids, ref) or np.array_equal(ids, ref[ref_order])):
+        k = int(np.flatnonzero(ids != ref[ref_order])[0])
+        example = next(i for i, c in counts.items() if c > 1)
+        raise UserError(
+            f"{name}: its {what} ids repeat (e.g. {example} x{counts[example]}) and come in another order than "
+            f"the reference's (position {k + 1}: {ids[k]}, expected {ref[ref_order][k]}), so which {what} image "
+            "is which cannot be told; "
+            "fuse only matrices written for the same image list (write_distance_matrix sorts ids stably)"
+        )
     index = np.empty(len(ref), dtype=np.int64)
     index[ref_order] = order
     return index
@@ -183,9 +196,11 @@ def align_to(
 ) -> Any:
     """Reorder rows and columns of ``distmat`` (numpy or torch; same type back) to the reference id order.
 
-    Used before fusing CSVs from different sources. Repeated ids are matched in order of appearance (the k-th
-    row with id 7 goes to the k-th reference row with id 7). Raises UserError, prefixed with ``name``, saying
-    which ids are missing or extra when the id multisets differ.
+    Used before fusing CSVs from different sources. Unique ids (the challenge set) may come in any order. Repeated
+    ids (the test split: player ids) cannot say which image is which, so they must come in the reference's order
+    or in the order ``write_distance_matrix`` writes the reference (ids sorted stably); the k-th 7 then goes to
+    the k-th reference 7. Raises UserError, prefixed with ``name``, saying which ids are missing or extra when
+    the id multisets differ, or where the order differs for repeated ids.
     """
     q_index = _match(_int_ids(query_ids, "query"), _int_ids(ref_query_ids, "query"), "query", name)
     g_index = _match(_int_ids(gallery_ids, "gallery"), _int_ids(ref_gallery_ids, "gallery"), "gallery", name)

@@ -62,8 +62,12 @@ class Tracker:
         self._writer = self._make_writer = None
 
 
-def open_tracker(report_to: str, run_dir: str | Path) -> Tracker:
-    """A tracker for ``report_to`` (``none`` or ``tensorboard``) writing under ``run_dir``."""
+def open_tracker(report_to: str, run_dir: str | Path | Callable[[], Path]) -> Tracker:
+    """A tracker for ``report_to`` (``none`` or ``tensorboard``) writing under ``run_dir``.
+
+    ``run_dir`` may be a callable, asked when the first value is written: a new run lives under a temporary name
+    until its first checkpoint (the open event file follows the folder's rename).
+    """
     if report_to == "none":
         return Tracker()
     if report_to != "tensorboard":
@@ -73,4 +77,5 @@ def open_tracker(report_to: str, run_dir: str | Path) -> Tracker:
     except ImportError:
         raise UserError("report_to tensorboard needs the tensorboard package: pip install tensorboard "
                         "(or pip install clipreid[tensorboard]), or leave --report-to at none") from None
-    return Tracker(make_writer=lambda: SummaryWriter(log_dir=str(Path(run_dir) / TENSORBOARD_DIR)))
+    folder = run_dir if callable(run_dir) else (lambda: Path(run_dir))
+    return Tracker(make_writer=lambda: SummaryWriter(log_dir=str(Path(folder()) / TENSORBOARD_DIR)))

@@ -29,11 +29,11 @@ from torch import nn
 from tqdm import tqdm
 
 from .checkpoint import read_checkpoint, run_dir_of, save_checkpoint
-from .config import config_from_dict, config_to_dict, save_config
+from .config import config_from_dict, config_to_dict, given_fields, save_config
 from .dataset import ImageSet, PairBatchSampler, PairDataset, Split, contiguous_labels, load_split
 from .errors import UserError
 from .features import validate
-from .fileio import write_text
+from .fileio import StagedFolder, check_writable, write_text
 from .loss import ReIDLoss
 from .model import ModelSpec, ReIDEncoder, build_encoder
 from .runtime import Runtime, autocast, resolve_precision, setup_runtime
@@ -159,8 +159,9 @@ def _resolve_resume(cfg: Any) -> tuple[Any, dict[str, Any] | None]:
     if "optimizer" not in state:
         raise UserError(f"{path} holds weights only (best.pt); resume from the run's last.pt")
     saved = config_from_dict(type(cfg), state["config"], source=str(path))
+    given = given_fields(cfg)  # what the user typed; unknown for configs built in code: compare every field
     ignored = [f.name for f in dataclasses.fields(cfg) if f.name not in RUNTIME_FIELDS
-               and getattr(cfg, f.name) != getattr(saved, f.name)]
+               and (given is None or f.name in given) and getattr(cfg, f.name) != getattr(saved, f.name)]
     if ignored:
         print(f"resuming {path}: using its saved config; ignoring the differing {', '.join(ignored)}")
     runtime = {k: getattr(cfg, k) for k in RUNTIME_FIELDS if hasattr(cfg, k)}
@@ -172,6 +173,9 @@ def train(cfg: Any) -> Path:
     rt = setup_runtime(cfg.device)
     try:
         return _train(cfg, rt)
+    except KeyboardInterrupt:
+        last = (run_dir_of(cfg.resume) if cfg.resume else _run_dir(cfg)) / "last.pt"
+        raise KeyboardInterrupt(f"continue with --resume {last}" if last.is_file() else "") from None
     finally:
         if rt.distributed and dist.is_initialized():
             dist.destroy_process_group()
@@ -183,8 +187,24 @@ def _train(cfg: Any, rt: Runtime) -> Path:
     if state is None and (run_dir / "last.pt").exists() and not cfg.overwrite:
         raise UserError(f"{run_dir} already holds a run; --resume {run_dir / 'last.pt'} continues it, "
                         "--overwrite replaces it, --run-name NAME starts another")
+    if state is None and run_dir.exists() and not cfg.overwrite and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        raise UserError(f"{run_dir} exists and is not a finished run (no last.pt); --overwrite replaces it, "
+                        "--run-name NAME starts another")
+    if rt.is_main:
+        check_writable(run_dir.parent if state is None else run_dir, "--output-dir" if state is None else "run folder")
+    # A fresh run is built under a hidden name and appears as run_dir once its first checkpoint is saved: a run
+    # that fails before leaves nothing that looks like a run (and --overwrite keeps the old one until then).
+    folder = StagedFolder(run_dir)
+    try:
+        return _train_into(cfg, rt, state, folder)
+    finally:
+        folder.discard()
+
+
+def _train_into(cfg: Any, rt: Runtime, state: dict[str, Any] | None, folder: StagedFolder) -> Path:
+    run_dir = folder.target
     say = print if rt.is_main else (lambda *a, **k: None)
-    tracker = open_tracker(getattr(cfg, "report_to", "none") if rt.is_main else "none", run_dir)
+    tracker = open_tracker(getattr(cfg, "report_to", "none") if rt.is_main else "none", lambda: folder.path)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -251,8 +271,9 @@ def _train(cfg: Any, rt: Runtime) -> Path:
         model = torch.compile(model)
 
     if rt.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / CONFIG_NAME)
+        if state is None:
+            folder.open()
+        save_config(cfg, folder.path / CONFIG_NAME)
 
     def evaluate_now() -> dict[str, float]:
         if val_sets is None:
@@ -265,7 +286,7 @@ def _train(cfg: Any, rt: Runtime) -> Path:
         record = {"epoch": 0, **evaluate_now(), "logit_scale": float(encoder.scale().detach())}
         history.append(record)
         say(f"epoch 0 (before training): {_format_metrics(record)}")
-        _write_log(run_dir, history)
+        _write_log(folder.path, history)
         tracker.log_epoch(record)
     _barrier(rt)
 
@@ -282,13 +303,14 @@ def _train(cfg: Any, rt: Runtime) -> Path:
             best = max(best, metric)
             common = {"model": encoder.state_dict(), "model_spec": encoder.spec.to_dict(),
                       "config": config_to_dict(cfg), "epoch": epoch + 1, "metrics": record}
-            save_checkpoint(run_dir / "last.pt", {
+            save_checkpoint(folder.path / "last.pt", {
                 **common, "loss": loss_fn.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": _rng_state(),
                 "best": best, "history": history})
             if improved:
-                save_checkpoint(run_dir / "best.pt", common)
-            _write_log(run_dir, history)
+                save_checkpoint(folder.path / "best.pt", common)
+            _write_log(folder.path, history)
+            folder.commit()
             tracker.log_epoch(record)
             say(f"epoch {epoch + 1}/{cfg.epochs}: {_format_metrics(record)}" + ("  (best)" if improved else ""))
         _barrier(rt)

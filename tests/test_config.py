@@ -5,11 +5,29 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import pytest
 
-from clipreid.config import field_comments, load_config, parse_config, run, save_config
+from clipreid.config import (
+    Checks,
+    at_least,
+    between,
+    check_config,
+    config_problems,
+    each,
+    field_comments,
+    given_fields,
+    load_config,
+    non_negative,
+    nonempty,
+    one_of,
+    parse_config,
+    positive,
+    rule,
+    run,
+    save_config,
+)
 from clipreid.errors import UserError
 
 
@@ -150,3 +168,78 @@ def test_run_passes_the_parsed_config():
     seen = []
     run(Demo, seen.append, ["--batch-size", "2"])
     assert seen == [Demo(batch_size=2)]
+
+
+@dataclass
+class Checked:
+    """A config with a check table, like the scripts'."""
+
+    lr: float = 4e-5  # peak lr; 100% of it after warm-up
+    epochs: int = 4
+    warmup: float = 1.0
+    losses: tuple[str, ...] = ("infonce",)
+    weights: tuple[float, ...] | None = None  # one per loss
+    mix: float = 0.3
+
+    checks: ClassVar[Checks] = {
+        "lr": positive,
+        "epochs": at_least(1),
+        "warmup": (non_negative, rule(lambda v, c: v <= c.epochs, "at most --epochs ({cfg.epochs})")),
+        "losses": (nonempty, one_of("infonce", "id")),
+        "weights": (each(non_negative), rule(lambda v, c: len(v) == len(c.losses), "one per loss")),
+        "mix": between(0, 1),
+    }
+
+
+def test_percent_in_a_comment_does_not_break_help(capsys):
+    with pytest.raises(SystemExit) as exc:
+        parse_config(Checked, ["--help"], prog="train.py")
+    assert exc.value.code == 0
+    assert "100% of it after warm-up" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--lr", "0"], "--lr 0.0: expected a finite number above 0"),
+    (["--lr", "-1e-4"], "--lr -0.0001: expected a finite number above 0"),
+    (["--lr", "inf"], "--lr inf: expected a finite number above 0"),
+    (["--epochs", "0", "--warmup", "0"], "--epochs 0: expected a number of at least 1"),
+    (["--warmup", "5"], "--warmup 5.0: expected at most --epochs (4)"),
+    (["--warmup", "-1"], "--warmup -1.0: expected a number of at least 0"),
+    (["--losses", "arcface"], "--losses arcface: expected values among infonce, id"),
+    (["--weights", "1", "-1"], "--weights 1.0 -1.0: expected each value a number of at least 0 (-1.0 is not)"),
+    (["--weights", "1", "1"], "--weights 1.0 1.0: expected one per loss"),
+    (["--mix", "1.5"], "--mix 1.5: expected a number from 0 to 1"),
+])
+def test_values_that_cannot_work_are_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        parse_config(Checked, argv, prog="train.py")
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err == f"train.py: error: {message}\n"
+
+
+def test_checks_pass_for_good_values_and_none():
+    cfg = parse_config(Checked, ["--weights", "none", "--warmup", "4", "--mix", "0"])
+    assert config_problems(cfg) == []
+    assert config_problems(Checked(lr=0.0, mix=2.0)) == ["--lr 0.0: expected a finite number above 0",
+                                                          "--mix 2.0: expected a number from 0 to 1"]
+    with pytest.raises(UserError, match=r"^run.json: --lr 0.0: expected a finite number above 0$"):
+        check_config(Checked(lr=0.0), "run.json")
+
+
+def test_a_check_on_a_missing_field_is_a_bug():
+    @dataclass
+    class Wrong:
+        a: int = 0
+        checks: ClassVar[Checks] = {"b": positive}
+
+    with pytest.raises(TypeError, match="names 'b'"):
+        config_problems(Wrong())
+
+
+def test_given_fields_are_what_the_user_typed(tmp_path):
+    save_config(Checked(lr=1e-3), tmp_path / "c.json")
+    assert given_fields(parse_config(Checked, ["--lr", "1e-3", "--mix", "0.5"])) == {"lr", "mix"}
+    from_file = parse_config(Checked, ["--config", str(tmp_path / "c.json"), "--mix", "0.5"])
+    assert "mix" in given_fields(from_file) and "lr" in given_fields(from_file)
+    assert given_fields(Checked()) is None

@@ -113,14 +113,32 @@ def test_reader_accepts_repeats_negatives_crlf_and_a_bom(tmp_path):
     assert query_ids.tolist() == [7, 7] and gallery_ids.tolist() == [4, 4]
 
 
-def test_align_to_reorders_and_matches_repeated_ids_in_order():
+def test_align_to_reorders_unique_ids_and_matches_repeated_ids_in_the_written_order():
     distmat = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]])
-    # query rows with ids 5, 3, 5; the reference wants 5, 5, 3: the first 5 stays before the second 5
-    aligned = align_to(distmat, [5, 3, 5], [1, 2, 3], [5, 5, 3], [3, 1, 2])
-    np.testing.assert_array_equal(aligned, [[3.0, 1.0, 2.0], [9.0, 7.0, 8.0], [6.0, 4.0, 5.0]])
-    as_torch = align_to(torch.from_numpy(distmat), [5, 3, 5], [1, 2, 3], [5, 5, 3], [3, 1, 2])
+    # unique gallery ids: any order. Repeated query ids: the reference is 5, 3, 5 (data order) and the CSV lists
+    # them as write_distance_matrix writes them, 3, 5, 5 (stably sorted): row k of the CSV is reference row
+    # argsort(ref)[k], so the first 5 stays the first 5.
+    aligned = align_to(distmat, [3, 5, 5], [1, 2, 3], [5, 3, 5], [3, 1, 2])
+    np.testing.assert_array_equal(aligned, [[6.0, 4.0, 5.0], [3.0, 1.0, 2.0], [9.0, 7.0, 8.0]])
+    as_torch = align_to(torch.from_numpy(distmat), [3, 5, 5], [1, 2, 3], [5, 3, 5], [3, 1, 2])
     assert isinstance(as_torch, torch.Tensor)
     np.testing.assert_array_equal(as_torch.numpy(), aligned)
+    # the reference's own order is accepted as it is
+    np.testing.assert_array_equal(align_to(distmat, [5, 3, 5], [1, 2, 3], [5, 3, 5], [1, 2, 3]), distmat)
+
+
+def test_align_to_refuses_repeated_ids_in_another_order():
+    # The test split's gallery repeats player ids: columns 7, 3, 7 against a reference 3, 7, 7 cannot say which 7
+    # is which image; matching "the k-th 7" would silently average different images.
+    distmat = np.zeros((2, 3))
+    with pytest.raises(UserError, match=r"b.csv: its gallery ids repeat \(e.g. 7 x2\) and come in another order "
+                                        r"than the reference's \(position 1: 7, expected 3\)"):
+        align_to(distmat, [1, 2], [7, 3, 7], [1, 2], [3, 7, 7], name="b.csv")
+    with pytest.raises(UserError, match="query ids repeat"):
+        align_to(np.zeros((3, 1)), [4, 2, 4], [1], [2, 4, 4], [1])
+    # with unique ids any order is fine: entry (query 1, gallery 3) moves to reference row 3, column 3
+    np.testing.assert_array_equal(align_to(np.eye(3), [1, 2, 3], [3, 1, 2], [3, 2, 1], [1, 2, 3]),
+                                  [[0, 1, 0], [1, 0, 0], [0, 0, 1]])
 
 
 def test_align_to_says_which_ids_are_missing_or_extra():
