@@ -30,7 +30,7 @@ class Tracker:
     @property
     def writer(self) -> Any:
         if self._writer is None and self._make_writer is not None:
-            self._writer, self._make_writer = self._make_writer(), None
+            self._writer = self._make_writer()
         return self._writer
 
     def log_step(self, step: int, loss_sum: float, batches: int, lr: float) -> None:
@@ -55,6 +55,13 @@ class Tracker:
                 self.writer.add_scalar(f"epoch/{key}", float(value), epoch)
         self._sum, self._batches = 0.0, 0
         self.writer.flush()
+
+    def release(self) -> None:
+        """Close the event file before its folder moves; the next value opens a new one where the folder is then
+        (TensorBoard's writer reopens its file by name on every flush)."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
     def close(self) -> None:
         if self._writer is not None:

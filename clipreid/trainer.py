@@ -310,6 +310,8 @@ def _train_into(cfg: Any, rt: Runtime, state: dict[str, Any] | None, folder: Sta
             if improved:
                 save_checkpoint(folder.path / "best.pt", common)
             _write_log(folder.path, history)
+            if not folder.committed:
+                tracker.release()
             folder.commit()
             tracker.log_epoch(record)
             say(f"epoch {epoch + 1}/{cfg.epochs}: {_format_metrics(record)}" + ("  (best)" if improved else ""))
