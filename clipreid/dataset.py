@@ -61,7 +61,7 @@ def load_split(data_dir: str | Path, validation: Validation = "test", fold: int 
     """Choose training and validation rows of ``train_df.csv``.
 
     - ``test``: train on the train split, validate on the test split's queries and gallery;
-    - ``fold``: validate on the rows of GroupKFold fold ``fold`` (frame-00 rows are the queries), train on the
+    - ``fold``: validate on the rows of fold ``fold`` (frame-00 rows are the queries), train on the
       rest of train+test;
     - ``none``: train on every train+test row (the final model for a submission), no validation.
     """
