@@ -1,4 +1,4 @@
-"""Training: sampler invariants, losses against hand-computed values, DDP equivalence, schedules, exact resume,
+"""Training: losses against hand-computed values, DDP equivalence, schedules, exact resume,
 mixed precision on the CPU, checkpoints, and a short run on the synthetic data that must learn."""
 
 from __future__ import annotations
@@ -8,14 +8,12 @@ import json
 import math
 import subprocess
 import sys
-from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-from clipreid.dataset import PairBatchSampler, load_split
+from clipreid.dataset import load_split
 from clipreid.errors import UserError
 from clipreid.loss import ReIDLoss, batch_hard_triplet, info_nce
 from clipreid.model import ModelSpec, build_encoder, load_encoder, read_checkpoint
@@ -29,73 +27,6 @@ def tiny_config(data_dir: Path, out: Path, **overrides) -> Config:
     base = dict(data_dir=data_dir, output_dir=out, model="tiny-vit", pretrained="none", epochs=2, batch_size=8,
                 lr=2e-3, lr_end=1e-5, progress=False, device="cpu", zero_shot=False, num_workers=0)
     return Config(**{**base, **overrides})
-
-
-# --------------------------------------------------------------------------------------------------------------
-# sampler
-
-
-def players_with_counts(counts: list[int]) -> np.ndarray:
-    return np.repeat(np.arange(len(counts)) * 10 + 3, counts)  # non-contiguous player ids
-
-
-@pytest.mark.parametrize("world", [1, 2])
-def test_sampler_invariants(world):
-    rng = np.random.default_rng(0)
-    players = players_with_counts(rng.integers(1, 15, 40).tolist())
-    sampler = PairBatchSampler(players, 8, seed=5, world_size=world)
-    batches = sampler.global_batches(0)
-    assert len(batches) == len(sampler) == math.ceil(len(players) / (8 * world))
-    anchors = np.concatenate([b[:, 0] for b in batches])
-    assert set(anchors.tolist()) == set(range(len(players)))  # every image is an anchor
-    assert len(anchors) - len(players) < 8 * world  # only the last batches' slots are padded
-    counts = Counter(players.tolist())
-    for b in batches:
-        assert b.shape == (8 * world, 2)
-        assert len(set(players[b[:, 0]].tolist())) == len(b)  # distinct players in the global batch
-        assert (players[b[:, 0]] == players[b[:, 1]]).all()  # positives are the same player
-        for a, p in b:
-            assert (a != p) or counts[players[a]] == 1  # another image whenever one exists
-
-
-def test_sampler_ranks_split_the_global_batch():
-    players = players_with_counts([5] * 30)
-    shares = [list(PairBatchSampler(players, 4, seed=1, world_size=3, rank=r).batches(2)) for r in range(3)]
-    glob = PairBatchSampler(players, 4, seed=1, world_size=3).global_batches(2)
-    for k, g in enumerate(glob):
-        joined = [pair for r in range(3) for pair in shares[r][k]]
-        assert joined == [tuple(map(int, pair)) for pair in g]
-
-
-def test_sampler_deterministic_and_reshuffled():
-    players = players_with_counts([6] * 20)
-    a = PairBatchSampler(players, 4, seed=1).global_batches(0)
-    b = PairBatchSampler(players, 4, seed=1).global_batches(0)
-    c = PairBatchSampler(players, 4, seed=1).global_batches(1)
-    d = PairBatchSampler(players, 4, seed=2).global_batches(0)
-    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
-    assert not np.array_equal(np.concatenate(a), np.concatenate(c))
-    assert not np.array_equal(np.concatenate(a), np.concatenate(d))
-
-
-def test_sampler_single_image_players_pair_with_themselves():
-    players = players_with_counts([1] * 10 + [3] * 5)
-    for b in PairBatchSampler(players, 5, seed=0).global_batches(0):
-        for a, p in b:
-            if Counter(players.tolist())[players[a]] == 1:
-                assert a == p
-
-
-def test_sampler_player_with_more_images_than_batches():
-    players = players_with_counts([50, 2, 2, 2])  # 56 images, batch 4 -> 14 batches < 50 images of player 0
-    batches = PairBatchSampler(players, 4, seed=0).global_batches(0)
-    for b in batches:
-        assert len(set(players[b[:, 0]].tolist())) == 4
-
-
-def test_sampler_too_few_players_is_clear():
-    with pytest.raises(UserError, match="needs 16 different players.*has 5"):
-        PairBatchSampler(players_with_counts([3] * 5), 8, world_size=2)
 
 
 # --------------------------------------------------------------------------------------------------------------
