@@ -4,6 +4,7 @@ mixed precision on the CPU, checkpoints, and a short run on the synthetic data t
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import math
 import subprocess
@@ -17,7 +18,8 @@ from clipreid.dataset import load_split
 from clipreid.errors import UserError
 from clipreid.loss import ReIDLoss, batch_hard_triplet, info_nce
 from clipreid.model import ModelSpec, build_encoder, load_encoder, read_checkpoint
-from clipreid.trainer import build_optimizer, lr_factor, micro_batches_in_step, train
+from clipreid.trainer import build_optimizer, forward_backward, lr_factor, micro_batches_in_step, train
+from clipreid.transforms import AugmentConfig, augment_pairs
 from train import Config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,27 +91,51 @@ def test_weighted_loss_sum_and_unknown_names():
         ReIDLoss(("infonce",), (1.0, 2.0))
 
 
-@pytest.mark.parametrize("losses", ["infonce", "infonce,id,triplet"])
-def test_ddp_loss_and_gradients_equal_single_process(tmp_path, losses):
-    """Two gloo processes with 4 pairs each give the loss and gradients of one process with all 8 pairs."""
+def _ddp_worker():
+    spec = importlib.util.spec_from_file_location("ddp_loss_worker", ROOT / "tests/helpers/ddp_loss_worker.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(("losses", "augment"), [("infonce", "on"), ("infonce,id,triplet", "on")])
+def test_ddp_loss_and_gradients_equal_single_process(tmp_path, losses, augment):
+    """Two gloo processes with 4 pairs each give the loss and gradients of one process with all 8 pairs, with
+    flip, sharpen and random erasing on too: each rank augments its slice of the global batch's draws."""
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        str(ROOT / "tests/helpers/ddp_loss_worker.py"), str(tmp_path), losses],
+                        str(ROOT / "tests/helpers/ddp_loss_worker.py"), str(tmp_path), losses, augment],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    torch.manual_seed(0)
-    encoder = build_encoder(ModelSpec("tiny-vit", "none"))
-    loss_fn = ReIDLoss(tuple(losses.split(",")), feature_dim=encoder.feature_dim, num_classes=8)
-    g = torch.Generator().manual_seed(1)
-    anchors = torch.randn(8, 3, 128, 64, generator=g)
-    positives = anchors + 0.5 * torch.randn(8, 3, 128, 64, generator=g)
-    fa, fp = encoder(torch.cat([anchors, positives])).chunk(2)
-    loss, _ = loss_fn(fa, fp, torch.arange(8), encoder.scale())
-    loss.backward()
+    worker = _ddp_worker()
+    encoder, loss_fn, aug, (anchors, positives, labels) = worker.setup(losses, augment)
+    loss, _ = forward_backward(encoder, encoder, loss_fn, anchors, positives, labels, aug, torch.float32,
+                               torch.Generator().manual_seed(worker.STEP_SEED))
     for rank in range(2):
         got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         assert got["loss"].item() == pytest.approx(loss.item(), abs=1e-5)
         for name, param in [*encoder.named_parameters(), *(("loss." + k, p) for k, p in loss_fn.named_parameters())]:
             torch.testing.assert_close(got["grads"][name], param.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_augmentation_of_a_rank_is_its_slice_of_the_global_batch(world):
+    g = torch.Generator().manual_seed(0)
+    anchors = torch.randint(0, 256, (8, 3, 32, 16), generator=g, dtype=torch.uint8)
+    positives = torch.randint(0, 256, (8, 3, 32, 16), generator=g, dtype=torch.uint8)
+    cfg = AugmentConfig(flip=True, sharpen=True, random_erasing=True)
+    mean, std = (0.5,) * 3, (0.25,) * 3
+    whole = augment_pairs(anchors, positives, cfg, mean, std, torch.Generator().manual_seed(3))
+    b = 8 // world
+    shares = [augment_pairs(anchors[r * b:(r + 1) * b], positives[r * b:(r + 1) * b], cfg, mean, std,
+                            torch.Generator().manual_seed(3), rank=r, world_size=world) for r in range(world)]
+    for k in range(2):
+        torch.testing.assert_close(torch.cat([s[k] for s in shares]), whole[k], atol=1e-6, rtol=0)
+    # the ranks do not repeat each other's draws (the same images on every rank are augmented differently)
+    same = [augment_pairs(anchors[:b], positives[:b], cfg, mean, std, torch.Generator().manual_seed(3), rank=r,
+                          world_size=world)[0] for r in range(world)]
+    assert not torch.equal(same[0], same[1])
+    with pytest.raises(ValueError, match="rank 2 is not one of the 2"):
+        augment_pairs(anchors, positives, cfg, mean, std, g, rank=2, world_size=2)
 
 
 # --------------------------------------------------------------------------------------------------------------
