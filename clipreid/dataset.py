@@ -242,6 +242,7 @@ class PairBatchSampler:
         for batch in self.global_batches(epoch)[start:]:
             yield [(int(a), int(p)) for a, p in batch[lo:hi]]
 
+
 class ImageSet(Dataset):
     """Letterboxed uint8 images, decoded on demand or all at once into memory (``cache``)."""
 
