@@ -86,7 +86,7 @@ def load_split(data_dir: str | Path, validation: Validation = "test", fold: int 
     """Choose training and validation rows of ``train_df.csv``.
 
     - ``test``: train on the train split, validate on the test split's queries and gallery;
-    - ``fold``: validate on the rows of GroupKFold fold ``fold`` (frame-00 rows are the queries), train on the
+    - ``fold``: validate on the rows of fold ``fold`` (frame-00 rows are the queries), train on the
       rest of train+test;
     - ``none``: train on every train+test row (the final model for a submission), no validation.
     """
@@ -132,18 +132,24 @@ def _epoch_generator(seed: int, epoch: int, salt: int = 0) -> torch.Generator:
 
 
 class PairBatchSampler:
-    """Batches of (anchor, positive) index pairs with distinct players, reshuffled every epoch.
+    """Batches of (anchor, positive) index pairs with distinct players, as random as shuffled data.
 
     The global batch is ``batch_size * world_size`` pairs of distinct players; rank ``r`` of a distributed run
     takes its slice, so players are distinct within each rank's share and across ranks (the InfoNCE negatives
-    are gathered from all ranks). Each image is an anchor once per epoch; the few slots left over in the last
-    batches are filled with extra anchors of other players so every batch is full (equal shapes on all ranks).
+    are gathered from all ranks). Each image is an anchor once per epoch; the slots left over (fewer than one
+    batch) are filled with extra anchors of players not yet in their batch, so every batch is full (equal shapes
+    on all ranks). A player with more images than there are batches is subsampled for that epoch.
 
-    Construction: players in random order, each player's images shuffled and concatenated, then dealt
-    round-robin into ``ceil(N / global_batch)`` batches. A player's images are consecutive, so as long as no
-    player has more images than there are batches, no batch gets a player twice; a player with more is
-    subsampled for that epoch.
+    Construction: the images and the empty slots are shuffled together and cut into batches, exactly as shuffled
+    data would be; then each repeated player in a batch is swapped with a random slot of another batch that lacks
+    that player and whose own player is not in the first batch. Every swap removes one repeat and creates none,
+    so the line-ups stay those of shuffled batches (a player meets about as many different others per epoch),
+    unlike dealing each player's images as a block round-robin, which keeps the same neighbours together. When a
+    repeat has no such swap (shapes with hardly more players than a batch has slots) the shuffle is redrawn, and
+    after a few draws the epoch falls back to that block deal, which always succeeds.
     """
+
+    SHUFFLE_ATTEMPTS = 8
 
     def __init__(self, players: np.ndarray, batch_size: int, *, seed: int = 1, world_size: int = 1, rank: int = 0):
         self.players = np.asarray(players, dtype=np.int64)
@@ -157,10 +163,12 @@ class PairBatchSampler:
         if len(unique) < self.global_batch:
             raise UserError(f"a batch of {self.global_batch} pairs needs {self.global_batch} different players, but "
                             f"the training set has {len(unique)}: lower batch_size")
-        self._label = inverse  # the player of each image as 0..P-1
-        order = np.argsort(inverse, kind="stable")
-        counts = np.bincount(inverse)
-        self._members = np.split(order, np.cumsum(counts)[:-1])  # image indices of each player
+        self._label = inverse.astype(np.int64)  # the player of each image as 0..P-1
+        self._order = np.argsort(self._label, kind="stable")  # image indices grouped by player
+        self._counts = np.bincount(self._label)
+        self._start = np.concatenate([[0], np.cumsum(self._counts)[:-1]])  # each player's offset in _order
+        self._rank_in_player = np.empty(len(self._label), dtype=np.int64)  # position of each image in its group
+        self._rank_in_player[self._order] = np.arange(len(self._label)) - self._start[self._label[self._order]]
         self.num_batches = math.ceil(len(self.players) / self.global_batch)
 
     def __len__(self) -> int:
@@ -169,40 +177,92 @@ class PairBatchSampler:
     def global_batches(self, epoch: int) -> list[np.ndarray]:
         """All (global_batch, 2) arrays of (anchor, positive) indices of an epoch, identical on every rank."""
         g = _epoch_generator(self.seed, epoch)
+        for _ in range(self.SHUFFLE_ATTEMPTS):
+            grid = self._shuffled_grid(g)
+            if self._separate_repeats(grid, g):
+                break
+        else:  # a shape too tight for swaps (about as many players as slots per batch): the block deal
+            grid = self._dealt_grid(g)
+        self._fill_empty(grid, g)
+        anchors = grid.reshape(-1)
+        pairs = np.stack([anchors, self._positives(anchors, g)], axis=1)
+        return list(pairs.reshape(self.num_batches, self.global_batch, 2))
+
+    def _kept_anchors(self, g: torch.Generator) -> np.ndarray:
+        """Every image, except that a player with more images than batches keeps a random ``num_batches``."""
+        if self._counts.max() <= self.num_batches:
+            return np.arange(len(self._label))
+        key = torch.rand(len(self._label), generator=g, dtype=torch.float64).numpy()
+        order = np.lexsort((key, self._label))  # by player, then randomly within the player
+        position = np.arange(len(order)) - self._start[self._label[order]]
+        return np.sort(order[position < self.num_batches])
+
+    def _shuffled_grid(self, g: torch.Generator) -> np.ndarray:
+        """(num_batches, global_batch) image indices, -1 for an empty slot: images and empty slots shuffled."""
+        kept = self._kept_anchors(g)
+        slots = np.concatenate([kept, np.full(self.num_batches * self.global_batch - len(kept), -1)])
+        return slots[torch.randperm(len(slots), generator=g).numpy()].reshape(self.num_batches, self.global_batch)
+
+    def _dealt_grid(self, g: torch.Generator) -> np.ndarray:
+        """The block deal: players in random order, each one's images consecutive, dealt round-robin. Never
+        repeats a player in a batch (no player has more images than there are batches), but keeps neighbours."""
         nb = self.num_batches
-        anchors_by_player = []
-        for p in torch.randperm(len(self._members), generator=g).tolist():
-            members = self._members[p]
-            perm = members[torch.randperm(len(members), generator=g).numpy()]
-            anchors_by_player.append(perm[:nb])  # more images than batches would repeat the player in a batch
-        anchors = np.concatenate(anchors_by_player)
-        slots = np.arange(len(anchors)) % nb  # round-robin: consecutive images of a player go to distinct batches
-        batches = [anchors[slots == b] for b in range(nb)]
-        for b, batch in enumerate(batches):
-            short = self.global_batch - len(batch)
-            if short > 0:
-                free = np.setdiff1d(np.arange(len(self._members)), self._label[batch])
-                pick = torch.randperm(len(free), generator=g)[:short].tolist()
-                extra = [self._members[free[i]][int(torch.randint(len(self._members[free[i]]), (1,), generator=g))]
-                         for i in pick]
-                batches[b] = np.concatenate([batch, np.asarray(extra, dtype=batch.dtype)])
-        out = []
-        for b in torch.randperm(nb, generator=g).tolist():
-            batch = batches[b][torch.randperm(self.global_batch, generator=g).numpy()]
-            out.append(np.stack([batch, self._positives(batch, g)], axis=1))
-        return out
+        kept = self._kept_anchors(g)
+        kept = kept[torch.randperm(len(kept), generator=g).numpy()]
+        player_rank = np.argsort(torch.randperm(len(self._counts), generator=g).numpy())
+        anchors = kept[np.argsort(player_rank[self._label[kept]], kind="stable")]
+        grid = np.full((nb, self.global_batch), -1, dtype=np.int64)
+        k = np.arange(len(anchors))
+        grid[k % nb, k // nb] = anchors
+        return grid
+
+    def _separate_repeats(self, grid: np.ndarray, g: torch.Generator) -> bool:
+        """Swap repeated players out of their batches, in place; False when some repeat has no valid swap."""
+        n_players = len(self._counts)
+        labels = np.where(grid >= 0, self._label[np.maximum(grid, 0)], n_players)  # n_players marks an empty slot
+        present = np.zeros((self.num_batches, n_players + 1), dtype=np.int64)
+        rows = np.repeat(np.arange(self.num_batches), self.global_batch)
+        np.add.at(present, (rows, labels.reshape(-1)), 1)
+        present[:, n_players] = 0  # an empty slot is nobody: never a repeat, fits any batch
+        repeats = np.argwhere((labels < n_players) & (present[rows, labels.reshape(-1)].reshape(grid.shape) > 1))
+        for b, j in repeats:
+            p = labels[b, j]
+            if present[b, p] < 2:
+                continue  # an earlier swap already took one of this player's images out of batch b
+            # a slot (c, k) of a batch without p, holding a player q not in batch b (or nothing)
+            fits = (present[:, p] == 0)[:, None] & (present[b][labels] == 0)
+            candidates = np.flatnonzero(fits)
+            if len(candidates) == 0:
+                return False
+            c, k = divmod(int(candidates[int(torch.randint(len(candidates), (1,), generator=g))]), self.global_batch)
+            q = labels[c, k]
+            grid[b, j], grid[c, k] = grid[c, k], grid[b, j]
+            labels[b, j], labels[c, k] = q, p
+            present[b, p] -= 1
+            present[c, p] += 1
+            if q < n_players:
+                present[c, q] -= 1
+                present[b, q] += 1
+        return True
+
+    def _fill_empty(self, grid: np.ndarray, g: torch.Generator) -> None:
+        """Fill the empty slots of each batch with a random image of a random player not in the batch."""
+        for b in np.flatnonzero((grid < 0).any(axis=1)):
+            empty = np.flatnonzero(grid[b] < 0)
+            free = np.setdiff1d(np.arange(len(self._counts)), self._label[grid[b][grid[b] >= 0]])
+            chosen = free[torch.randperm(len(free), generator=g)[: len(empty)].numpy()]
+            draws = torch.rand(len(chosen), generator=g, dtype=torch.float64).numpy()
+            offsets = np.minimum((draws * self._counts[chosen]).astype(np.int64), self._counts[chosen] - 1)
+            grid[b, empty] = self._order[self._start[chosen] + offsets]
 
     def _positives(self, anchors: np.ndarray, g: torch.Generator) -> np.ndarray:
-        positives = np.empty_like(anchors)
-        draws = torch.rand(len(anchors), generator=g).numpy()
-        for k, a in enumerate(anchors):
-            members = self._members[self._label[a]]
-            if len(members) == 1:
-                positives[k] = a  # a single image pairs with itself; the augmentations still differ
-                continue
-            others = members[members != a]
-            positives[k] = others[min(int(draws[k] * len(others)), len(others) - 1)]
-        return positives
+        """A uniformly random other image of each anchor's player (the anchor itself for a single image)."""
+        label = self._label[anchors]
+        others = self._counts[label] - 1
+        draws = torch.rand(len(anchors), generator=g, dtype=torch.float64).numpy()
+        pick = np.minimum((draws * others).astype(np.int64), np.maximum(others - 1, 0))
+        pick += pick >= self._rank_in_player[anchors]  # skip the anchor's own position in its group
+        return np.where(others > 0, self._order[self._start[label] + np.minimum(pick, others)], anchors)
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[list[tuple[int, int]]]:
         """This rank's share of each batch of an epoch, from batch ``start`` on."""

@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
-from sklearn.model_selection import GroupKFold
 from tqdm import tqdm
 
 from clipreid.errors import UserError
@@ -165,10 +164,11 @@ def _require_kept(items: list[Item], folders: list[str], data_dir: Path) -> None
 
 
 def assign_folds(df: pd.DataFrame, n_folds: int, group_col: str = "game") -> pd.Series:
-    """Fold of every row: the index of the ``GroupKFold`` split whose validation part holds it.
+    """Fold of every row, keeping each group (sequence or identity) whole in one fold.
 
-    Grouping keeps a whole sequence (or identity) in one fold. GroupKFold (without shuffle) places groups by
-    their labels and sizes only, so the folds do not depend on the row or filesystem order.
+    GroupKFold's balancing with a total order: groups by (size descending, key ascending), each to the currently
+    lightest fold (ties: the lowest fold index). The folds are a function of the data alone; GroupKFold's own
+    tie-break between equal-sized groups changed between scikit-learn releases, and so did its folds.
     """
     n_groups = int(df[group_col].nunique())
     if n_folds < 2:
@@ -178,10 +178,14 @@ def assign_folds(df: pd.DataFrame, n_folds: int, group_col: str = "game") -> pd.
             f"there are only {n_groups} sequences ({group_col!r} groups) for n_folds={n_folds}: "
             f"lower n_folds to {n_groups} or fewer"
         )
-    fold = np.empty(len(df), dtype=np.int64)
-    for k, (_, val) in enumerate(GroupKFold(n_splits=n_folds).split(df, groups=df[group_col])):
-        fold[val] = k
-    return pd.Series(fold, index=df.index, name="fold")
+    sizes = Counter(df[group_col].tolist())
+    load = np.zeros(n_folds, dtype=np.int64)
+    fold_of = {}
+    for key, size in sorted(sizes.items(), key=lambda kv: (-kv[1], kv[0])):
+        k = int(np.argmin(load))  # the first minimum: the lowest index among equally light folds
+        fold_of[key] = k
+        load[k] += size
+    return pd.Series(df[group_col].map(fold_of).to_numpy(np.int64), index=df.index, name="fold")
 
 
 def _sorted_with_folds(rows: list[dict], n_folds: int) -> pd.DataFrame:

@@ -339,13 +339,16 @@ def micro_batches_in_step(i: int, n: int, accum: int) -> int:
 def forward_backward(model: nn.Module, encoder: ReIDEncoder, loss_fn: ReIDLoss, anchors: torch.Tensor,
                      positives: torch.Tensor, labels: torch.Tensor, augment: AugmentConfig, dtype: torch.dtype,
                      generator: torch.Generator, *, scaler: torch.amp.GradScaler | None = None, divisor: int = 1,
-                     channels_last: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                     channels_last: bool = False, rank: int = 0, world_size: int = 1
+                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One micro-batch of training on the device: augment the uint8 pairs, forward both images through
     ``model`` (the encoder, or its DDP/compiled wrapper) under autocast, the loss, and backward of loss/divisor.
 
+    ``rank`` of ``world_size`` processes augments its slice of the global batch (see ``augment_pairs``).
     Returns the loss and its parts, detached; nothing here waits for the GPU.
     """
-    anchors, positives = augment_pairs(anchors, positives, augment, encoder.mean, encoder.std, generator)
+    anchors, positives = augment_pairs(anchors, positives, augment, encoder.mean, encoder.std, generator,
+                                       rank=rank, world_size=world_size)
     if channels_last:
         anchors = anchors.contiguous(memory_format=torch.channels_last)
         positives = positives.contiguous(memory_format=torch.channels_last)
@@ -402,7 +405,8 @@ def _train_epoch(cfg: Any, rt: Runtime, model: nn.Module, encoder: ReIDEncoder, 
             loss, parts = forward_backward(model, encoder, loss_fn, anchors, positives, labels, augment, dtype,
                                            _step_generator(cfg.seed, epoch, i), scaler=scaler,
                                            divisor=micro_batches_in_step(i, n, accum),
-                                           channels_last=cfg.channels_last)
+                                           channels_last=cfg.channels_last, rank=rt.rank,
+                                           world_size=rt.world_size)
         loss_sum += loss
         for k, v in parts.items():
             parts_sum[k] = parts_sum.get(k, 0.0) + v

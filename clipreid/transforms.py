@@ -170,27 +170,37 @@ def _erase(images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
 
 def augment_pairs(
     anchors: torch.Tensor, positives: torch.Tensor, cfg: AugmentConfig, mean: Sequence[float], std: Sequence[float],
-    generator: torch.Generator, dtype: torch.dtype = torch.float32,
+    generator: torch.Generator, dtype: torch.dtype = torch.float32, *, rank: int = 0, world_size: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Augment and normalise a batch of uint8 pairs (B, 3, H, W) on their device; returns float tensors.
 
-    Flip is decided once per pair; sharpen and erasing independently per image.
+    Flip is decided once per pair; sharpen and erasing independently per image. The random draws are made for the
+    global batch of ``world_size * B`` pairs and rank ``rank`` takes its slice, so every process of a distributed
+    run draws the same numbers and augments its own pairs as one process would augment the whole global batch
+    (with the generator seeded by step, not by rank, each rank would otherwise repeat rank 0's draws).
     """
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not one of the {world_size} processes")
     b = anchors.shape[0]
+    n = b * world_size
+    # image i of this rank's (2B) stack [anchors; positives] is image take[i] of the global stack
+    own = torch.arange(rank * b, (rank + 1) * b)
+    take = torch.cat([own, n + own])
     images = torch.cat([anchors, positives])  # (2B, 3, H, W)
     if cfg.flip:
-        flip = to_device((torch.rand(b, generator=generator) < cfg.p).repeat(2), images.device)
-        images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
+        flip = (torch.rand(n, generator=generator) < cfg.p).repeat(2)[take]
+        images = torch.where(to_device(flip, images.device).view(-1, 1, 1, 1), images.flip(-1), images)
     if cfg.sharpen:
-        apply = to_device(torch.rand(2 * b, generator=generator) < cfg.p, images.device)
-        alpha = to_device(0.2 + 0.3 * torch.rand(2 * b, generator=generator), images.device)
-        lightness = to_device(0.5 + 0.5 * torch.rand(2 * b, generator=generator), images.device)
+        apply, alpha, lightness = (torch.rand(2 * n, generator=generator)[take] for _ in range(3))
+        apply = to_device(apply < cfg.p, images.device)
+        alpha = to_device(0.2 + 0.3 * alpha, images.device)
+        lightness = to_device(0.5 + 0.5 * lightness, images.device)
         images = (_sharpen(images.float() / 255.0, apply, alpha, lightness) * 255.0).round_().to(torch.uint8)
     images = normalize(images, mean, std, torch.float32)
     if cfg.random_erasing:
-        apply = torch.rand(2 * b, generator=generator) < cfg.p
-        boxes = _erasing_boxes(2 * b, images.shape[-2], images.shape[-1], generator)
+        apply = torch.rand(2 * n, generator=generator) < cfg.p
+        boxes = _erasing_boxes(2 * n, images.shape[-2], images.shape[-1], generator)
         boxes[~apply, 2:] = 0
-        images = _erase(images, boxes)
+        images = _erase(images, boxes[take])
     images = images.to(dtype)
     return images[:b], images[b:]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
@@ -151,6 +152,23 @@ def test_assign_folds_direct():
     assert (fold.groupby(df.game).nunique() == 1).all() and set(fold) == {0, 1, 2}
     with pytest.raises(UserError, match="only 5 sequences.*lower n_folds"):
         assign_folds(df, 6)
+
+
+def test_assign_folds_golden():
+    """Groups by (size descending, key ascending), each to the lightest fold (ties: lowest index); the folds are
+    pinned here so that no library version or row order can move them."""
+    sizes = {"s3": 4, "s1": 4, "s2": 3, "s5": 2, "s4": 2, "s0": 1, "s6": 1}
+    df = pd.DataFrame({"game": [g for g, n in sizes.items() for _ in range(n)]})
+    # s1 -> 0, s3 -> 1, s2 -> 2 (loads 4 4 3), s4 -> 2 (4 4 5), s5 -> 0 (6 4 5), s0 -> 1 (6 5 5), s6 -> 1 (tie 1/2)
+    expected = {"s0": 1, "s1": 0, "s2": 2, "s3": 1, "s4": 2, "s5": 0, "s6": 1}
+    fold = assign_folds(df, 3)
+    assert fold.name == "fold" and fold.index.equals(df.index)
+    assert dict(zip(df.game, fold, strict=True)) == expected
+    shuffled = df.sample(frac=1.0, random_state=3)  # any row order, any index: the same fold per group
+    again = assign_folds(shuffled, 3)
+    assert again.index.equals(shuffled.index)
+    assert dict(zip(shuffled.game, again, strict=True)) == expected
+    assert np.bincount(fold).tolist() == [6, 6, 5]
 
 
 def test_too_few_sequences_for_the_folds(tmp_path):

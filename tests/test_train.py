@@ -1,25 +1,25 @@
-"""Training: sampler invariants, losses against hand-computed values, DDP equivalence, schedules, exact resume,
+"""Training: losses against hand-computed values, DDP equivalence, schedules, exact resume,
 mixed precision on the CPU, checkpoints, and a short run on the synthetic data that must learn."""
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import math
 import subprocess
 import sys
-from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-from clipreid.dataset import PairBatchSampler, load_split
+from clipreid.dataset import load_split
 from clipreid.errors import UserError
 from clipreid.loss import ReIDLoss, batch_hard_triplet, info_nce
 from clipreid.model import ModelSpec, build_encoder, load_encoder, read_checkpoint
-from clipreid.trainer import build_optimizer, lr_factor, micro_batches_in_step, train
+from clipreid.trainer import build_optimizer, forward_backward, lr_factor, micro_batches_in_step, train
+from clipreid.transforms import AugmentConfig, augment_pairs
 from train import Config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,73 +29,6 @@ def tiny_config(data_dir: Path, out: Path, **overrides) -> Config:
     base = dict(data_dir=data_dir, output_dir=out, model="tiny-vit", pretrained="none", epochs=2, batch_size=8,
                 lr=2e-3, lr_end=1e-5, progress=False, device="cpu", zero_shot=False, num_workers=0)
     return Config(**{**base, **overrides})
-
-
-# --------------------------------------------------------------------------------------------------------------
-# sampler
-
-
-def players_with_counts(counts: list[int]) -> np.ndarray:
-    return np.repeat(np.arange(len(counts)) * 10 + 3, counts)  # non-contiguous player ids
-
-
-@pytest.mark.parametrize("world", [1, 2])
-def test_sampler_invariants(world):
-    rng = np.random.default_rng(0)
-    players = players_with_counts(rng.integers(1, 15, 40).tolist())
-    sampler = PairBatchSampler(players, 8, seed=5, world_size=world)
-    batches = sampler.global_batches(0)
-    assert len(batches) == len(sampler) == math.ceil(len(players) / (8 * world))
-    anchors = np.concatenate([b[:, 0] for b in batches])
-    assert set(anchors.tolist()) == set(range(len(players)))  # every image is an anchor
-    assert len(anchors) - len(players) < 8 * world  # only the last batches' slots are padded
-    counts = Counter(players.tolist())
-    for b in batches:
-        assert b.shape == (8 * world, 2)
-        assert len(set(players[b[:, 0]].tolist())) == len(b)  # distinct players in the global batch
-        assert (players[b[:, 0]] == players[b[:, 1]]).all()  # positives are the same player
-        for a, p in b:
-            assert (a != p) or counts[players[a]] == 1  # another image whenever one exists
-
-
-def test_sampler_ranks_split_the_global_batch():
-    players = players_with_counts([5] * 30)
-    shares = [list(PairBatchSampler(players, 4, seed=1, world_size=3, rank=r).batches(2)) for r in range(3)]
-    glob = PairBatchSampler(players, 4, seed=1, world_size=3).global_batches(2)
-    for k, g in enumerate(glob):
-        joined = [pair for r in range(3) for pair in shares[r][k]]
-        assert joined == [tuple(map(int, pair)) for pair in g]
-
-
-def test_sampler_deterministic_and_reshuffled():
-    players = players_with_counts([6] * 20)
-    a = PairBatchSampler(players, 4, seed=1).global_batches(0)
-    b = PairBatchSampler(players, 4, seed=1).global_batches(0)
-    c = PairBatchSampler(players, 4, seed=1).global_batches(1)
-    d = PairBatchSampler(players, 4, seed=2).global_batches(0)
-    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
-    assert not np.array_equal(np.concatenate(a), np.concatenate(c))
-    assert not np.array_equal(np.concatenate(a), np.concatenate(d))
-
-
-def test_sampler_single_image_players_pair_with_themselves():
-    players = players_with_counts([1] * 10 + [3] * 5)
-    for b in PairBatchSampler(players, 5, seed=0).global_batches(0):
-        for a, p in b:
-            if Counter(players.tolist())[players[a]] == 1:
-                assert a == p
-
-
-def test_sampler_player_with_more_images_than_batches():
-    players = players_with_counts([50, 2, 2, 2])  # 56 images, batch 4 -> 14 batches < 50 images of player 0
-    batches = PairBatchSampler(players, 4, seed=0).global_batches(0)
-    for b in batches:
-        assert len(set(players[b[:, 0]].tolist())) == 4
-
-
-def test_sampler_too_few_players_is_clear():
-    with pytest.raises(UserError, match="needs 16 different players.*has 5"):
-        PairBatchSampler(players_with_counts([3] * 5), 8, world_size=2)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -158,27 +91,51 @@ def test_weighted_loss_sum_and_unknown_names():
         ReIDLoss(("infonce",), (1.0, 2.0))
 
 
-@pytest.mark.parametrize("losses", ["infonce", "infonce,id,triplet"])
-def test_ddp_loss_and_gradients_equal_single_process(tmp_path, losses):
-    """Two gloo processes with 4 pairs each give the loss and gradients of one process with all 8 pairs."""
+def _ddp_worker():
+    spec = importlib.util.spec_from_file_location("ddp_loss_worker", ROOT / "tests/helpers/ddp_loss_worker.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(("losses", "augment"), [("infonce", "on"), ("infonce,id,triplet", "on")])
+def test_ddp_loss_and_gradients_equal_single_process(tmp_path, losses, augment):
+    """Two gloo processes with 4 pairs each give the loss and gradients of one process with all 8 pairs, with
+    flip, sharpen and random erasing on too: each rank augments its slice of the global batch's draws."""
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        str(ROOT / "tests/helpers/ddp_loss_worker.py"), str(tmp_path), losses],
+                        str(ROOT / "tests/helpers/ddp_loss_worker.py"), str(tmp_path), losses, augment],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    torch.manual_seed(0)
-    encoder = build_encoder(ModelSpec("tiny-vit", "none"))
-    loss_fn = ReIDLoss(tuple(losses.split(",")), feature_dim=encoder.feature_dim, num_classes=8)
-    g = torch.Generator().manual_seed(1)
-    anchors = torch.randn(8, 3, 128, 64, generator=g)
-    positives = anchors + 0.5 * torch.randn(8, 3, 128, 64, generator=g)
-    fa, fp = encoder(torch.cat([anchors, positives])).chunk(2)
-    loss, _ = loss_fn(fa, fp, torch.arange(8), encoder.scale())
-    loss.backward()
+    worker = _ddp_worker()
+    encoder, loss_fn, aug, (anchors, positives, labels) = worker.setup(losses, augment)
+    loss, _ = forward_backward(encoder, encoder, loss_fn, anchors, positives, labels, aug, torch.float32,
+                               torch.Generator().manual_seed(worker.STEP_SEED))
     for rank in range(2):
         got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         assert got["loss"].item() == pytest.approx(loss.item(), abs=1e-5)
         for name, param in [*encoder.named_parameters(), *(("loss." + k, p) for k, p in loss_fn.named_parameters())]:
             torch.testing.assert_close(got["grads"][name], param.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_augmentation_of_a_rank_is_its_slice_of_the_global_batch(world):
+    g = torch.Generator().manual_seed(0)
+    anchors = torch.randint(0, 256, (8, 3, 32, 16), generator=g, dtype=torch.uint8)
+    positives = torch.randint(0, 256, (8, 3, 32, 16), generator=g, dtype=torch.uint8)
+    cfg = AugmentConfig(flip=True, sharpen=True, random_erasing=True)
+    mean, std = (0.5,) * 3, (0.25,) * 3
+    whole = augment_pairs(anchors, positives, cfg, mean, std, torch.Generator().manual_seed(3))
+    b = 8 // world
+    shares = [augment_pairs(anchors[r * b:(r + 1) * b], positives[r * b:(r + 1) * b], cfg, mean, std,
+                            torch.Generator().manual_seed(3), rank=r, world_size=world) for r in range(world)]
+    for k in range(2):
+        torch.testing.assert_close(torch.cat([s[k] for s in shares]), whole[k], atol=1e-6, rtol=0)
+    # the ranks do not repeat each other's draws (the same images on every rank are augmented differently)
+    same = [augment_pairs(anchors[:b], positives[:b], cfg, mean, std, torch.Generator().manual_seed(3), rank=r,
+                          world_size=world)[0] for r in range(world)]
+    assert not torch.equal(same[0], same[1])
+    with pytest.raises(ValueError, match="rank 2 is not one of the 2"):
+        augment_pairs(anchors, positives, cfg, mean, std, g, rank=2, world_size=2)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -1,6 +1,8 @@
-"""Run under torchrun (gloo, CPU): each rank computes the all-gathered loss on its half of a fixed batch.
+"""Run under torchrun (gloo, CPU): each rank trains one micro-batch on its half of a fixed batch of uint8 pairs
+with the trainer's own ``forward_backward`` (augmentation drawn for the global batch, all-gathered loss).
 
-Writes the loss and every parameter gradient (after DDP's averaging) to <out>/rank<r>.pt.
+Usage: ddp_loss_worker.py OUT LOSSES AUGMENT, with LOSSES comma-separated and AUGMENT "on" (flip, sharpen and
+random erasing) or "off". Writes the loss and every parameter gradient (after DDP's averaging) to OUT/rank<r>.pt.
 """
 
 import sys
@@ -13,28 +15,38 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from clipreid.loss import ReIDLoss  # noqa: E402
-from clipreid.model import ModelSpec, build_encoder  # noqa: E402
+from clipreid.model import ModelSpec, ReIDEncoder, build_encoder  # noqa: E402
+from clipreid.trainer import forward_backward  # noqa: E402
+from clipreid.transforms import AugmentConfig  # noqa: E402
+
+PAIRS = 8
+STEP_SEED = 7
+
+
+def setup(losses: str, augment: str) -> tuple[ReIDEncoder, ReIDLoss, AugmentConfig, tuple[torch.Tensor, ...]]:
+    """The model, loss, augmentation and the whole batch (anchors, positives, labels), the same in every process."""
+    torch.manual_seed(0)
+    encoder = build_encoder(ModelSpec("tiny-vit", "none"))
+    loss_fn = ReIDLoss(tuple(losses.split(",")), feature_dim=encoder.feature_dim, num_classes=PAIRS)
+    on = augment == "on"
+    aug = AugmentConfig(flip=on, sharpen=on, random_erasing=on)
+    g = torch.Generator().manual_seed(1)
+    anchors = torch.randint(0, 256, (PAIRS, 3, 128, 64), generator=g, dtype=torch.uint8)
+    noise = torch.randint(-40, 41, anchors.shape, generator=g)
+    positives = (anchors.int() + noise).clamp(0, 255).to(torch.uint8)
+    return encoder, loss_fn, aug, (anchors, positives, torch.arange(PAIRS))
 
 
 def main() -> None:
     out = Path(sys.argv[1])
-    losses = tuple(sys.argv[2].split(","))
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
-    torch.manual_seed(0)
-    encoder = build_encoder(ModelSpec("tiny-vit", "none"))
-    loss_fn = ReIDLoss(losses, feature_dim=encoder.feature_dim, num_classes=8)
-    g = torch.Generator().manual_seed(1)
-    anchors = torch.randn(8, 3, 128, 64, generator=g)
-    positives = anchors + 0.5 * torch.randn(8, 3, 128, 64, generator=g)
-    labels = torch.arange(8)
-    n = 8 // world
+    encoder, loss_fn, aug, (anchors, positives, labels) = setup(sys.argv[2], sys.argv[3])
+    n = PAIRS // world
     part = slice(rank * n, (rank + 1) * n)
     model = nn.parallel.DistributedDataParallel(encoder)
-    features = model(torch.cat([anchors[part], positives[part]]))
-    fa, fp = features.chunk(2)
-    loss, _ = loss_fn(fa, fp, labels[part], encoder.scale())
-    loss.backward()
+    loss, _ = forward_backward(model, encoder, loss_fn, anchors[part], positives[part], labels[part], aug,
+                               torch.float32, torch.Generator().manual_seed(STEP_SEED), rank=rank, world_size=world)
     grads = {k: p.grad.clone() for k, p in encoder.named_parameters()}
     grads.update({f"loss.{k}": p.grad.clone() for k, p in loss_fn.named_parameters()})
     # the classifier is outside DDP: every rank computes the same global loss, so its gradient is already global
