@@ -124,14 +124,15 @@ def _sorted_head(flat: torch.Tensor, values: torch.Tensor, g: int) -> tuple[torc
         key = torch.sort(rows * 2**32 + (key + 2**31), stable=True)
         order, group = key.indices, key.values
         rows = group >> 32
+        ends = torch.ones_like(rows, dtype=torch.bool)
+        ends[:-1] = group[1:] != group[:-1]
     else:
         order = torch.sort(key, stable=True).indices
-        order = order[torch.sort(rows[order], stable=True).indices]
-        rows, key = rows[order], key[order]
-        group = key
-    ends = torch.ones_like(rows, dtype=torch.bool)
-    ends[:-1] = (group[1:] != group[:-1]) | (rows[1:] != rows[:-1])
-    return rows, flat[order] - rows * g, ends
+        order = order.index_select(0, torch.sort(rows.index_select(0, order), stable=True).indices)
+        rows, key = rows.index_select(0, order), key.index_select(0, order)
+        ends = torch.ones_like(rows, dtype=torch.bool)
+        ends[:-1] = (key[1:] != key[:-1]) | (rows[1:] != rows[:-1])
+    return rows, flat.index_select(0, order) - rows * g, ends
 
 
 def _chunk_counts(dist: torch.Tensor, qid: torch.Tensor, gid: torch.Tensor, qcam: torch.Tensor | None,
@@ -157,27 +158,30 @@ def _chunk_counts(dist: torch.Tensor, qid: torch.Tensor, gid: torch.Tensor, qcam
     del true, cols
 
     flat = (dist <= reach[:, None]).view(-1).nonzero()[:, 0]  # row-major: columns ascend within each row
-    r, c, ends = _sorted_head(flat, dist.view(-1)[flat], g)
+    r, c, ends = _sorted_head(flat, dist.view(-1).index_select(0, flat), g)
     del flat
-    same_id = gid[c] == qid[r]
-    kept = ~same_id | (gcam[c] != qcam[r]) if qcam is not None else torch.ones_like(same_id)
-    at = (same_id & kept).nonzero()[:, 0]  # the true matches, by row and rank
-    rt = r[at]
+    same_id = gid.index_select(0, c) == qid.index_select(0, r)
+    if qcam is not None:
+        kept = ~same_id | (gcam.index_select(0, c) != qcam.index_select(0, r))
+        true = same_id & kept
+    else:
+        kept, true = torch.ones_like(same_id), same_id
+    at = true.nonzero()[:, 0]  # the true matches, by row and rank
+    rt = r.index_select(0, at)
+    head_start = torch.searchsorted(r, torch.arange(n, device=device)).index_select(0, rt)  # of each match's row
 
-    # running counts over the chunk's heads (inclusive), made per row by subtracting the count before the row
     def per_row(flags: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Inclusive running count of ``flags`` over the match's row of the heads, at ``index``."""
         running = torch.cumsum(flags, 0)
-        before = torch.zeros(n + 1, dtype=torch.int64, device=device)
-        before[1:] = _count(r, n, flags.long()).cumsum(0)
-        return running[index] - before[rt]
+        return running.index_select(0, index) - running.index_select(0, head_start) + flags[head_start]
 
     rank = per_row(kept, at)  # 1-based rank of each true match among its row's kept items
     # sklearn's AP: equal distances are one threshold, so precision is counted at the end of each tie group
     group_end = ends.nonzero()[:, 0]
-    end = group_end[torch.searchsorted(group_end, at)]
+    end = group_end.index_select(0, torch.searchsorted(group_end, at))
     kept_upto = per_row(kept, end)
-    true_start = torch.cumsum(_count(rt, n), 0) - _count(rt, n)
-    true_upto = torch.searchsorted(at, end, right=True) - true_start[rt]
+    true_start = torch.searchsorted(rt, rt)  # index in ``at`` of the row's first true match
+    true_upto = torch.searchsorted(at, end, right=True) - true_start
     lead = _count(rt[per_row(~same_id, at) == 0], n)  # no item of another identity before the match
     first = torch.zeros(n, dtype=torch.int64, device=device).scatter_reduce_(0, rt, rank, "amin",
                                                                              include_self=False)
