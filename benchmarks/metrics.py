@@ -8,6 +8,10 @@ cameras; ours only, the reference would take far too long).
     .venv/bin/python benchmarks/metrics.py                   # cuda if available, else cpu
     .venv/bin/python benchmarks/metrics.py --scale --device cuda
 
+torch's CPU threads wait passively (``OMP_WAIT_POLICY=PASSIVE`` unless set otherwise): on a machine shared with
+other jobs, OpenMP's default spin-waiting at every parallel op made ours 5-7x slower in wall time (and 5x more
+CPU time) than one thread; the reference is single-threaded numpy either way.
+
 Peak memory is the rise above the level before the call: ``torch.cuda.max_memory_allocated`` on a GPU; on the CPU
 the process's resident size sampled every millisecond (tracemalloc cannot see torch's CPU allocations, and
 ``resource``'s ru_maxrss cannot be reset between measurements).
@@ -24,9 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
-import torch
-from sklearn.metrics import average_precision_score
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts its threads (see above)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from sklearn.metrics import average_precision_score  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 

@@ -93,11 +93,9 @@ class _Counts(NamedTuple):
     kept_upto: torch.Tensor  # per true match, row-major: kept items at a distance <= its own
 
 
-def _count(index: torch.Tensor, n: int, values: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-row sums of ``values`` (default: ones) at row ``index``, as int64 (bincount without its float weights)."""
-    if values is None:
-        values = torch.ones_like(index)
-    return torch.zeros(n, dtype=torch.int64, device=index.device).index_add_(0, index, values)
+def _count(index: torch.Tensor, n: int) -> torch.Tensor:
+    """How often each of 0..n-1 occurs in ``index`` (int64 on its device)."""
+    return torch.zeros(n, dtype=torch.int64, device=index.device).index_add_(0, index, torch.ones_like(index))
 
 
 def _sort_key(values: torch.Tensor) -> torch.Tensor:
