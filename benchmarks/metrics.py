@@ -1,11 +1,16 @@
 """Speed and memory of ``clipreid.metrics.compute_scores`` against the per-query sklearn loop, timed in the same run.
 
 Distances are squared Euclidean (2 - 2 cos) between L2-normalised random clustered features, at the sizes of the
-test split (50 x 910), the 2023 challenge set (618 x 9,505) and Market-1501 (3,368 x 15,913); ``--scale`` adds
-12,000 x 88,000 (MSMT17-like; ours only, the reference would take far too long).
+test split (50 x 910), the 2023 challenge set (618 x 9,505; one camera, so no camera rule) and Market-1501
+(3,368 x 15,913, 6 random cameras and the camera rule); ``--scale`` adds 12,000 x 88,000 (MSMT17-like, 15
+cameras; ours only, the reference would take far too long).
 
     .venv/bin/python benchmarks/metrics.py                   # cuda if available, else cpu
     .venv/bin/python benchmarks/metrics.py --scale --device cuda
+
+torch's CPU threads wait passively (``OMP_WAIT_POLICY=PASSIVE`` unless set otherwise): on a machine shared with
+other jobs, OpenMP's default spin-waiting at every parallel op made ours 5-7x slower in wall time (and 5x more
+CPU time) than one thread; the reference is single-threaded numpy either way.
 
 Peak memory is the rise above the level before the call: ``torch.cuda.max_memory_allocated`` on a GPU; on the CPU
 the process's resident size sampled every millisecond (tracemalloc cannot see torch's CPU allocations, and
@@ -23,19 +28,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
-import torch
-from sklearn.metrics import average_precision_score
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts its threads (see above)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from sklearn.metrics import average_precision_score  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from clipreid.config import run  # noqa: E402
 from clipreid.metrics import compute_scores  # noqa: E402
 
-# (queries, gallery, identities)
-SIZES = [(50, 910, 50), (618, 9_505, 618), (3_368, 15_913, 750)]
-SCALE = (12_000, 88_000, 3_000)
-KEYS = ("mAP", "rank1", "rank5", "rank10", "mINP")
+# (queries, gallery, identities, cameras)
+SIZES = [(50, 910, 50, 1), (618, 9_505, 618, 1), (3_368, 15_913, 750, 6)]
+SCALE = (12_000, 88_000, 3_000, 15)
+KEYS = ("mAP", "rank1", "rank5", "rank10", "mINP", "rank1_allshots")
 
 
 @dataclass
@@ -48,24 +55,30 @@ class Config:
     seed: int = 0
 
 
-def reference_scores(distmat: np.ndarray, query_ids: np.ndarray, gallery_ids: np.ndarray) -> dict:
-    """The per-query definition: AP from sklearn, CMC and mINP from a stable argsort."""
-    aps, firsts, inps = [], [], []
-    for dist, qid in zip(distmat, query_ids, strict=True):
+def reference_scores(distmat: np.ndarray, query_ids: np.ndarray, gallery_ids: np.ndarray,
+                     query_cams: np.ndarray | None = None, gallery_cams: np.ndarray | None = None) -> dict:
+    """The per-query definition: AP from sklearn, CMC, mINP and allshots rank-1 from a stable argsort."""
+    aps, firsts, inps, leads = [], [], [], []
+    for i, (dist, qid) in enumerate(zip(distmat, query_ids, strict=True)):
         y_true = gallery_ids == qid
+        if query_cams is not None:
+            keep = ~(y_true & (gallery_cams == query_cams[i]))
+            dist, y_true = dist[keep], y_true[keep]
         if not y_true.any():
             continue
         aps.append(average_precision_score(y_true, -dist))
-        hits = np.flatnonzero(y_true[np.argsort(dist, kind="stable")]) + 1
-        firsts.append(hits[0])
-        inps.append(len(hits) / hits[-1])
+        hits = np.flatnonzero(y_true[np.argsort(dist, kind="stable")])  # 0-based positions of the matches
+        firsts.append(hits[0] + 1)
+        inps.append(len(hits) / (hits[-1] + 1))
+        leads.append(np.mean(hits == np.arange(len(hits))))  # matches with no other identity before them
     firsts = np.array(firsts)
     return {"mAP": np.mean(aps), "rank1": np.mean(firsts <= 1), "rank5": np.mean(firsts <= 5),
-            "rank10": np.mean(firsts <= 10), "mINP": np.mean(inps)}
+            "rank10": np.mean(firsts <= 10), "mINP": np.mean(inps), "rank1_allshots": np.mean(leads)}
 
 
-def make_case(n_query: int, n_gallery: int, n_ids: int, cfg: Config, device: torch.device):
-    """Random clustered features -> q x g squared Euclidean distances (float32, on ``device``) and the ids."""
+def make_case(n_query: int, n_gallery: int, n_ids: int, n_cams: int, cfg: Config, device: torch.device):
+    """Random clustered features -> q x g squared Euclidean distances (float32, on ``device``), the ids and (with
+    more than one camera) random cameras."""
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
     centres = torch.randn(n_ids, cfg.dim, generator=gen)
     query_ids = torch.randperm(n_ids, generator=gen).repeat(n_query // n_ids + 1)[:n_query]  # every id queried
@@ -76,7 +89,10 @@ def make_case(n_query: int, n_gallery: int, n_ids: int, cfg: Config, device: tor
         return torch.nn.functional.normalize(f, dim=1).to(device)
 
     distmat = 2 - 2 * features(query_ids) @ features(gallery_ids).T
-    return distmat, query_ids.numpy(), gallery_ids.numpy()
+    cams = [None, None]
+    if n_cams > 1:
+        cams = [torch.randint(0, n_cams, (n,), generator=gen).numpy() for n in (n_query, n_gallery)]
+    return distmat, query_ids.numpy(), gallery_ids.numpy(), *cams
 
 
 class PeakMemory:
@@ -132,22 +148,26 @@ def timed(repeats: int, device: torch.device, fn: Callable[..., dict], *args) ->
     return best, peak, result
 
 
-def bench_row(n_query: int, n_gallery: int, n_ids: int, cfg: Config, device: torch.device, reference: bool) -> str:
+def bench_row(n_query: int, n_gallery: int, n_ids: int, n_cams: int, cfg: Config, device: torch.device,
+              reference: bool) -> str:
     """One printed row: times, peak memories and agreement of ours and (optionally) the reference at one size."""
-    distmat, query_ids, gallery_ids = make_case(n_query, n_gallery, n_ids, cfg, device)
+    distmat, query_ids, gallery_ids, query_cams, gallery_cams = make_case(n_query, n_gallery, n_ids, n_cams, cfg,
+                                                                          device)
     compute_scores(distmat[:8], query_ids[:8], gallery_ids)  # warm-up
-    ours_s, ours_mem, ours = timed(cfg.repeats, device, compute_scores, distmat, query_ids, gallery_ids)
+    ours_s, ours_mem, ours = timed(cfg.repeats, device, compute_scores, distmat, query_ids, gallery_ids,
+                                   query_cams, gallery_cams)
     mib = 2**20
-    size = f"{n_query:,} x {n_gallery:,}"
-    quality = f"{ours['mAP']:.3f} / {ours['rank1']:.3f} / {ours['mINP']:.3f}"
+    size = f"{n_query:,} x {n_gallery:,}" + (f" ({n_cams} cams)" if n_cams > 1 else "")
+    quality = f"{ours['mAP']:.3f} / {ours['rank1']:.3f} / {ours['mINP']:.3f} / {ours['rank1_allshots']:.3f}"
     if not reference:
         skipped = f"{'(skipped)':>10} {ours_s:8.3f}s {'':>9} {'':>10}"
-        return f"{size:>19} {skipped} {ours_mem / mib:6.0f} MiB  {'':>10}  {quality}"
+        return f"{size:>29} {skipped} {ours_mem / mib:6.0f} MiB  {'':>10}  {quality}"
     host = distmat.cpu().numpy()
     del distmat
-    ref_s, ref_mem, ref = timed(1, torch.device("cpu"), reference_scores, host, query_ids, gallery_ids)
+    ref_s, ref_mem, ref = timed(1, torch.device("cpu"), reference_scores, host, query_ids, gallery_ids, query_cams,
+                                gallery_cams)
     diff = max(abs(ours[k] - ref[k]) for k in KEYS)
-    return (f"{size:>19} {ref_s:9.3f}s {ours_s:8.3f}s {ref_s / ours_s:8.1f}x {ref_mem / mib:6.0f} MiB "
+    return (f"{size:>29} {ref_s:9.3f}s {ours_s:8.3f}s {ref_s / ours_s:8.1f}x {ref_mem / mib:6.0f} MiB "
             f"{ours_mem / mib:6.0f} MiB  {diff:10.1e}  {quality}")
 
 
@@ -158,10 +178,10 @@ def main(cfg: Config) -> None:
         device = torch.device(cfg.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
     print(f"device: {device} ({name}); cpu cores: {os.cpu_count()}; torch {torch.__version__}")
-    print(f"{'queries x gallery':>19} {'reference':>10} {'ours':>9} {'speed-up':>9} {'ref peak':>10} "
-          f"{'our peak':>10}  {'max |diff|':>10}  mAP / rank1 / mINP")
-    for n_query, n_gallery, n_ids in SIZES:
-        print(bench_row(n_query, n_gallery, n_ids, cfg, device, reference=True), flush=True)
+    print(f"{'queries x gallery':>29} {'reference':>10} {'ours':>9} {'speed-up':>9} {'ref peak':>10} "
+          f"{'our peak':>10}  {'max |diff|':>10}  mAP / rank1 / mINP / allshots rank1")
+    for size in SIZES:
+        print(bench_row(*size, cfg, device, reference=True), flush=True)
     if cfg.scale:
         print(bench_row(*SCALE, cfg, device, reference=False), flush=True)
 

@@ -1,31 +1,39 @@
-"""Re-identification scores from a query x gallery distance matrix: mAP, CMC rank-1/5/10 and mINP.
+"""Re-identification scores from a query x gallery distance matrix: mAP, CMC rank-1/5/10, mINP, allshots rank-1.
 
-The definitions are the challenge toolkit's (DESIGN.md section 3):
+The definitions are the challenge toolkit's (DESIGN.md section 3). Ranks are positions in the *stable* ascending
+order of a query's row: equal distances keep gallery (column) order, so a true match tied with another identity's
+item ranks after it exactly when it comes later in the gallery.
 
 - mAP: per query, ``sklearn.metrics.average_precision_score(y_true, -distances)``, so tied distances form one
-  threshold; the mean over queries that have at least one true match.
-- rank-k: CMC with first-match break on a stable ascending sort (ties keep gallery order).
-- mINP (Ye et al., TPAMI 2021): per query, true matches / 1-based position of the last true match.
+  threshold (no gallery order there); the mean over queries that have at least one true match.
+- rank-k: CMC with first-match break: the share of queries whose first true match ranks k or better.
+- mINP (Ye et al., TPAMI 2021): per query, true matches / rank of the last true match.
+- rank1_allshots: open-reid's ``cmc(..., single_gallery_shot=False, first_match_break=False)`` rank-1, the
+  challenge toolkit's "allshots" CMC: per query, the share of its true matches ranked before every item of
+  another identity (in the stable order, as above); the mean over queries.
 
 With cameras, gallery items of the query's id *and* camera are removed for that query (Market-1501 rule).
+Queries without a true match are skipped by every score.
 
-Everything is vectorised in torch over chunks of queries. Per chunk the only dense work is one sort; the scores
-are then read off the (few) true matches: where each sits, and how many items lie at or before the end of its tie
-group (a ``searchsorted`` in the sorted row).
+Nothing sorts a whole row. Every score of a query depends only on its "head", the items at or below the distance
+of its last true match (a few percent of the gallery in a typical ranking): one comparison per item finds the
+heads of a chunk of queries, the heads alone are ordered (an integer radix sort on the CPU), and the scores follow
+from running counts over them read off at the true matches. The device only sees the distances' own dtype,
+int64 and bool; the float64 averaging happens in numpy on the CPU (Apple GPUs have no float64).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 ArrayLike = np.ndarray | torch.Tensor | Sequence[Any]
 
-# elements of q x g handled per chunk: the sort's values and indices take about 12 bytes each
-CHUNK_ELEMENTS = 2**25
+# elements of q x g handled per chunk: 1 byte each, plus about 40 bytes per head item (all of them in the worst case)
+CHUNK_ELEMENTS = 2**23
 RANKS = (1, 5, 10)
 
 
@@ -55,55 +63,129 @@ def _codes(a: ArrayLike, b: ArrayLike, device: torch.device) -> tuple[torch.Tens
     return torch.as_tensor(ca, device=device), torch.as_tensor(cb, device=device)
 
 
-def _padded_columns(rows: torch.Tensor, cols: torch.Tensor, n_rows: int, fill: int) -> tuple[torch.Tensor, ...]:
-    """Per-row lists of column indices (row-major ``nonzero`` output) as an (n_rows, max_count) matrix.
+def _smallest(dtype: torch.dtype) -> float | int:
+    return -float("inf") if dtype.is_floating_point else torch.iinfo(dtype).min
 
-    Rows are padded on the right with ``fill``; returns the matrix and the count per row.
+
+class _Matches(NamedTuple):
+    """Every query's gallery items of the same identity: ``order[start[i] : start[i] + count[i]]``."""
+
+    order: torch.Tensor  # gallery indices grouped by identity, ascending within each identity
+    start: torch.Tensor
+    count: torch.Tensor
+
+
+def _group_matches(qid: torch.Tensor, gid: torch.Tensor) -> _Matches:
+    order = torch.argsort(gid, stable=True)
+    by_id = gid[order]
+    start = torch.searchsorted(by_id, qid)
+    return _Matches(order, start, torch.searchsorted(by_id, qid, right=True) - start)
+
+
+class _Counts(NamedTuple):
+    """Per-query counts (int64, on the CPU) from which every score follows; ranks in the stable order."""
+
+    n_pos: torch.Tensor  # true matches
+    first: torch.Tensor  # 1-based rank of the first true match among the kept items
+    last: torch.Tensor  # 1-based rank of the last true match among the kept items
+    lead: torch.Tensor  # true matches ranked before every item of another identity (allshots rank-1)
+    true_upto: torch.Tensor  # per true match, row-major: true matches at a distance <= its own
+    kept_upto: torch.Tensor  # per true match, row-major: kept items at a distance <= its own
+
+
+def _count(index: torch.Tensor, n: int) -> torch.Tensor:
+    """How often each of 0..n-1 occurs in ``index`` (int64 on its device)."""
+    return torch.zeros(n, dtype=torch.int64, device=index.device).index_add_(0, index, torch.ones_like(index))
+
+
+def _sort_key(values: torch.Tensor) -> torch.Tensor:
+    """int64 keys in the order of ``values`` (floats by their bits, -0.0 = 0.0), so that sorts run as integers."""
+    if not values.is_floating_point():
+        return values
+    values = values + 0.0  # -0.0 becomes 0.0
+    if values.dtype == torch.float64:
+        bits = values.view(torch.int64)
+        return torch.where(bits < 0, bits ^ 0x7FFFFFFFFFFFFFFF, bits)
+    bits = values.view(torch.int32).long()
+    return torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+
+
+def _sorted_head(flat: torch.Tensor, values: torch.Tensor, g: int) -> tuple[torch.Tensor, ...]:
+    """Row, column and "last of its tie group" flag of the items at ``flat`` (row-major indices) in the order
+    row, then distance, then column (the stable order of each row).
+
+    Sorts integer keys, stably: torch sorts those by radix on the CPU, many times faster than floats.
     """
-    counts = torch.bincount(rows, minlength=n_rows)
-    width = max(int(counts.max()), 1)
-    starts = torch.cumsum(counts, 0) - counts
-    within = torch.arange(len(rows), device=rows.device) - starts[rows]
-    out = torch.full((n_rows, width), fill, dtype=torch.int64, device=rows.device)
-    out[rows, within] = cols
-    return out, counts
-
-
-def _chunk_scores(dist: torch.Tensor, qid: torch.Tensor, gid: torch.Tensor, qcam: torch.Tensor | None,
-                  gcam: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
-    """AP, first-match position, last-match position and match count for each query row of ``dist``."""
-    n, g = dist.shape
-    match = qid[:, None] == gid[None, :]
-    label = match.to(torch.int8)  # 1 true match, 0 other identity, -1 ignored (same id and camera)
-    if qcam is not None:
-        label.masked_fill_(match & (qcam[:, None] == gcam[None, :]), -1)
-    del match
-    values, order = torch.sort(dist, dim=1, stable=True)
-    label = label.gather(1, order)
-    del order
-    # sorted positions of the true matches and of the ignored items, per row, padded with g (after everything)
-    hits, n_pos = _padded_columns(*(label == 1).nonzero(as_tuple=True), n, g)
-    if qcam is None:
-        ignored = torch.full((n, 1), g, dtype=torch.int64, device=dist.device)
+    rows = flat // g
+    key = _sort_key(values)
+    if values.dtype == torch.float32:  # one sort of (row, distance) packed into an int64
+        key = torch.sort(rows * 2**32 + (key + 2**31), stable=True)
+        order, group = key.indices, key.values
+        rows = group >> 32
+        ends = torch.ones_like(rows, dtype=torch.bool)
+        ends[:-1] = group[1:] != group[:-1]
     else:
-        ignored, _ = _padded_columns(*(label == -1).nonzero(as_tuple=True), n, g)
-    del label
-    real = torch.arange(hits.shape[1], device=dist.device)[None, :] < n_pos[:, None]
+        order = torch.sort(key, stable=True).indices
+        order = order.index_select(0, torch.sort(rows.index_select(0, order), stable=True).indices)
+        rows, key = rows.index_select(0, order), key.index_select(0, order)
+        ends = torch.ones_like(rows, dtype=torch.bool)
+        ends[:-1] = (key[1:] != key[:-1]) | (rows[1:] != rows[:-1])
+    return rows, flat.index_select(0, order) - rows * g, ends
 
-    # 1-based rank among the kept items = sorted position + 1 - ignored items sorted before it
-    rank = hits + 1 - torch.searchsorted(ignored, hits)
-    first = rank[:, 0]
-    last = rank.gather(1, (n_pos - 1).clamp(min=0)[:, None])[:, 0]
 
-    # Average precision over distinct thresholds: each match adds 1/n_pos recall at its tie group's threshold, where
-    # precision counts every kept item up to the group's end (the last position holding the same distance).
-    at = values.gather(1, hits.clamp(max=g - 1))
-    end = torch.searchsorted(values, at, right=True) - 1
-    true_upto = torch.searchsorted(hits, end, right=True)
-    kept_upto = end + 1 - torch.searchsorted(ignored, end, right=True)
-    precision = true_upto.double() / kept_upto.clamp(min=1).double()
-    ap = (precision * real).sum(1) / n_pos.clamp(min=1)
-    return ap, first, last, n_pos
+def _chunk_counts(dist: torch.Tensor, qid: torch.Tensor, gid: torch.Tensor, qcam: torch.Tensor | None,
+                  gcam: torch.Tensor | None, same: _Matches) -> _Counts:
+    """The :class:`_Counts` of each query row of ``dist``, without sorting the rows.
+
+    Every score of a query depends only on the items at or below the distance of its last true match (its
+    "head": a few percent of the gallery in a typical ranking). One comparison finds the heads, only the heads
+    are ordered, and everything else is running counts over them, read off at the true matches.
+    """
+    n, g = dist.shape
+    device = dist.device
+    # the true matches from the gallery's identity groups (no q x g comparison of ids): their largest distance
+    width = max(int(same.count.max()), 1)
+    slot = torch.arange(width, device=device)
+    true = slot[None, :] < same.count[:, None]
+    cols = same.order[(same.start[:, None] + slot).clamp(max=g - 1)]
+    if qcam is not None:
+        true &= gcam[cols] != qcam[:, None]
+    n_pos = true.sum(1)
+    # rows without a true match reach nowhere (their few heads items, if any, are never read)
+    reach = dist.gather(1, cols).masked_fill_(~true, _smallest(dist.dtype)).amax(1)
+    del true, cols
+
+    flat = (dist <= reach[:, None]).view(-1).nonzero()[:, 0]  # row-major: columns ascend within each row
+    r, c, ends = _sorted_head(flat, dist.view(-1).index_select(0, flat), g)
+    del flat
+    same_id = gid.index_select(0, c) == qid.index_select(0, r)
+    if qcam is not None:
+        kept = ~same_id | (gcam.index_select(0, c) != qcam.index_select(0, r))
+        true = same_id & kept
+    else:
+        kept, true = torch.ones_like(same_id), same_id
+    at = true.nonzero()[:, 0]  # the true matches, by row and rank
+    rt = r.index_select(0, at)
+    head_start = torch.searchsorted(r, torch.arange(n, device=device)).index_select(0, rt)  # of each match's row
+
+    def per_row(flags: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Inclusive running count of ``flags`` over the match's row of the heads, at ``index``."""
+        running = torch.cumsum(flags, 0)
+        return running.index_select(0, index) - running.index_select(0, head_start) + flags[head_start]
+
+    rank = per_row(kept, at)  # 1-based rank of each true match among its row's kept items
+    # sklearn's AP: equal distances are one threshold, so precision is counted at the end of each tie group
+    group_end = ends.nonzero()[:, 0]
+    end = group_end.index_select(0, torch.searchsorted(group_end, at))
+    kept_upto = per_row(kept, end)
+    true_start = torch.searchsorted(rt, rt)  # index in ``at`` of the row's first true match
+    true_upto = torch.searchsorted(at, end, right=True) - true_start
+    lead = _count(rt[per_row(~same_id, at) == 0], n)  # no item of another identity before the match
+    first = torch.zeros(n, dtype=torch.int64, device=device).scatter_reduce_(0, rt, rank, "amin",
+                                                                             include_self=False)
+    last = torch.zeros(n, dtype=torch.int64, device=device).scatter_reduce_(0, rt, rank, "amax",
+                                                                            include_self=False)
+    return _Counts(*(x.cpu() for x in (n_pos, first, last, lead, true_upto, kept_upto)))
 
 
 def compute_scores(
@@ -116,12 +198,14 @@ def compute_scores(
     chunk_size: int | None = None,
     device: str | torch.device | None = None,
 ) -> dict[str, float]:
-    """mAP, rank-1/5/10 and mINP (fractions in [0, 1]) of a q x g distance matrix (lower = more similar).
+    """mAP, rank-1/5/10, mINP and allshots rank-1 (fractions in [0, 1]) of a q x g distance matrix (lower = more
+    similar), with the definitions and tie rules of the module docstring.
 
-    ``distmat`` is a numpy array or a torch tensor; it is processed on ``device``, by default the tensor's own
-    device (numpy: cpu), ``chunk_size`` query rows at a time. Ids and cameras are sequences, numpy arrays or
-    tensors of any comparable type. Queries without a true match in their gallery are skipped by every metric;
-    ``num_valid_queries`` says how many were scored. Infinite distances are allowed (equal infinities tie).
+    Keys "mAP", "rank1", "rank5", "rank10", "mINP", "rank1_allshots" and "num_valid_queries" (how many queries
+    had a true match and were scored). ``distmat`` is a numpy array or a torch tensor (float or integer); it is
+    processed on ``device``, by default the tensor's own device (numpy: cpu; float64 asked onto Apple's MPS
+    stays on the CPU), ``chunk_size`` query rows at a time. Ids and cameras are sequences, numpy arrays or
+    tensors of any comparable type. Infinite distances are allowed (equal infinities tie); NaN is an error.
     """
     if distmat.ndim != 2:
         raise ValueError(f"distmat must be 2-D (queries x gallery), got shape {tuple(distmat.shape)}")
@@ -147,9 +231,12 @@ def compute_scores(
         raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
 
     if device is None:
-        device = distmat.device if isinstance(distmat, torch.Tensor) else torch.device("cpu")
+        device = distmat.device if isinstance(distmat, torch.Tensor) else "cpu"
     device = torch.device(device)
+    if device.type == "mps" and str(distmat.dtype).endswith("float64"):
+        device = torch.device("cpu")  # no float64 on Apple GPUs, and float32 could merge distinct distances
     qid, gid = _codes(query_ids, gallery_ids, device)
+    same = _group_matches(qid, gid)
     qcam = gcam = None
     if query_cams is not None:
         qcam, gcam = _codes(query_cams, gallery_cams, device)
@@ -162,25 +249,38 @@ def compute_scores(
             chunk = torch.from_numpy(np.ascontiguousarray(chunk))
         chunk = chunk.to(device)
         if chunk.dtype in (torch.float16, torch.bfloat16):
-            chunk = chunk.float()  # exact, and sortable everywhere
+            chunk = chunk.float()  # exact
         elif not chunk.is_floating_point():
-            chunk = chunk.double()
-        bad = torch.isnan(chunk).any(1)
-        if bool(bad.any()):
-            row = start + int(bad.nonzero()[0, 0])
-            raise ValueError(f"distmat contains NaN (first in query row {row})")
+            chunk = chunk.long()  # integer distances stay exact
+        elif bool(torch.isnan(chunk.sum())):  # one cheap pass; inf - inf also makes NaN, so look closer
+            bad = torch.isnan(chunk).any(1)
+            if bool(bad.any()):
+                row = start + int(bad.nonzero()[0, 0])
+                raise ValueError(f"distmat contains NaN (first in query row {row})")
         stop = start + len(chunk)
-        parts.append(_chunk_scores(chunk, qid[start:stop], gid, None if qcam is None else qcam[start:stop], gcam))
+        rows = _Matches(same.order, same.start[start:stop], same.count[start:stop])
+        parts.append(_chunk_counts(chunk.contiguous(), qid[start:stop], gid,
+                                   None if qcam is None else qcam[start:stop], gcam, rows))
+    return _summarise(_Counts(*(torch.cat(p).numpy() for p in zip(*parts, strict=True))))
 
-    ap, first, last, n_pos = (torch.cat(p).cpu() for p in zip(*parts, strict=True))
+
+def _summarise(counts: _Counts) -> dict[str, float]:
+    """The scores from the per-query counts, in float64 on the CPU (numpy: no float64 on the device)."""
+    n_pos = counts.n_pos
     valid = n_pos > 0
     n_valid = int(valid.sum())
     if n_valid == 0:
         raise ValueError("no query has a true match in the gallery, so there is nothing to score")
-    ap, first, last, n_pos = ap[valid].double(), first[valid], last[valid], n_pos[valid].double()
+    # AP: each true match adds 1/n_pos recall at its tie group's threshold, at the precision of that threshold
+    precision = counts.true_upto / counts.kept_upto.astype(np.float64)
+    starts = np.cumsum(n_pos) - n_pos
+    ap = np.add.reduceat(precision, starts[valid]) / n_pos[valid]
+    n_pos = n_pos[valid].astype(np.float64)
+    first, last, lead = counts.first[valid], counts.last[valid], counts.lead[valid]
     scores = {"mAP": float(ap.mean())}
     for k in RANKS:
-        scores[f"rank{k}"] = float((first <= k).double().mean())
-    scores["mINP"] = float((n_pos / last.double()).mean())
+        scores[f"rank{k}"] = float((first <= k).mean())
+    scores["mINP"] = float((n_pos / last).mean())
+    scores["rank1_allshots"] = float((lead / n_pos).mean())
     scores["num_valid_queries"] = n_valid
     return scores

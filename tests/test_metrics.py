@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 from sklearn.metrics import average_precision_score
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from clipreid.metrics import compute_scores
 
@@ -30,6 +32,37 @@ def reference_scores(distmat, query_ids, gallery_ids, query_cams=None, gallery_c
     firsts = np.array(firsts)
     return {"mAP": np.mean(aps), "rank1": np.mean(firsts <= 1), "rank5": np.mean(firsts <= 5),
             "rank10": np.mean(firsts <= 10), "mINP": np.mean(inps), "num_valid_queries": len(aps)}
+
+
+def reference_allshots(distmat, query_ids, gallery_ids, query_cams=None, gallery_cams=None) -> float:
+    """open-reid's cmc(single_gallery_shot=False, first_match_break=False) rank-1, one query at a time: match j
+    (0-based among the matches) at position k adds 1/num_matches to CMC[k - j]."""
+    distmat, gallery_ids = np.asarray(distmat, dtype=np.float64), np.asarray(gallery_ids)
+    shares = []
+    for i, qid in enumerate(query_ids):
+        keep = np.ones(len(gallery_ids), dtype=bool)
+        if query_cams is not None:
+            keep = ~((gallery_ids == qid) & (np.asarray(gallery_cams) == query_cams[i]))
+        matches = (gallery_ids[keep] == qid)[np.argsort(distmat[i][keep], kind="stable")]
+        if not matches.any():
+            continue
+        cmc = np.zeros(len(matches))
+        for j, k in enumerate(np.flatnonzero(matches)):
+            cmc[k - j] += 1 / matches.sum()
+        shares.append(cmc[0])
+    return float(np.mean(shares))
+
+
+class NoFloat64(TorchDispatchMode):
+    """Fails any torch op that makes a float64 tensor: Apple's MPS has no float64, so scoring and re-ranking of
+    float32 inputs must not create one (checked here on the CPU, where every device op passes through)."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and t.dtype == torch.float64:
+                raise AssertionError(f"{func} made a float64 tensor")
+        return out
 
 
 def random_case(seed: int, n_query: int = 40, n_gallery: int = 300, n_ids: int = 30, n_cams: int = 0,
@@ -203,3 +236,80 @@ def test_nan_distance_names_the_row():
 def test_only_same_camera_matches_means_no_valid_query():
     with pytest.raises(ValueError, match="no query has a true match"):
         compute_scores(np.zeros((1, 2)), [1], [1, 1], [0], [0, 0])
+
+
+@pytest.mark.parametrize(("seed", "n_cams"), [(30, 0), (31, 0), (32, 3)])
+def test_allshots_rank1_matches_the_per_query_definition(seed, n_cams):
+    case = random_case(seed, n_cams=n_cams)
+    assert len(np.unique(case[0])) == case[0].size  # no ties: the order is the same however ties are broken
+    ours = compute_scores(*case)
+    assert ours["rank1_allshots"] == pytest.approx(reference_allshots(*case), abs=1e-12)
+    assert 0 < ours["rank1_allshots"] < ours["rank1"]  # first-match break credits a query for any one match
+
+
+def test_allshots_rank1_worked_example():
+    # gallery ids            1    1    2    1    3
+    distmat = np.array([[0.2, 0.1, 0.3, 0.5, 0.4],   # query id 1: 0.1 (1), 0.2 (1), 0.3 (2), 0.4 (3), 0.5 (1)
+                        [0.9, 0.8, 0.1, 0.7, 0.6],   # query id 2: its one match is nearest
+                        [0.1, 0.2, 0.3, 0.4, 0.5]])  # query id 3: id 1, 1, 2, 1 come before its match
+    # Query 1: matches at positions 0, 1, 4 with 0, 0 and 2 other items before them: 2 of 3 lead -> 2/3.
+    # Query 2: 1/1. Query 3: 0/1. allshots rank-1 = (2/3 + 1 + 0) / 3; first-match rank-1 = 2/3.
+    scores = compute_scores(distmat, [1, 2, 3], [1, 1, 2, 1, 3])
+    assert scores["rank1_allshots"] == pytest.approx((2 / 3 + 1 + 0) / 3)
+    assert scores["rank1"] == pytest.approx(2 / 3)
+
+
+def test_allshots_rank1_ties_follow_the_stable_order():
+    # A true match tied with another identity's item leads only when it comes first in the gallery, as in rank-k.
+    distmat = np.array([[0.1, 0.1, 0.5], [0.1, 0.1, 0.5]])
+    scores = compute_scores(distmat, [1, 1], [1, 2, 1])  # the match at 0.1 comes before the tied id 2
+    assert (scores["rank1"], scores["rank1_allshots"]) == (1.0, 0.5)
+    scores = compute_scores(distmat, [1, 1], [2, 1, 1])  # now the id 2 item comes first
+    assert (scores["rank1"], scores["rank1_allshots"]) == (0.0, 0.0)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_negative_and_signed_zero_distances(dtype):
+    # Negative distances (e.g. minus a similarity) and -0.0 == 0.0 ties must order like the floats do.
+    dist, qids, gids, qcams, gcams = random_case(40, n_cams=2, decimals=1)
+    dist = (dist - 0.3).astype(dtype)
+    every_other = dist[:, ::2]
+    every_other[every_other == 0] = -0.0
+    assert np.signbit(dist[dist == 0]).any() and not np.signbit(dist[dist == 0]).all()
+    ours, ref = compute_scores(dist, qids, gids, qcams, gcams), reference_scores(dist, qids, gids, qcams, gcams)
+    assert_close(ours, ref, tol=1e-12)
+    assert ours["rank1_allshots"] == pytest.approx(reference_allshots(dist, qids, gids, qcams, gcams), abs=1e-12)
+
+
+def test_integer_and_infinite_distances():
+    dist, qids, gids, _, _ = random_case(41, decimals=1)
+    as_int = np.round(dist * 10).astype(np.int64) - 4
+    assert_close(compute_scores(as_int, qids, gids), reference_scores(as_int, qids, gids), tol=1e-12)
+    assert compute_scores(torch.from_numpy(as_int), qids, gids) == compute_scores(as_int, qids, gids)
+    with_inf = dist.copy()
+    with_inf[dist > 0.6] = np.inf  # most true matches of some queries at infinity, tied with everything there
+    finite = np.where(np.isinf(with_inf), 1e300, with_inf)  # sklearn refuses infinity; the same order and ties
+    assert_close(compute_scores(with_inf, qids, gids), reference_scores(finite, qids, gids), tol=1e-12)
+
+
+def test_every_distance_equal():
+    # The worst case for the heads (every item ties with the last match): one threshold, ranks in gallery order.
+    gids = np.array([3, 1, 2, 1])
+    scores = compute_scores(np.zeros((2, 4)), [1, 2], gids)
+    assert scores["mAP"] == pytest.approx((2 / 4 + 1 / 4) / 2)
+    assert scores["rank1"] == 0.0 and scores["rank5"] == 1.0
+    assert scores["mINP"] == pytest.approx((2 / 4 + 1 / 3) / 2)
+    assert scores["rank1_allshots"] == 0.0
+
+
+@pytest.mark.parametrize("ids_as_tensors", [False, True])
+def test_no_float64_on_the_device_for_float32_input(ids_as_tensors):
+    dist, qids, gids, qcams, gcams = random_case(42, n_cams=3, decimals=2)
+    args = [torch.from_numpy(a) if ids_as_tensors else a for a in (qids, gids, qcams, gcams)]
+    dist32 = torch.from_numpy(dist).float()
+    with NoFloat64():
+        ours = compute_scores(dist32, *args, chunk_size=7)
+    with pytest.raises(AssertionError, match="float64"), NoFloat64():  # the guard can fail
+        torch.ones(2, dtype=torch.float32).double()
+    ref = reference_scores(dist.astype(np.float32), qids, gids, qcams, gcams)
+    assert_close(ours, ref, tol=1e-12)

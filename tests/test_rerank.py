@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.metrics import average_precision_score
+from test_metrics import NoFloat64  # tests/ is on sys.path under pytest (no __init__.py)
 
 from clipreid.rerank import hard_k_reciprocal, k_reciprocal, k_reciprocal_features, pairwise_squared_euclidean
 
@@ -245,6 +246,22 @@ def test_hard_k_reciprocal_torch_float64():
     out = hard_k_reciprocal(torch.from_numpy(qf).double(), torch.from_numpy(gf).double())
     assert isinstance(out, torch.Tensor) and out.dtype == torch.float64
     np.testing.assert_allclose(out.numpy(), hard_reference(qf, gf, 20, 6, 0.7), atol=1e-5)
+
+
+def test_no_float64_on_the_device_for_float32_input():
+    # Apple's MPS has no float64: every op of the three entries must stay in float32 / integers, with the results
+    # of the references (same tolerances as above); tiny chunks so that every chunked path runs under the guard
+    qf, gf, _, _ = clustered(20, 150, 20, seed=9)
+    q_g, q_q, g_g = (torch.from_numpy(m) for m in matrices(qf, gf))
+    tq, tg = torch.from_numpy(qf), torch.from_numpy(gf)
+    with NoFloat64():
+        from_matrices = k_reciprocal(q_g, q_q, g_g, chunk_size=16)
+        from_features = k_reciprocal_features(tq, tg, chunk_size=16)
+        hard = hard_k_reciprocal(tq, tg, chunk_size=16)
+    assert from_matrices.dtype == from_features.dtype == hard.dtype == torch.float32
+    np.testing.assert_allclose(from_matrices.numpy(), zhong(*matrices(qf, gf), 20, 6, 0.3), atol=1e-5)
+    np.testing.assert_allclose(from_features.numpy(), zhong(*matrices(qf, gf), 20, 6, 0.3), atol=1e-5)
+    np.testing.assert_allclose(hard.numpy(), hard_reference(qf, gf, 20, 6, 0.7), rtol=0, atol=1e-5)
 
 
 # --------------------------------------------------------------------------------------------------------------
