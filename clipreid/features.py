@@ -150,14 +150,14 @@ def embed(
         dev = pick_device(device)
         encoder = load_encoder(checkpoint, dev)
     if are_paths:
-        images: ImageSet | torch.Tensor = ImageSet(items, encoder.image_size)
+        images: ImageSet | torch.Tensor = ImageSet(items, encoder.image_size, interpolation=encoder.interpolation)
     else:
         boxed = []
         for i, image in enumerate(items):
             if isinstance(image, np.ndarray) and (image.ndim != 3 or image.shape[2] != 3):
                 raise ValueError(f"inputs[{i}]: expected an HxWx3 uint8 array, got shape {image.shape}")
             try:
-                boxed.append(to_uint8_tensor(image, encoder.image_size))
+                boxed.append(to_uint8_tensor(image, encoder.image_size, encoder.interpolation))
             except ValueError as err:
                 raise ValueError(f"inputs[{i}]: {err}") from None
         images = torch.stack(boxed)
