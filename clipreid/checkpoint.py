@@ -52,11 +52,11 @@ def load_checkpoint_file(path: str | Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if "weights only" in str(err).lower() or "weights_only" in str(err):
+        if "global" in str(err).lower():  # a class or function to import: pickled objects, not tensors
             raise UserError(f"cannot read checkpoint {path}: it holds pickled Python objects besides tensors, which "
                             "are not loaded (loading them could run code); re-save it as a plain dict of tensors "
                             "(torch.save(model.state_dict(), ...))") from None
-        reason = "its contents are corrupt"
+        reason = "it is not a PyTorch file, or it is corrupt"
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError, IndexError) as err:
         text = str(err).lower()
         reason = ("it is truncated (cut off while copied or written)"

@@ -40,7 +40,7 @@ def resize_uint8(image: np.ndarray, size: tuple[int, int], interpolation: str = 
         raise UserError(f"interpolation must be {' or '.join(INTERPOLATIONS)}, not {interpolation!r}")
     if image.shape[:2] == (height, width):
         return image
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    x = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)[None].float()  # a writable copy
     out = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=False)
     return out[0].round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
 
