@@ -548,6 +548,14 @@ def _clipreid_layout(state: Any, path: Path, model: str | None) -> EncoderFile |
     return EncoderFile(spec, weights, dict(preprocess) if preprocess else None, state.get("arch"), "clipreid")
 
 
+def encoder_file_of(state: dict[str, Any], path: str | Path) -> EncoderFile:
+    """The EncoderFile of an already loaded clipreid checkpoint dict (e.g. the last.pt a run resumes from)."""
+    found = _clipreid_layout(state, Path(path), None)
+    if found is None:
+        raise UserError(f"{path} is not a clipreid checkpoint (no 'model' and 'model_spec' entries)")
+    return found
+
+
 def _strip_module(state: dict[str, Any]) -> dict[str, Any]:
     if state and all(isinstance(k, str) and k.startswith("module.") for k in state):
         return {k.removeprefix("module."): v for k, v in state.items()}  # saved from DataParallel

@@ -35,7 +35,7 @@ from .errors import UserError
 from .features import validate
 from .fileio import write_text
 from .loss import ReIDLoss
-from .model import ModelSpec, ReIDEncoder, build_encoder, encoder_checkpoint, read_encoder_file, rebuild_encoder
+from .model import ModelSpec, ReIDEncoder, build_encoder, encoder_checkpoint, encoder_file_of, rebuild_encoder
 from .runtime import Runtime, autocast, resolve_precision, setup_runtime
 from .transforms import AugmentConfig, augment_pairs, decode_images, to_device
 
@@ -193,10 +193,11 @@ def _train(cfg: Any, rt: Runtime) -> Path:
 
     split: Split = load_split(cfg.data_dir, cfg.validation, cfg.fold)
     spec = ModelSpec(cfg.model, cfg.pretrained, cfg.remove_proj, cfg.img_size, cfg.grad_checkpointing,
-                     pretrained_tag=cfg.pretrained_tag, mean=cfg.mean, std=cfg.std, interpolation=cfg.interpolation)
+                     pretrained_tag=getattr(cfg, "pretrained_tag", None), mean=getattr(cfg, "mean", None),
+                     std=getattr(cfg, "std", None), interpolation=getattr(cfg, "interpolation", "bilinear"))
     # on resume, the checkpoint's stored architecture, preprocessing and weights (nothing fetched)
     encoder: ReIDEncoder = (build_encoder(spec) if state is None
-                            else rebuild_encoder(read_encoder_file(cfg.resume), cfg.resume, training=True))
+                            else rebuild_encoder(encoder_file_of(state, cfg.resume), cfg.resume, training=True))
     encoder.spec = spec
     labels = contiguous_labels(split.train_players)
     loss_fn = ReIDLoss(tuple(cfg.losses), tuple(cfg.loss_weights) if cfg.loss_weights else None,

@@ -42,7 +42,7 @@ def _features(encoder, images, size, mean, std, interpolation) -> torch.Tensor:
 def test_trained_checkpoint_carries_and_applies_its_preprocessing(synthetic_small, tmp_path):
     mean, std = (0.3, 0.4, 0.5), (0.2, 0.3, 0.4)
     cfg = train.Config(data_dir=synthetic_small, output_dir=tmp_path, model="tiny-vit", pretrained="none", epochs=2,
-                       stop_after=1, batch_size=8, lr=2e-3, progress=False, device="cpu", zero_shot=False,
+                       stop_after=1, batch_size=16, lr=2e-3, progress=False, device="cpu", zero_shot=False,
                        num_workers=0, validation="none", img_size=(32, 16), mean=mean, std=std,
                        interpolation="bicubic")
     run_dir = run_training(cfg)

@@ -168,3 +168,19 @@ def test_sharpen_and_erasing_are_per_image_and_bounded():
     for seed in range(5):
         s, _ = augment_pairs(flat, flat, cfg, (0.0,) * 3, (1.0,) * 3, torch.Generator().manual_seed(seed))
         assert s.std() < 1e-6 and 0.75 * 200 / 255 - 0.01 <= s.max() <= 200 / 255 + 1e-6
+
+
+@pytest.mark.parametrize("error, message", [
+    (RuntimeError("size mismatch in the attention pool"), "cannot build ViT-B-32: size mismatch in the attention pool"),
+    (ConnectionError("Max retries exceeded"), "cannot fetch the 'openai' weights of ViT-B-32 \\(Max retries"),
+])
+def test_create_model_failure_is_a_download_failure_only_when_it_is_one(monkeypatch, error, message):
+    import open_clip
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(open_clip, "create_model", fail)
+    with pytest.raises(UserError, match=message) as err:
+        build_encoder(ModelSpec("ViT-B-32", "openai"))
+    assert "\n" not in str(err.value)
