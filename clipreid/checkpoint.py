@@ -1,7 +1,9 @@
 """Checkpoint files: where a run keeps them, and reading and writing them safely.
 
 A clipreid checkpoint is a ``torch.save`` dict with at least ``model`` (the encoder's state dict) and
-``model_spec``; ``last.pt`` adds what resuming needs. Files are read with ``weights_only=True`` (no pickled code)
+``model_spec``, and since the preprocessing travels with the weights, ``preprocess`` (image_size, mean, std,
+interpolation as used in training) and ``arch`` (what rebuilds the architecture offline); ``last.pt`` adds what
+resuming needs. Files are read with ``weights_only=True`` (no pickled code)
 and written to a temporary name renamed into place. ``clipreid.model.read_encoder_file`` reads the other
 layouts (the original CLIP-ReIdent and 2023 weights files).
 """
