@@ -24,6 +24,7 @@ from clipreid.evaluation import RERANKS, evaluate
 class Config:
     # what to score
     checkpoints: tuple[Path, ...] = (Path("model/ViT-L-14-quickgelu_test_seed1/best.pt"),)  # files or run folders
+    checkpoint_model: str | None = None  # timm model name for a 2023-code checkpoint
     data_dir: Path = Path("data/data_reid")  # folder holding train_df.csv (written by preprocess_data.py)
     split: Literal["test", "fold", "folds"] = "test"  # test split, fold `fold`, or each checkpoint on its trained fold
     fold: int = 0  # the fold when split is fold

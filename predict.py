@@ -27,6 +27,7 @@ from clipreid.ranking import rank_folders
 class Config:
     # inputs
     checkpoints: tuple[Path, ...] | None = (Path("model/ViT-L-14-quickgelu_test_seed1/best.pt"),)  # none = CSVs only
+    checkpoint_model: str | None = None  # timm model name for a 2023-code checkpoint
     # earlier submission CSVs to fuse; with several sets write {set} in the path: model/other/{set}_raw.csv
     submissions: tuple[Path, ...] = ()
     data_dir: Path = Path("data/data_reid")  # folder holding train_df.csv and challenge_df.csv

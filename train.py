@@ -49,6 +49,10 @@ class Config:
     remove_proj: bool = True  # drop the ViT's visual projection (1024-d features for ViT-L-14)
     img_size: tuple[int, int] | None = None  # input (height, width); none = the model's own
     grad_checkpointing: bool = False  # trade compute for memory
+    pretrained_tag: str | None = None  # the open_clip/timm tag a weights file came from: its mean/std are used
+    mean: tuple[float, float, float] | None = None  # normalisation mean; none = the weights' own
+    std: tuple[float, float, float] | None = None  # normalisation std; none = the weights' own
+    interpolation: Literal["bilinear", "bicubic"] = "bilinear"  # letterbox resize (bilinear: OpenCV's, as the original)
     # batches and augmentation
     batch_size: int = 16  # pairs per batch (per process under torchrun), all of different players
     flip: bool = True  # paired horizontal flip, p=0.5

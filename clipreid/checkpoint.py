@@ -1,12 +1,16 @@
 """Checkpoint files: where a run keeps them, and reading and writing them safely.
 
 A clipreid checkpoint is a ``torch.save`` dict with at least ``model`` (the encoder's state dict) and
-``model_spec``; ``last.pt`` adds what resuming needs. Files are read with ``weights_only=True`` (no pickled code)
-and written to a temporary name renamed into place.
+``model_spec``, and since the preprocessing travels with the weights, ``preprocess`` (image_size, mean, std,
+interpolation as used in training) and ``arch`` (what rebuilds the architecture offline); ``last.pt`` adds what
+resuming needs. Files are read with ``weights_only=True`` (no pickled code)
+and written to a temporary name renamed into place. ``clipreid.model.read_encoder_file`` reads the other
+layouts (the original CLIP-ReIdent and 2023 weights files).
 """
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +44,34 @@ def run_dir_of(checkpoint: str | Path) -> Path:
     return checkpoint if checkpoint.is_dir() else checkpoint.parent
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """``torch.load`` with ``weights_only=True`` (no pickled code), with one-line errors."""
+def load_checkpoint_file(path: str | Path) -> Any:
+    """``torch.load`` of a checkpoint file with ``weights_only=True`` (no pickled code); every failure (missing,
+    empty, truncated, corrupt, holding pickled objects) is a one-line UserError naming the file."""
     path = checkpoint_file(path)
+    if path.stat().st_size == 0:
+        raise UserError(f"cannot read checkpoint {path}: the file is empty (0 bytes), probably cut off while it was "
+                        "copied or written; copy it again or use another checkpoint")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise UserError(f"cannot read checkpoint {path}: {str(err).splitlines()[0]}") from err
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "global" in str(err).lower():  # a class or function to import: pickled objects, not tensors
+            raise UserError(f"cannot read checkpoint {path}: it holds pickled Python objects besides tensors, which "
+                            "are not loaded (loading them could run code); re-save it as a plain dict of tensors "
+                            "(torch.save(model.state_dict(), ...))") from None
+        reason = "it is not a PyTorch file, or it is corrupt"
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError, IndexError) as err:
+        text = str(err).lower()
+        reason = ("it is truncated (cut off while copied or written)"
+                  if any(w in text for w in ("central directory", "eof", "unexpected end", "truncat"))
+                  else "it is not a PyTorch file, or it is corrupt")
+    raise UserError(f"cannot read checkpoint {path}: {reason}; copy it again or use another checkpoint")
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A clipreid checkpoint (``model`` and ``model_spec`` entries at least), with one-line errors."""
+    path = checkpoint_file(path)
+    state = load_checkpoint_file(path)
     if not isinstance(state, dict) or "model" not in state or "model_spec" not in state:
-        raise UserError(f"{path} is not a clipreid checkpoint (no 'model' and 'model_spec' entries)")
+        raise UserError(f"{path} is not a clipreid checkpoint (no 'model' and 'model_spec' entries); "
+                        "give a best.pt / last.pt written by train.py, or its run folder")
     return state

@@ -274,16 +274,18 @@ class PairBatchSampler:
 class ImageSet(Dataset):
     """Letterboxed uint8 images, decoded on demand or all at once into memory (``cache``)."""
 
-    def __init__(self, paths: list[Path], size: tuple[int, int], cache: torch.Tensor | None = None):
+    def __init__(self, paths: list[Path], size: tuple[int, int], cache: torch.Tensor | None = None,
+                 interpolation: str = "bilinear"):
         self.paths = list(paths)
         self.size = tuple(size)
         self.cache = cache
+        self.interpolation = interpolation
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def image(self, i: int) -> torch.Tensor:
-        return self.cache[i] if self.cache is not None else load_image(self.paths[i], self.size)
+        return self.cache[i] if self.cache is not None else load_image(self.paths[i], self.size, self.interpolation)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return self.image(i), i

@@ -109,12 +109,12 @@ def fuse(matrices: Sequence[torch.Tensor], method: str = "similarity", weights: 
     raise UserError(f"fusion: unknown method {method!r}; choose from {', '.join(FUSIONS)}")
 
 
-def load_for_inference(checkpoint: Path, device: torch.device) -> ReIDEncoder:
+def load_for_inference(checkpoint: Path, device: torch.device, model: str | None = None) -> ReIDEncoder:
     """``load_encoder`` after freeing the previous model's memory (several large checkpoints in a row)."""
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return load_encoder(checkpoint, device)
+    return load_encoder(checkpoint, device, model)
 
 
 class ImageCache:
@@ -126,15 +126,17 @@ class ImageCache:
 
     def __init__(self, enabled: bool = True, progress: bool = True) -> None:
         self.enabled, self.progress = enabled, progress
-        self._images: dict[tuple[tuple[str, ...], tuple[int, int]], torch.Tensor] = {}
+        self._images: dict[tuple[tuple[str, ...], tuple[int, int], str], torch.Tensor] = {}
 
-    def get(self, paths: Sequence[Path], size: tuple[int, int]) -> torch.Tensor | None:
-        """The decoded images of ``paths`` at ``size``, or None when disabled."""
+    def get(self, paths: Sequence[Path], size: tuple[int, int], interpolation: str = "bilinear"
+            ) -> torch.Tensor | None:
+        """The decoded images of ``paths`` at ``size`` (resized with ``interpolation``), or None when disabled."""
         if not self.enabled:
             return None
-        key = (tuple(str(p) for p in paths), tuple(size))
+        key = (tuple(str(p) for p in paths), tuple(size), interpolation)
         if key not in self._images:
-            self._images[key] = decode_images(paths, size, progress=self.progress, desc="decode images")
+            self._images[key] = decode_images(paths, size, progress=self.progress, desc="decode images",
+                                              interpolation=interpolation)
         return self._images[key]
 
 
@@ -144,7 +146,7 @@ def query_gallery_features(encoder: ReIDEncoder, query_paths: Sequence[Path], ga
     """Features of the query and gallery images on ``device``, in one pass (``cfg``: batch_size, flip, precision,
     num_workers, progress), from ``cache`` when it is enabled."""
     paths = [*query_paths, *gallery_paths]
-    images = cache.get(paths, encoder.image_size) if cache is not None else None
+    images = cache.get(paths, encoder.image_size, encoder.interpolation) if cache is not None else None
     if images is None:
         features, _ = embed(encoder, paths, batch_size=cfg.batch_size, device=str(device), flip=cfg.flip,
                             precision=cfg.precision, num_workers=getattr(cfg, "num_workers", 0),
@@ -312,7 +314,7 @@ def _evaluate_split(cfg: Any, checkpoints: list[Path], labels: list[str], device
     per_model = []
     cache = ImageCache(getattr(cfg, "cache_images", False), cfg.progress)
     for path, label in zip(checkpoints, labels, strict=True):
-        encoder = load_for_inference(path, device)
+        encoder = load_for_inference(path, device, getattr(cfg, "checkpoint_model", None))
         mats = _matrices(encoder, split, device, cfg, cache)
         del encoder
         per_model.append(mats)
@@ -345,7 +347,7 @@ def _evaluate_folds(cfg: Any, checkpoints: list[Path], labels: list[str], device
         split = splits[fold]
         print(f"{label}: fold {fold} of {cfg.data_dir}, {len(split.query_paths)} queries, "
               f"{len(split.gallery_paths)} gallery images", flush=True)
-        encoder = load_for_inference(path, device)
+        encoder = load_for_inference(path, device, getattr(cfg, "checkpoint_model", None))
         mats = _matrices(encoder, split, device, cfg, cache)
         del encoder
         rows += [Row(label, m, _scores(d, split), str(path), fold) for m, d in mats.items()]

@@ -38,7 +38,7 @@ from torch import nn
 from .checkpoint import checkpoint_file, run_dir_of
 from .errors import UserError
 from .fileio import file_set, write_json
-from .model import TINY_VIT, ModelSpec, ReIDEncoder, architecture_only, build_encoder, load_encoder
+from .model import TINY_VIT, EncoderFile, ModelSpec, ReIDEncoder, build_architecture, load_encoder
 
 EXPORT_PACKAGES = ("onnx", "onnxscript", "onnxruntime", "safetensors")
 INSTALL_HINT = "pip install clipreid[export] (or: pip install onnx onnxscript onnxruntime safetensors)"
@@ -82,12 +82,13 @@ def model_card(encoder: ReIDEncoder) -> dict[str, Any]:
             "input_size": [h, w],  # height, width
             "mean": list(encoder.mean),
             "std": list(encoder.std),
-            "interpolation": getattr(encoder, "interpolation", "bicubic"),
+            "interpolation": encoder.interpolation,
             "resize": "letterbox: fit inside input_size keeping the aspect ratio, pad with 0 (black), centred",
             "channels": "RGB",
         },
         "feature_dim": encoder.feature_dim,
         "logit_scale": float(encoder.scale().detach()),
+        "arch": encoder.arch,  # rebuilds the architecture offline (hf-hub:/local-dir: models)
         "onnx": {"input": "images: uint8 (N, 3, H, W) RGB, letterboxed; normalisation is inside the graph",
                  "output": "features: float32 (N, feature_dim), L2-normalised"},
     }
@@ -103,8 +104,8 @@ def save_safetensors(encoder: ReIDEncoder, path: str | Path) -> dict[str, Any]:
     return card
 
 
-def load_safetensors(path: str | Path, device: str | torch.device = "cpu") -> ReIDEncoder:
-    """Rebuild an encoder from an exported ``model.safetensors`` (weights loaded strictly)."""
+def read_safetensors(path: str | Path) -> EncoderFile:
+    """What an exported ``model.safetensors`` holds (weights, spec, preprocessing, architecture): for load_encoder."""
     try:
         from safetensors import safe_open
         from safetensors.torch import load_file
@@ -124,22 +125,15 @@ def load_safetensors(path: str | Path, device: str | torch.device = "cpu") -> Re
             json.loads(card_file.read_text(encoding="utf-8"))
         spec = ModelSpec.from_dict(card["model_spec"])
         pre = card["preprocessing"]
+        preprocess = {"image_size": [int(x) for x in pre["input_size"]], "mean": pre["mean"], "std": pre["std"],
+                      "interpolation": pre.get("interpolation", "bicubic")}
+        scale = float(card.get("logit_scale", 1 / 0.07))
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise UserError(f"{path} has no clipreid model card (metadata '{METADATA_KEY}' or {card_file.name} beside "
                         f"it): {err}; export it with python -m clipreid.export") from None
-    encoder = build_encoder(architecture_only(spec))
-    encoder.spec = spec
-    try:
-        encoder.backbone.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise UserError(f"{path} does not match {spec.name}: {str(err).splitlines()[0]}") from None
-    with torch.no_grad():
-        encoder.logit_scale.fill_(float(np.log(card.get("logit_scale", encoder.scale().item()))))
-    encoder.image_size = tuple(int(x) for x in pre["input_size"])
-    encoder.mean = tuple(float(x) for x in pre["mean"])
-    encoder.std = tuple(float(x) for x in pre["std"])
-    encoder.interpolation = str(pre.get("interpolation", "bicubic"))
-    return encoder.to(device).eval()
+    weights = {f"backbone.{k}": v for k, v in state.items()}
+    weights["logit_scale"] = torch.tensor(float(np.log(scale)), dtype=torch.float32)
+    return EncoderFile(spec, weights, preprocess=preprocess, arch=card.get("arch"), layout="safetensors")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -162,9 +156,10 @@ class OnnxEncoder(nn.Module):
 
 def _plain_blocks(encoder: ReIDEncoder) -> ReIDEncoder:
     """The same weights in a build with open_clip's own attention and MLP modules (no clipreid.blocks)."""
-    plain = build_encoder(architecture_only(encoder.spec), fast_blocks=False)
+    plain = build_architecture(encoder.spec, encoder.arch, fast_blocks=False)
     plain.load_state_dict(encoder.state_dict(), strict=True)
-    plain.spec, plain.image_size, plain.mean, plain.std = encoder.spec, encoder.image_size, encoder.mean, encoder.std
+    plain.spec = encoder.spec
+    plain.set_preprocess(encoder.preprocess())
     return plain.eval()
 
 

@@ -164,7 +164,8 @@ def embed(
     dtype = resolve_precision(precision, dev)
     if are_paths:
         readable: list[bool] = []
-        loader = torch.utils.data.DataLoader(_Tolerant(ImageSet(items, encoder.image_size)), batch_size=batch_size,
+        images = ImageSet(items, encoder.image_size, interpolation=encoder.interpolation)
+        loader = torch.utils.data.DataLoader(_Tolerant(images), batch_size=batch_size,
                                              num_workers=min(num_workers, os.cpu_count() or 1),
                                              pin_memory=dev.type == "cuda")
         batches = _checked(loader, readable, items, on_error)
@@ -185,7 +186,7 @@ def embed(
             if isinstance(image, np.ndarray) and (image.ndim != 3 or image.shape[2] != 3):
                 raise ValueError(f"inputs[{i}]: expected an HxWx3 uint8 array, got shape {image.shape}")
             try:
-                boxed.append(to_uint8_tensor(image, encoder.image_size))
+                boxed.append(to_uint8_tensor(image, encoder.image_size, encoder.interpolation))
             except ValueError as err:
                 raise ValueError(f"inputs[{i}]: {err}") from None
         images = torch.stack(boxed)

@@ -3,19 +3,25 @@
     encoder = build_encoder(ModelSpec("ViT-L-14-quickgelu", "openai"))   # the CLIP-ReIdent recipe
     encoder = build_encoder(ModelSpec("eva02_large_patch14_448", "mim_m38m_ft_in22k_in1k"))   # a timm model
     encoder = build_encoder(ModelSpec("tiny-vit", "none"))               # CPU tests and the demo
+    encoder = load_encoder("model/<run>/best.pt")                        # or an original CLIP-ReIdent weights_e3.pth
 
-``ModelSpec`` is everything needed to rebuild the architecture; checkpoints store it, so evaluation rebuilds
-the network without fetching any pretrained weights.
+A checkpoint stores the ``ModelSpec``, the preprocessing used in training (input size, mean, std, resize
+interpolation) and what rebuilds the architecture offline (the open_clip model config, or the timm name with its
+tag), so every rebuild scores images exactly as training saw them without fetching any pretrained weights.
+``read_encoder_file`` turns any supported file into an ``EncoderFile`` (spec, preprocessing, architecture, state
+dict): clipreid checkpoints, the original CLIP-ReIdent ``weights_e{epoch}.pth`` and the 2023 code's timm ones.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import logging
 import math
 import os
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,71 +29,181 @@ import torch
 from torch import nn
 
 from .blocks import speed_up_blocks
-from .checkpoint import checkpoint_file, read_checkpoint, run_dir_of  # noqa: F401 (re-exported)
+from .checkpoint import checkpoint_file, load_checkpoint_file, read_checkpoint, run_dir_of  # noqa: F401 (re-exported)
 from .errors import UserError
+from .transforms import INTERPOLATIONS
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 TINY_VIT = "tiny-vit"
 NO_WEIGHTS = ("", "none")
-MAX_LOGIT_SCALE = 100.0
 DEFAULT_LOGIT_SCALE = 1 / 0.07
 
 
 @dataclass
 class ModelSpec:
-    """What to build: a model name, its pretrained weights and the few options that change the architecture."""
+    """What to build: a model name, its pretrained weights, the few options that change the architecture, and
+    the preprocessing overrides (none = the weights' own)."""
 
     name: str = "ViT-L-14-quickgelu"  # open_clip name, timm name, or "tiny-vit"
     pretrained: str = "openai"  # open_clip tag / timm tag, a weights file, or "none"; ignored for local-dir:/hf-hub:
-    remove_proj: bool = True  # drop the visual projection of a ViT (CLIP-ReIdent: 1024-d features for ViT-L)
+    # drop the visual projection of a ViT (CLIP-ReIdent: 1024-d features for ViT-L); an open_clip ResNet's attention
+    # pool keeps its output projection (it is the pool's own output layer)
+    remove_proj: bool = True
     img_size: tuple[int, int] | None = None  # (height, width); None = the model's own input size
     grad_checkpointing: bool = False  # recompute activations in backward: less memory, about 30% slower
+    pretrained_tag: str | None = None  # the open_clip/timm tag a weights *file* came from (its preprocessing is used)
+    mean: tuple[float, float, float] | None = None  # normalisation mean; None = the weights' own
+    std: tuple[float, float, float] | None = None  # normalisation std; None = the weights' own
+    interpolation: str = "bilinear"  # letterbox resize: bilinear (OpenCV's, as the original) or bicubic
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d["img_size"] = list(self.img_size) if self.img_size else None
+        for k in ("img_size", "mean", "std"):
+            d[k] = list(d[k]) if d[k] is not None else None
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
         d = dict(d)
-        if d.get("img_size") is not None:
-            d["img_size"] = tuple(d["img_size"])
+        for k in ("img_size", "mean", "std"):
+            if d.get(k) is not None:
+                d[k] = tuple(d[k])
         return cls(**{k: v for k, v in d.items() if k in {f.name for f in dataclasses.fields(cls)}})
 
 
 class ReIDEncoder(nn.Module):
-    """Backbone mapping normalised images (B, 3, H, W) to features (B, D), with the contrastive logit scale."""
+    """Backbone mapping normalised images (B, 3, H, W) to features (B, D), with the contrastive logit scale.
+
+    ``image_size``, ``mean``, ``std`` and ``interpolation`` are the preprocessing its images get (letterbox to
+    ``image_size`` with ``interpolation``, then normalise); ``arch`` says how to rebuild the architecture offline.
+    """
 
     def __init__(self, backbone: nn.Module, spec: ModelSpec, image_size: tuple[int, int], mean: tuple[float, ...],
-                 std: tuple[float, ...], feature_dim: int, logit_scale: float) -> None:
+                 std: tuple[float, ...], feature_dim: int, logit_scale: float, interpolation: str = "bilinear",
+                 arch: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.backbone = backbone
         self.spec = spec
-        self.image_size = tuple(image_size)
-        self.mean = tuple(float(m) for m in mean)
-        self.std = tuple(float(s) for s in std)
+        self.arch = arch
         self.feature_dim = int(feature_dim)
-        # Stored as a log, as in CLIP; the scale itself is exp() of it, clamped at 100.
+        self.set_preprocess({"image_size": image_size, "mean": mean, "std": std, "interpolation": interpolation})
+        # Stored as a log, as in CLIP, and trained unclamped as in CLIP-ReIdent: a clamp at the starting value
+        # (100 for OpenAI weights) would have a zero gradient there and freeze it.
         self.logit_scale = nn.Parameter(torch.tensor(math.log(logit_scale), dtype=torch.float32))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.backbone(images)
 
     def scale(self) -> torch.Tensor:
-        """exp(logit scale), clamped at 100 as in CLIP training."""
-        return self.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
+        """exp(logit scale): the temperature of the contrastive losses, a trained parameter."""
+        return self.logit_scale.exp()
 
-    def clamp_logit_scale(self) -> None:
-        with torch.no_grad():
-            self.logit_scale.clamp_(0.0, math.log(MAX_LOGIT_SCALE))
+    def preprocess(self) -> dict[str, Any]:
+        """The preprocessing as stored in checkpoints: image_size (h, w), mean, std, interpolation."""
+        return {"image_size": list(self.image_size), "mean": list(self.mean), "std": list(self.std),
+                "interpolation": self.interpolation}
+
+    def set_preprocess(self, values: dict[str, Any]) -> None:
+        """Set (some of) image_size, mean, std and interpolation, checked."""
+        if values.get("image_size") is not None:
+            self.image_size = tuple(int(s) for s in values["image_size"])
+        for key in ("mean", "std"):
+            if values.get(key) is not None:
+                setattr(self, key, _channel_triple(values[key], key))
+        if values.get("interpolation") is not None:
+            self.interpolation = check_interpolation(values["interpolation"])
 
     def describe(self) -> str:
         n = sum(p.numel() for p in self.parameters())
         h, w = self.image_size
-        return f"{self.spec.name} ({self.spec.pretrained or 'none'}): {n / 1e6:.1f}M parameters, {h}x{w} input, " \
-               f"{self.feature_dim}-d features, logit scale {self.scale().item():.2f}"
+        return f"{self.spec.name} ({self.spec.pretrained or 'none'}): {n / 1e6:.1f}M parameters, {h}x{w} input " \
+               f"({self.interpolation}, mean {_fmt(self.mean)}, std {_fmt(self.std)}), {self.feature_dim}-d " \
+               f"features, logit scale {self.scale().item():.2f}"
+
+
+def _fmt(values: tuple[float, ...]) -> str:
+    return "(" + ", ".join(f"{v:.3g}" for v in values) + ")"
+
+
+def _channel_triple(values: Any, name: str) -> tuple[float, float, float]:
+    try:
+        out = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        out = ()
+    if len(out) != 3 or (name == "std" and min(out) <= 0):
+        raise UserError(f"{name} must be 3 numbers, one per RGB channel{' (all > 0)' if name == 'std' else ''}, "
+                        f"not {values!r}")
+    return out  # type: ignore[return-value]
+
+
+def check_interpolation(value: str) -> str:
+    """``value`` if it is a known resize interpolation, else a one-line UserError."""
+    if value not in INTERPOLATIONS:
+        raise UserError(f"interpolation must be {' or '.join(INTERPOLATIONS)}, not {value!r}")
+    return value
+
+
+@dataclass
+class _Parts:
+    """What a builder returns: the backbone and its own preprocessing, initial logit scale and rebuild recipe."""
+
+    backbone: nn.Module
+    size: tuple[int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    scale: float = DEFAULT_LOGIT_SCALE
+    arch: dict[str, Any] | None = None
+
+
+def measure_feature_dim(backbone: nn.Module, size: tuple[int, int], name: str = "the model") -> int:
+    """The feature size of ``backbone``, from one forward pass of a dummy image (eval mode, no grad).
+
+    ``num_features`` / ``output_dim`` attributes are wrong for several families (timm mobilenetv3/v4, ghostnet,
+    lcnet, hgnetv2; open_clip towers with timm trunks).
+    """
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        with torch.no_grad():
+            param = next(backbone.parameters(), None)
+            dummy = torch.zeros(1, 3, *size, device=param.device if param is not None else "cpu")
+            out = backbone(dummy)
+    except Exception as err:
+        raise UserError(f"{name} does not run on {size[0]}x{size[1]} images ({_first_line(err)}); "
+                        "choose another img_size") from err
+    finally:
+        backbone.train(was_training)
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    if not isinstance(out, torch.Tensor) or out.ndim != 2:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise UserError(f"{name} gives outputs of shape {shape}, not (batch, features): it needs a pooled head")
+    return int(out.shape[1])
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _is_download_error(err: BaseException) -> bool:
+    """Whether ``err`` (or what caused it) comes from the network or a model hub, not from the model itself."""
+    import socket
+    import urllib.error
+
+    seen: set[int] = set()
+    e: BaseException | None = err
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        module = type(e).__module__ or ""
+        if isinstance(e, (ConnectionError, TimeoutError, socket.error, urllib.error.URLError)) \
+                or module.startswith(("huggingface_hub", "requests", "urllib3", "urllib")):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -111,20 +227,72 @@ def _weights_hint(name: str, tag: str) -> str:
             "or copy a Hugging Face cache that has it and set HF_HUB_OFFLINE=1")
 
 
-def _build_open_clip(spec: ModelSpec) -> tuple[nn.Module, tuple[int, int], tuple, tuple, int, float]:
+def _is_resnet_cfg(model_cfg: dict[str, Any] | None) -> bool:
+    vision = (model_cfg or {}).get("vision_cfg", {})
+    return isinstance(vision.get("layers"), (list, tuple)) and not vision.get("timm_model_name")
+
+
+def _resnet_image_size(spec: ModelSpec, model_cfg: dict[str, Any], use_weights: bool) -> int | None:
+    """The square input size an open_clip ResNet is built for (its attention pool's positional embedding fixes
+    it); one-line refusals for what it cannot do."""
+    own = int(model_cfg["vision_cfg"].get("image_size", 224))
+    if spec.grad_checkpointing:
+        raise UserError(f"{spec.name}: open_clip's ResNets do not support grad_checkpointing; set it to false")
+    if spec.img_size is None:
+        return None
+    h, w = spec.img_size
+    if h != w or h % 32:
+        raise UserError(f"{spec.name} takes square inputs of a multiple of 32 px (its attention pool has a fixed "
+                        f"grid), not img_size {h}x{w}")
+    if use_weights and h != own:
+        raise UserError(f"the pretrained attention pool of {spec.name} fixes its input at {own}x{own}; drop img_size "
+                        f"or train from scratch with pretrained none")
+    return h
+
+
+def _open_clip_model_cfg(name: str, img_size: Any) -> dict[str, Any] | None:
+    """The open_clip model config of ``name`` (as built, with ``img_size`` forced), or None if unavailable."""
+    import open_clip
+
+    try:
+        cfg = open_clip.get_model_config(name)
+    except Exception:  # hf-hub config not cached, unreadable local-dir config: no offline rebuild, not fatal
+        return None
+    if cfg is None:
+        return None
+    cfg = copy.deepcopy(cfg)
+    if img_size is not None:
+        cfg.setdefault("vision_cfg", {})["image_size"] = list(img_size) if isinstance(img_size, tuple) else img_size
+    return cfg
+
+
+def _finish_open_clip(visual: nn.Module, spec: ModelSpec) -> nn.Module:
+    if spec.remove_proj and isinstance(getattr(visual, "proj", None), nn.Parameter):
+        visual.proj = None
+    if spec.grad_checkpointing:
+        visual.set_grad_checkpointing(True)
+    return visual
+
+
+def _build_open_clip(spec: ModelSpec) -> _Parts:
     import open_clip
 
     name, tag = spec.name, (spec.pretrained or "").strip()
     has_schema = name.startswith(("hf-hub:", "local-dir:"))
     use_weights = has_schema or tag.lower() not in NO_WEIGHTS
-    if use_weights and not has_schema and not os.path.isfile(tag):
+    is_file = not has_schema and os.path.isfile(tag)
+    if use_weights and not has_schema and not is_file:
         tags = open_clip.list_pretrained_tags_by_model(name)
         if tag not in tags:
             raise UserError(f"open_clip has no '{tag}' weights for {name}; known tags: {', '.join(tags) or 'none'} "
                             "(or give a weights file, or 'none' for random init)")
+    model_cfg = None if has_schema else _open_clip_model_cfg(name, None)
     kwargs: dict[str, Any] = {}
-    if spec.img_size is not None:
-        kwargs["force_image_size"] = tuple(spec.img_size)
+    force: Any = tuple(spec.img_size) if spec.img_size is not None else None
+    if _is_resnet_cfg(model_cfg):
+        force = _resnet_image_size(spec, model_cfg, use_weights)
+    if force is not None:
+        kwargs["force_image_size"] = force
     try:
         logging.getLogger().disabled = True  # open_clip logs a warning for the random init we asked for
         clip = open_clip.create_model(name, pretrained=tag if use_weights and not has_schema else None,
@@ -132,33 +300,70 @@ def _build_open_clip(spec: ModelSpec) -> tuple[nn.Module, tuple[int, int], tuple
     except UserError:
         raise
     except Exception as err:  # network, hub and file errors come in many types from several libraries
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = _first_line(err)
         if has_schema:
             raise UserError(f"cannot load {name}: {first}") from err
-        if os.path.isfile(tag):
+        if is_file:
             raise UserError(f"cannot load weights file {tag} into {name}: {first}") from err
-        raise UserError(f"cannot fetch the '{tag}' weights of {name} ({first}); {_weights_hint(name, tag)}") from err
+        if _is_download_error(err):
+            raise UserError(f"cannot fetch the '{tag}' weights of {name} ({first}); "
+                            f"{_weights_hint(name, tag)}") from err
+        raise UserError(f"cannot build {name}: {first}") from err
     finally:
         logging.getLogger().disabled = False
     visual = clip.visual
     pp = open_clip.get_model_preprocess_cfg(clip)
+    mean, std = tuple(pp.get("mean", OPENAI_MEAN)), tuple(pp.get("std", OPENAI_STD))
+    if is_file:
+        if spec.pretrained_tag:
+            tags = open_clip.list_pretrained_tags_by_model(name)
+            if spec.pretrained_tag not in tags:
+                raise UserError(f"pretrained_tag: open_clip has no '{spec.pretrained_tag}' weights for {name}; "
+                                f"known tags: {', '.join(tags) or 'none'}")
+            tag_cfg = open_clip.get_pretrained_cfg(name, spec.pretrained_tag)
+            mean, std = tuple(tag_cfg.get("mean", mean)), tuple(tag_cfg.get("std", std))
+        elif spec.mean is None or spec.std is None:
+            print(f"note: weights file {tag}: normalising with {name}'s default mean {_fmt(mean)} and std {_fmt(std)}; "
+                  "set pretrained_tag to the open_clip tag the file came from (or mean/std) if it has its own")
+    if _is_resnet_cfg(model_cfg) and spec.remove_proj and use_weights:
+        print(f"note: {name} keeps its attention pool's output projection (remove_proj removes a ViT's projection)")
     size = visual.image_size if hasattr(visual, "image_size") else pp.get("size", 224)
     size = tuple(size) if isinstance(size, (tuple, list)) else (int(size), int(size))
-    mean = tuple(pp.get("mean", OPENAI_MEAN))
-    std = tuple(pp.get("std", OPENAI_STD))
     scale = float(clip.logit_scale.exp().item()) if use_weights and hasattr(clip, "logit_scale") \
         else DEFAULT_LOGIT_SCALE
-    feature_dim = int(getattr(visual, "output_dim", 0))
-    if spec.remove_proj and isinstance(getattr(visual, "proj", None), nn.Parameter):
-        visual.proj = None
-        feature_dim = int(visual.ln_post.normalized_shape[0])
-    if spec.grad_checkpointing:
-        visual.set_grad_checkpointing(True)
+    _finish_open_clip(visual, spec)
+    if has_schema:
+        model_cfg = _open_clip_model_cfg(name, force)  # fetched (and cached) by create_model
+    elif model_cfg is not None and force is not None:
+        model_cfg = _open_clip_model_cfg(name, force)
+    arch = {"kind": "open_clip", "model_cfg": model_cfg} if model_cfg is not None else None
     del clip  # drops the text tower
-    return visual, size, mean, std, feature_dim, scale
+    return _Parts(visual, size, mean, std, scale, arch)
 
 
-def _build_tiny(spec: ModelSpec) -> tuple[nn.Module, tuple[int, int], tuple, tuple, int, float]:
+def _open_clip_from_cfg(model_cfg: dict[str, Any], spec: ModelSpec) -> _Parts:
+    """The visual tower of an open_clip model config, randomly initialised, without any download."""
+    from open_clip.model import _build_vision_tower
+
+    vision = dict(model_cfg.get("vision_cfg", {}))
+    vision["timm_model_pretrained"] = False
+    if isinstance(vision.get("image_size"), list):
+        vision["image_size"] = tuple(vision["image_size"])
+    try:
+        visual = _build_vision_tower(int(model_cfg["embed_dim"]), vision, bool(model_cfg.get("quick_gelu", False)))
+    except Exception as err:
+        raise UserError(f"cannot rebuild {spec.name} from its stored open_clip config: {_first_line(err)}") from err
+    if vision.get("timm_model_name") and vision.get("image_size") and hasattr(visual, "set_input_size"):
+        visual.set_input_size(vision["image_size"])  # what create_model's force_image_size does for timm trunks
+    _finish_open_clip(visual, spec)
+    pp = {k: v for k, v in model_cfg.get("preprocess_cfg", {}).items()}
+    size = visual.image_size if hasattr(visual, "image_size") else vision.get("image_size", 224)
+    size = tuple(size) if isinstance(size, (tuple, list)) else (int(size), int(size))
+    return _Parts(visual, size, tuple(pp.get("mean", OPENAI_MEAN)), tuple(pp.get("std", OPENAI_STD)),
+                  DEFAULT_LOGIT_SCALE, {"kind": "open_clip", "model_cfg": model_cfg})
+
+
+def _build_tiny(spec: ModelSpec) -> _Parts:
     """A 4-layer, width-64 ViT on 128x64 crops: milliseconds per step on a laptop CPU."""
     from open_clip.transformer import VisionTransformer
 
@@ -169,21 +374,20 @@ def _build_tiny(spec: ModelSpec) -> tuple[nn.Module, tuple[int, int], tuple, tup
         raise UserError(f"img_size {size} must be multiples of 16 for {TINY_VIT}")
     visual = VisionTransformer(image_size=size, patch_size=16, width=64, layers=4, heads=4, mlp_ratio=2.0,
                                output_dim=64, act_layer=nn.GELU)
-    feature_dim = 64
     if spec.remove_proj:
         visual.proj = None
     if spec.grad_checkpointing:
         visual.set_grad_checkpointing(True)
     if os.path.isfile(spec.pretrained):
         _load_backbone_file(visual, spec.pretrained)
-    return visual, size, OPENAI_MEAN, OPENAI_STD, feature_dim, DEFAULT_LOGIT_SCALE
+    return _Parts(visual, size, OPENAI_MEAN, OPENAI_STD, DEFAULT_LOGIT_SCALE, {"kind": "tiny"})
 
 
 # --------------------------------------------------------------------------------------------------------------
 # timm
 
 
-def _build_timm(spec: ModelSpec) -> tuple[nn.Module, tuple[int, int], tuple, tuple, int, float]:
+def _build_timm(spec: ModelSpec) -> _Parts:
     import timm
 
     name, tag = spec.name.removeprefix("timm:"), (spec.pretrained or "").strip()
@@ -192,6 +396,10 @@ def _build_timm(spec: ModelSpec) -> tuple[nn.Module, tuple[int, int], tuple, tup
     full = name
     if use_weights and not is_file and "." not in name and tag not in ("default", "timm"):
         full = f"{name}.{tag}"
+    if is_file and spec.pretrained_tag and "." not in name:
+        full = f"{name}.{spec.pretrained_tag}"  # the tag's architecture details and preprocessing, the file's weights
+        if not timm.list_pretrained(full):
+            raise UserError(f"pretrained_tag: timm has no '{spec.pretrained_tag}' weights for {name}")
     if use_weights and not is_file and not timm.list_pretrained(full):
         tags = sorted({n.split(".", 1)[1] for n in timm.list_pretrained(f"{name.split('.')[0]}.*")})
         raise UserError(f"timm has no '{tag}' weights for {name}; known tags: {', '.join(tags) or 'none'} "
@@ -210,17 +418,23 @@ def _build_timm(spec: ModelSpec) -> tuple[nn.Module, tuple[int, int], tuple, tup
             kwargs.pop("img_size")  # CNNs take any input size and have no img_size argument
             backbone = timm.create_model(full, pretrained=use_weights, **kwargs)
     except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = _first_line(err)
         if is_file:
             raise UserError(f"cannot load weights file {tag} into {name}: {first}") from err
+        if not use_weights or not _is_download_error(err):
+            raise UserError(f"cannot build {full}: {first}") from err
         raise UserError(f"cannot fetch the timm weights {full} ({first}); offline? download its model.safetensors "
                         f"from https://huggingface.co/timm/{full}, pass it as --pretrained <file>, or copy a Hugging "
                         "Face cache that has it and set HF_HUB_OFFLINE=1") from err
     cfg = timm.data.resolve_data_config({}, model=backbone)
+    if is_file and not spec.pretrained_tag and (spec.mean is None or spec.std is None):
+        print(f"note: weights file {tag}: normalising with {full}'s default mean {_fmt(cfg['mean'])} and std "
+              f"{_fmt(cfg['std'])}; set pretrained_tag to the timm tag the file came from (or mean/std)")
     size = tuple(spec.img_size) if spec.img_size else tuple(cfg["input_size"][1:])
     if spec.grad_checkpointing:
         backbone.set_grad_checkpointing(True)
-    return backbone, size, tuple(cfg["mean"]), tuple(cfg["std"]), int(backbone.num_features), DEFAULT_LOGIT_SCALE
+    arch = {"kind": "timm", "name": full, "img_size": list(spec.img_size) if "img_size" in kwargs else None}
+    return _Parts(backbone, size, tuple(cfg["mean"]), tuple(cfg["std"]), DEFAULT_LOGIT_SCALE, arch)
 
 
 def _load_backbone_file(module: nn.Module, path: str) -> None:
@@ -230,6 +444,24 @@ def _load_backbone_file(module: nn.Module, path: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------------
+# building
+
+
+def _check_spec(spec: ModelSpec) -> None:
+    check_interpolation(spec.interpolation)
+    for key in ("mean", "std"):
+        if getattr(spec, key) is not None:
+            _channel_triple(getattr(spec, key), key)
+
+
+def _assemble(parts: _Parts, spec: ModelSpec, fast_blocks: bool) -> ReIDEncoder:
+    feature_dim = measure_feature_dim(parts.backbone, parts.size, spec.name)
+    if fast_blocks:
+        speed_up_blocks(parts.backbone)
+    mean = spec.mean if spec.mean is not None else parts.mean
+    std = spec.std if spec.std is not None else parts.std
+    return ReIDEncoder(parts.backbone, spec, parts.size, mean, std, feature_dim, parts.scale, spec.interpolation,
+                       parts.arch)
 
 
 def build_encoder(spec: ModelSpec, *, fast_blocks: bool = True) -> ReIDEncoder:
@@ -238,6 +470,7 @@ def build_encoder(spec: ModelSpec, *, fast_blocks: bool = True) -> ReIDEncoder:
     ``fast_blocks`` swaps open_clip ViTs' attention and QuickGELU MLPs for ``clipreid.blocks``' drop-ins (same
     parameters and function, fewer passes over the activations); off, open_clip's own modules stay.
     """
+    _check_spec(spec)
     if spec.name == TINY_VIT:
         parts = _build_tiny(spec)
     elif _is_open_clip(spec.name):
@@ -254,37 +487,224 @@ def build_encoder(spec: ModelSpec, *, fast_blocks: bool = True) -> ReIDEncoder:
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise UserError(f"unknown model '{spec.name}': not an open_clip or timm model name{hint}")
         parts = _build_timm(spec)
-    backbone, size, mean, std, feature_dim, scale = parts
-    if fast_blocks:
-        speed_up_blocks(backbone)
-    return ReIDEncoder(backbone, spec, size, mean, std, feature_dim, min(scale, MAX_LOGIT_SCALE))
+    return _assemble(parts, spec, fast_blocks)
 
 
 def architecture_only(spec: ModelSpec) -> ModelSpec:
-    """The same spec with pretrained weights switched off: to rebuild a network whose weights a checkpoint holds."""
+    """The same spec with pretrained weights switched off: to rebuild a network whose weights a checkpoint holds
+    (for checkpoints that predate the stored architecture; ``hf-hub:``/``local-dir:`` names then need their source)."""
     name = spec.name
     keep = name.startswith(("hf-hub:", "local-dir:"))  # their architecture comes with their weights
-    return dataclasses.replace(spec, pretrained=spec.pretrained if keep else "none", grad_checkpointing=False)
+    return dataclasses.replace(spec, pretrained=spec.pretrained if keep else "none", pretrained_tag=None,
+                               grad_checkpointing=False)
+
+
+def build_architecture(spec: ModelSpec, arch: dict[str, Any] | None, *, fast_blocks: bool = True) -> ReIDEncoder:
+    """The randomly initialised network of a checkpoint: from its stored ``arch`` (offline), else from ``spec``."""
+    _check_spec(spec)
+    kind = (arch or {}).get("kind")
+    if kind == "open_clip" and arch.get("model_cfg"):
+        parts = _open_clip_from_cfg(arch["model_cfg"], spec)
+    elif kind == "timm" and arch.get("name"):
+        img = arch.get("img_size")
+        parts = _build_timm(dataclasses.replace(spec, name=arch["name"], pretrained="none", pretrained_tag=None,
+                                                img_size=tuple(img) if img else None))
+    else:
+        bare = dataclasses.replace(architecture_only(spec), grad_checkpointing=spec.grad_checkpointing)
+        return build_encoder(bare, fast_blocks=fast_blocks)
+    return _assemble(parts, spec, fast_blocks)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# checkpoint files: any supported layout -> (spec, preprocessing, architecture, state dict)
+
+
+@dataclass
+class EncoderFile:
+    """What a weights file holds, whatever its layout: enough to rebuild the encoder and load it strictly."""
+
+    spec: ModelSpec
+    weights: dict[str, torch.Tensor]  # the ReIDEncoder's state dict
+    preprocess: dict[str, Any] | None = None  # image_size/mean/std/interpolation; missing keys: the architecture's
+    arch: dict[str, Any] | None = None  # see ReIDEncoder.arch; None: rebuild from the spec
+    layout: str = "clipreid"  # clipreid, clip-reident or timm-2023
+    drop_unexpected: tuple[str, ...] = field(default_factory=tuple)  # key prefixes to leave out (a 2023 classifier)
+
+
+def encoder_checkpoint(encoder: ReIDEncoder) -> dict[str, Any]:
+    """The entries of a clipreid checkpoint that rebuild ``encoder``: weights, spec, preprocessing, architecture."""
+    return {"model": encoder.state_dict(), "model_spec": encoder.spec.to_dict(), "preprocess": encoder.preprocess(),
+            "arch": encoder.arch}
+
+
+def _clipreid_layout(state: Any, path: Path, model: str | None) -> EncoderFile | None:
+    if not isinstance(state, dict) or "model" not in state or "model_spec" not in state:
+        return None
+    if not isinstance(state["model"], dict) or not isinstance(state["model_spec"], dict):
+        raise UserError(f"checkpoint {path} is damaged: its 'model' / 'model_spec' entries are not dictionaries")
+    spec = ModelSpec.from_dict(state["model_spec"])
+    weights = {k.removeprefix("_orig_mod."): v for k, v in state["model"].items()}
+    preprocess = state.get("preprocess")
+    return EncoderFile(spec, weights, dict(preprocess) if preprocess else None, state.get("arch"), "clipreid")
+
+
+def encoder_file_of(state: dict[str, Any], path: str | Path) -> EncoderFile:
+    """The EncoderFile of an already loaded clipreid checkpoint dict (e.g. the last.pt a run resumes from)."""
+    found = _clipreid_layout(state, Path(path), None)
+    if found is None:
+        raise UserError(f"{path} is not a clipreid checkpoint (no 'model' and 'model_spec' entries)")
+    return found
+
+
+def _strip_module(state: dict[str, Any]) -> dict[str, Any]:
+    if state and all(isinstance(k, str) and k.startswith("module.") for k in state):
+        return {k.removeprefix("module."): v for k, v in state.items()}  # saved from DataParallel
+    return state
+
+
+def _infer_open_clip_vit(visual: dict[str, torch.Tensor], path: Path) -> tuple[str, dict[str, Any]]:
+    """(name, open_clip model config) of an OpenAI-style ViT visual tower, read from its tensor shapes."""
+    import open_clip
+
+    try:
+        width, _, patch, _ = visual["conv1.weight"].shape
+        tokens = visual["positional_embedding"].shape[0]
+        layers = 1 + max(int(k.split(".")[2]) for k in visual if k.startswith("transformer.resblocks."))
+        mlp = visual["transformer.resblocks.0.mlp.c_fc.weight"].shape[0]
+    except (KeyError, ValueError, IndexError) as err:
+        raise UserError(f"checkpoint {path} looks like a CLIP-ReIdent ViT (model.visual.*) but lacks its "
+                        f"{err} tensor: is the file complete?") from err
+    grid = math.isqrt(tokens - 1)
+    if grid * grid + 1 != tokens or width % 64:
+        raise UserError(f"checkpoint {path}: cannot read a ViT from model.visual.* ({tokens} position embeddings, "
+                        f"width {width}); expected a CLIP-ReIdent open_clip ViT")
+    vision = {"image_size": grid * patch, "layers": layers, "width": width, "patch_size": patch, "head_width": 64,
+              "mlp_ratio": mlp / width}
+    proj = visual.get("proj")
+    cfg = {"embed_dim": int(proj.shape[1]) if proj is not None else width, "quick_gelu": True, "vision_cfg": vision}
+    for name in open_clip.list_models():
+        known = open_clip.get_model_config(name) or {}
+        kv = known.get("vision_cfg", {})
+        if name.endswith("-quickgelu") and all(kv.get(k, d) == vision[k] for k, d in
+                                               (("image_size", None), ("layers", None), ("width", None),
+                                                ("patch_size", None), ("head_width", 64), ("mlp_ratio", 4.0))):
+            return name, cfg
+    return f"ViT-{width}w-{layers}l-{patch}p-quickgelu", cfg
+
+
+def _clip_reident_layout(state: Any, path: Path, model: str | None) -> EncoderFile | None:
+    """The original CLIP-ReIdent weights_e{epoch}.pth: model.logit_scale and model.visual.<open_clip tower>."""
+    if not isinstance(state, dict) or "model.visual.conv1.weight" not in state:
+        return None
+    visual = {k.removeprefix("model.visual."): v for k, v in state.items() if k.startswith("model.visual.")}
+    name, model_cfg = _infer_open_clip_vit(visual, path)
+    has_proj = "proj" in visual
+    spec = ModelSpec(name, "none", remove_proj=not has_proj, interpolation="bilinear")
+    weights = {f"backbone.{k}": v for k, v in visual.items()}
+    weights["logit_scale"] = state.get("model.logit_scale", torch.tensor(math.log(DEFAULT_LOGIT_SCALE)))
+    size = model_cfg["vision_cfg"]["image_size"]
+    preprocess = {"image_size": [size, size], "mean": list(OPENAI_MEAN), "std": list(OPENAI_STD),
+                  "interpolation": "bilinear"}
+    return EncoderFile(spec, weights, preprocess, {"kind": "open_clip", "model_cfg": model_cfg}, "clip-reident")
+
+
+def _timm_2023_layout(state: Any, path: Path, model: str | None) -> EncoderFile | None:
+    """The 2023 winners' timm checkpoints: model.<timm keys>, maybe model.logit_scale; the timm name is given."""
+    if not isinstance(state, dict) or not state or not all(isinstance(k, str) and k.startswith("model.")
+                                                         for k in state):
+        return None
+    if not model:
+        raise UserError(f"checkpoint {path} looks like one of the 2023 code (tensors under 'model.'): name its timm "
+                        "model with checkpoint_model (load_encoder(path, model=...))")
+    import timm
+
+    name = model.removeprefix("timm:")
+    if not timm.is_model(name.split(".")[0]):
+        raise UserError(f"checkpoint_model: '{model}' is not a timm model name")
+    weights = {f"backbone.{k.removeprefix('model.')}": v for k, v in state.items() if k != "model.logit_scale"}
+    weights["logit_scale"] = state.get("model.logit_scale", torch.tensor(math.log(DEFAULT_LOGIT_SCALE)))
+    # the 2023 code normalised every timm backbone with ImageNet mean/std and letterboxed as CLIP-ReIdent did
+    spec = ModelSpec(name, "none", remove_proj=False, mean=IMAGENET_MEAN, std=IMAGENET_STD, interpolation="bilinear")
+    preprocess = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "interpolation": "bilinear"}
+    return EncoderFile(spec, weights, preprocess, {"kind": "timm", "name": name, "img_size": None}, "timm-2023",
+                       drop_unexpected=("classifier",))
+
+
+# Tried in order; a reader returns None for a layout that is not its own. A new format (e.g. a .safetensors
+# weights file with a JSON spec) is one more reader here, chosen by the file's suffix before torch.load.
+ENCODER_LAYOUTS = (_clipreid_layout, _clip_reident_layout, _timm_2023_layout)
+
+
+def read_encoder_file(path: str | Path, model: str | None = None) -> EncoderFile:
+    """Read any supported weights file (a clipreid checkpoint or run folder, an original CLIP-ReIdent
+    ``weights_e{epoch}.pth``, a 2023-code timm checkpoint with ``model`` naming its timm model, a ``.safetensors``
+    export)."""
+    path = checkpoint_file(path)
+    if path.suffix == ".safetensors":  # written by python -m clipreid.export
+        from .export import read_safetensors
+
+        return read_safetensors(path)
+    state = load_checkpoint_file(path)
+    if isinstance(state, dict):
+        state = _strip_module(state)
+    for reader in ENCODER_LAYOUTS:
+        found = reader(state, path, model)
+        if found is not None:
+            return found
+    raise UserError(f"{path} is neither a clipreid checkpoint (a dict with 'model' and 'model_spec', written by "
+                    "train.py) nor an original CLIP-ReIdent / 2023-code weights file ('model.visual.*' or 'model.*' "
+                    "tensors); give a best.pt / last.pt or its run folder")
 
 
 def checkpoint_spec(path: str | Path) -> ModelSpec:
     """Read only the ModelSpec stored in a checkpoint."""
-    return ModelSpec.from_dict(read_checkpoint(path)["model_spec"])
+    return read_encoder_file(path).spec
 
 
-def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> ReIDEncoder:
-    """Rebuild an encoder from a clipreid checkpoint (architecture from its spec, weights loaded strictly)."""
-    if Path(path).suffix == ".safetensors":  # written by python -m clipreid.export
-        from .export import load_safetensors
+def _load_weights(encoder: ReIDEncoder, found: EncoderFile, path: Path) -> None:
+    """Load ``found.weights`` strictly, with one-line errors for keys or shapes that do not fit."""
+    own = encoder.state_dict()
+    weights = dict(found.weights)
+    if found.drop_unexpected:
+        classifier = getattr(encoder.backbone, "pretrained_cfg", {}).get("classifier")
+        if classifier:  # the 2023 code kept the ImageNet head; our backbones have none
+            weights = {k: v for k, v in weights.items()
+                       if k in own or not k.startswith(f"backbone.{classifier}.")}
+    name = found.spec.name
+    not_tensors = [k for k, v in weights.items() if not isinstance(v, torch.Tensor)]
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    if missing or unexpected or not_tensors:
+        raise UserError(f"checkpoint {path} does not match {name}: missing {missing[:3]}, unexpected "
+                        f"{unexpected[:3]}{f', not tensors {not_tensors[:3]}' if not_tensors else ''} "
+                        f"({len(missing)} missing, {len(unexpected)} unexpected); was it saved from another model?")
+    bad = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in weights.items() if tuple(v.shape) != own[k].shape]
+    if bad:
+        k, got, want = bad[0]
+        raise UserError(f"checkpoint {path} does not fit {name}: {k} is {list(got)} in the file but {list(want)} in "
+                        f"the model ({len(bad)} tensors differ); the file was saved from another architecture or "
+                        "input size")
+    encoder.load_state_dict(weights, strict=True)
 
-        return load_safetensors(path, device)
-    state = read_checkpoint(path)
-    spec = ModelSpec.from_dict(state["model_spec"])
-    encoder = build_encoder(architecture_only(spec))
-    encoder.spec = spec
-    weights = {k.removeprefix("_orig_mod."): v for k, v in state["model"].items()}
-    missing, unexpected = encoder.load_state_dict(weights, strict=False)
-    if missing or unexpected:
-        raise UserError(f"checkpoint {path} does not match {spec.name}: missing {list(missing)[:3]}, "
-                        f"unexpected {list(unexpected)[:3]}")
-    return encoder.to(device).eval()
+
+def rebuild_encoder(found: EncoderFile, path: str | Path, *, training: bool = False) -> ReIDEncoder:
+    """The encoder of a read file: its architecture (offline when stored), its preprocessing, its weights."""
+    spec = found.spec if training else dataclasses.replace(found.spec, grad_checkpointing=False)
+    encoder = build_architecture(spec, found.arch)
+    encoder.spec = found.spec
+    if found.preprocess is None:
+        encoder.set_preprocess({"interpolation": "bicubic"})  # what training used before it was stored
+        warnings.warn(f"checkpoint {path} predates stored preprocessing: assuming the bare architecture's "
+                      f"{encoder.image_size[0]}x{encoder.image_size[1]} input, mean {_fmt(encoder.mean)}, std "
+                      f"{_fmt(encoder.std)} and bicubic resizing", stacklevel=3)
+    else:
+        encoder.set_preprocess(found.preprocess)
+    _load_weights(encoder, found, Path(path))
+    return encoder
+
+
+def load_encoder(path: str | Path, device: str | torch.device = "cpu", model: str | None = None) -> ReIDEncoder:
+    """Rebuild an encoder from a checkpoint (see ``read_encoder_file``), in eval mode on ``device``: the stored
+    architecture and preprocessing, weights loaded strictly. ``model``: the timm name of a 2023-code checkpoint."""
+    found = read_encoder_file(path, model)
+    return rebuild_encoder(found, checkpoint_file(path)).to(device).eval()

@@ -196,7 +196,7 @@ def predict(cfg: Any) -> PredictReport:
         device = pick_device(cfg.device)
         cache = ImageCache(getattr(cfg, "cache_images", False), cfg.progress)
         for path in checkpoints:
-            encoder = load_for_inference(path, device)
+            encoder = load_for_inference(path, device, getattr(cfg, "checkpoint_model", None))
             for name, qset in qsets.items():
                 qf, gf = query_gallery_features(encoder, qset.query_paths, qset.gallery_paths, device=device, cfg=cfg,
                                                 cache=cache)

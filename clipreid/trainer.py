@@ -35,7 +35,7 @@ from .errors import UserError
 from .features import validate
 from .fileio import StagedFolder, check_writable, write_text
 from .loss import ReIDLoss
-from .model import ModelSpec, ReIDEncoder, build_encoder
+from .model import ModelSpec, ReIDEncoder, build_encoder, encoder_checkpoint, encoder_file_of, rebuild_encoder
 from .runtime import Runtime, autocast, resolve_precision, setup_runtime
 from .tracking import Tracker, open_tracker
 from .transforms import AugmentConfig, augment_pairs, decode_images, to_device
@@ -214,9 +214,12 @@ def _train_into(cfg: Any, rt: Runtime, state: dict[str, Any] | None, folder: Sta
         torch.backends.cudnn.allow_tf32 = True
 
     split: Split = load_split(cfg.data_dir, cfg.validation, cfg.fold)
-    spec = ModelSpec(cfg.model, cfg.pretrained, cfg.remove_proj, cfg.img_size, cfg.grad_checkpointing)
-    # on resume the weights come from the checkpoint: build the architecture only
-    encoder: ReIDEncoder = build_encoder(spec if state is None else dataclasses.replace(spec, pretrained="none"))
+    spec = ModelSpec(cfg.model, cfg.pretrained, cfg.remove_proj, cfg.img_size, cfg.grad_checkpointing,
+                     pretrained_tag=getattr(cfg, "pretrained_tag", None), mean=getattr(cfg, "mean", None),
+                     std=getattr(cfg, "std", None), interpolation=getattr(cfg, "interpolation", "bilinear"))
+    # on resume, the checkpoint's stored architecture, preprocessing and weights (nothing fetched)
+    encoder: ReIDEncoder = (build_encoder(spec) if state is None
+                            else rebuild_encoder(encoder_file_of(state, cfg.resume), cfg.resume, training=True))
     encoder.spec = spec
     labels = contiguous_labels(split.train_players)
     loss_fn = ReIDLoss(tuple(cfg.losses), tuple(cfg.loss_weights) if cfg.loss_weights else None,
@@ -232,17 +235,18 @@ def _train_into(cfg: Any, rt: Runtime, state: dict[str, Any] | None, folder: Sta
 
     sampler = PairBatchSampler(split.train_players, cfg.batch_size, seed=cfg.seed, world_size=rt.world_size,
                                rank=rt.rank)
-    size = encoder.image_size
-    cache = (decode_images(split.train_paths, size, progress=cfg.progress and rt.is_main, desc="decode train")
-             if cfg.cache_images else None)
-    pairs = PairDataset(ImageSet(split.train_paths, size, cache), labels)
+    size, interp = encoder.image_size, encoder.interpolation
+    cache = (decode_images(split.train_paths, size, progress=cfg.progress and rt.is_main, desc="decode train",
+                           interpolation=interp) if cfg.cache_images else None)
+    pairs = PairDataset(ImageSet(split.train_paths, size, cache, interp), labels)
     val_sets = None
     if split.query_paths and rt.is_main:
         if cfg.cache_images:
-            val_sets = tuple(decode_images(p, size, progress=cfg.progress, desc="decode validation")
-                             for p in (split.query_paths, split.gallery_paths))
+            val_sets = tuple(decode_images(p, size, progress=cfg.progress, desc="decode validation",
+                                           interpolation=interp) for p in (split.query_paths, split.gallery_paths))
         else:
-            val_sets = (ImageSet(split.query_paths, size), ImageSet(split.gallery_paths, size))
+            val_sets = (ImageSet(split.query_paths, size, interpolation=interp),
+                        ImageSet(split.gallery_paths, size, interpolation=interp))
 
     optimizer = build_optimizer([encoder, loss_fn], cfg.lr, cfg.weight_decay, cfg.decay_all,
                                 fused=rt.device.type == "cuda")
@@ -301,8 +305,8 @@ def _train_into(cfg: Any, rt: Runtime, state: dict[str, Any] | None, folder: Sta
             metric = record.get("mAP", float(epoch))
             improved = metric > best
             best = max(best, metric)
-            common = {"model": encoder.state_dict(), "model_spec": encoder.spec.to_dict(),
-                      "config": config_to_dict(cfg), "epoch": epoch + 1, "metrics": record}
+            common = {**encoder_checkpoint(encoder), "config": config_to_dict(cfg), "epoch": epoch + 1,
+                      "metrics": record}
             save_checkpoint(folder.path / "last.pt", {
                 **common, "loss": loss_fn.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": _rng_state(),
@@ -364,7 +368,7 @@ def forward_backward(model: nn.Module, encoder: ReIDEncoder, loss_fn: ReIDLoss, 
 def optimizer_update(optimizer: torch.optim.Optimizer, encoder: ReIDEncoder,
                      scaler: torch.amp.GradScaler | None = None, clip_grad: float | None = None) -> None:
     """The optimiser step after the accumulated backward passes: gradient clipping (on unscaled gradients), the
-    step (skipped by the scaler on inf/NaN fp16 gradients), zeroed gradients and the clamped logit scale."""
+    step (skipped by the scaler on inf/NaN fp16 gradients) and zeroed gradients; the logit scale is not clamped."""
     if scaler is None:
         scaler = torch.amp.GradScaler(enabled=False)
     if clip_grad:
@@ -373,7 +377,6 @@ def optimizer_update(optimizer: torch.optim.Optimizer, encoder: ReIDEncoder,
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
-    encoder.clamp_logit_scale()
 
 
 def _step_generator(seed: int, epoch: int, step: int) -> torch.Generator:

@@ -23,47 +23,81 @@ from tqdm import tqdm
 
 from .errors import UserError
 
+INTERPOLATIONS = ("bilinear", "bicubic")
 
-def letterbox(image: Image.Image, size: tuple[int, int]) -> Image.Image:
-    """Resize ``image`` to fit inside ``size`` = (height, width) keeping its aspect ratio; pad with black, centred.
 
-    Shortest-side resize plus centre crop would cut heads and feet off tall player crops.
+def resize_uint8(image: np.ndarray, size: tuple[int, int], interpolation: str = "bilinear") -> np.ndarray:
+    """Resize an HxWx3 uint8 array to ``size`` = (height, width).
+
+    ``bilinear`` is OpenCV's ``INTER_LINEAR_EXACT`` (the original's letterbox): half-pixel centres, 2x2 taps, no
+    antialiasing, rounded to the nearest grey level (torch computes it; OpenCV is not needed). ``bicubic`` is
+    Pillow's (antialiased when shrinking).
     """
     height, width = size
-    image = image.convert("RGB")
-    scale = min(width / image.width, height / image.height)
-    new_w = max(1, min(width, round(image.width * scale)))
-    new_h = max(1, min(height, round(image.height * scale)))
-    resized = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
-    canvas = Image.new("RGB", (width, height))
-    canvas.paste(resized, ((width - new_w) // 2, (height - new_h) // 2))
+    if interpolation == "bicubic":
+        return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BICUBIC))
+    if interpolation != "bilinear":
+        raise UserError(f"interpolation must be {' or '.join(INTERPOLATIONS)}, not {interpolation!r}")
+    if image.shape[:2] == (height, width):
+        return image
+    x = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)[None].float()  # a writable copy
+    out = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=False)
+    return out[0].round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def letterbox_array(image: np.ndarray, size: tuple[int, int], interpolation: str = "bilinear") -> np.ndarray:
+    """Letterbox an HxWx3 uint8 array into ``size`` = (height, width): aspect kept, zero padding, centred."""
+    height, width = size
+    h, w = image.shape[:2]
+    scale = min(width / w, height / h)
+    new_w = max(1, min(width, round(w * scale)))
+    new_h = max(1, min(height, round(h * scale)))
+    canvas = np.zeros((height, width, 3), dtype=np.uint8)
+    top, left = (height - new_h) // 2, (width - new_w) // 2
+    canvas[top:top + new_h, left:left + new_w] = resize_uint8(image, (new_h, new_w), interpolation)
     return canvas
 
 
-def load_image(path: str | Path, size: tuple[int, int]) -> torch.Tensor:
+def letterbox(image: Image.Image, size: tuple[int, int], interpolation: str = "bilinear") -> Image.Image:
+    """Resize ``image`` to fit inside ``size`` = (height, width) keeping its aspect ratio; pad with black, centred.
+
+    Shortest-side resize plus centre crop would cut heads and feet off tall player crops. ``interpolation``:
+    ``bilinear`` (OpenCV's, as CLIP-ReIdent) or ``bicubic`` (Pillow's).
+    """
+    return Image.fromarray(letterbox_array(np.asarray(image.convert("RGB")), size, interpolation))
+
+
+def _to_tensor(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).contiguous()
+
+
+def load_image(path: str | Path, size: tuple[int, int], interpolation: str = "bilinear") -> torch.Tensor:
     """Decode ``path`` and letterbox it to a ``uint8`` tensor of shape (3, height, width)."""
     try:
         with Image.open(path) as image:
-            boxed = letterbox(image, size)
+            array = np.asarray(image.convert("RGB"))
     except (OSError, ValueError) as err:
         raise UserError(f"cannot read image {path}: {err}; re-run preprocess_data.py to leave it out") from err
-    return torch.from_numpy(np.asarray(boxed).copy()).permute(2, 0, 1).contiguous()
+    return _to_tensor(letterbox_array(array, size, interpolation))
 
 
-def to_uint8_tensor(image: Image.Image | np.ndarray | torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def to_uint8_tensor(image: Image.Image | np.ndarray | torch.Tensor, size: tuple[int, int],
+                    interpolation: str = "bilinear") -> torch.Tensor:
     """Letterbox an in-memory image (PIL, HxWx3 uint8 array, or 3xHxW uint8 tensor) to (3, height, width) uint8."""
     if isinstance(image, torch.Tensor):
         image = image.permute(1, 2, 0).cpu().numpy() if image.ndim == 3 and image.shape[0] == 3 else image.numpy()
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8:
             raise ValueError(f"expected a uint8 image array, got {image.dtype}")
-        image = Image.fromarray(image)
-    boxed = letterbox(image, size)
-    return torch.from_numpy(np.asarray(boxed).copy()).permute(2, 0, 1).contiguous()
+        array = image if image.ndim == 3 and image.shape[2] == 3 else np.asarray(Image.fromarray(image).convert("RGB"))
+    else:
+        array = np.asarray(image.convert("RGB"))
+    return _to_tensor(letterbox_array(array, size, interpolation))
 
 
 def decode_images(
-    paths: Sequence[str | Path], size: tuple[int, int], *, workers: int = 0, progress: bool = True, desc: str = "decode"
+    paths: Sequence[str | Path], size: tuple[int, int], *, workers: int = 0, progress: bool = True,
+    desc: str = "decode", interpolation: str = "bilinear",
 ) -> torch.Tensor:
     """Decode and letterbox every image into one ``uint8`` tensor (N, 3, height, width), using a thread pool.
 
@@ -73,7 +107,7 @@ def decode_images(
     workers = workers or min(16, torch.get_num_threads() or 1, len(paths) or 1)
 
     def work(i: int) -> None:
-        out[i] = load_image(paths[i], size)
+        out[i] = load_image(paths[i], size, interpolation)
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         for _ in tqdm(pool.map(work, range(len(paths))), total=len(paths), desc=desc, disable=not progress,

@@ -1,0 +1,212 @@
+"""Checkpoints: what they carry (preprocessing, an offline-rebuildable architecture), the original CLIP-ReIdent and
+2023 layouts, and one-line errors for every kind of bad file."""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import train
+from clipreid.errors import UserError
+from clipreid.features import embed
+from clipreid.model import (
+    IMAGENET_MEAN,
+    OPENAI_MEAN,
+    ModelSpec,
+    build_encoder,
+    encoder_checkpoint,
+    load_encoder,
+    read_checkpoint,
+)
+from clipreid.trainer import train as run_training
+from clipreid.transforms import normalize, to_uint8_tensor
+
+
+def _images(n: int = 3) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 256, (50 + 7 * i, 23 + 3 * i, 3), dtype=np.uint8) for i in range(n)]
+
+
+def _features(encoder, images, size, mean, std, interpolation) -> torch.Tensor:
+    x = normalize(torch.stack([to_uint8_tensor(im, size, interpolation) for im in images]), mean, std)
+    with torch.no_grad():
+        return torch.nn.functional.normalize(encoder.eval()(x), dim=-1)
+
+
+def test_trained_checkpoint_carries_and_applies_its_preprocessing(synthetic_small, tmp_path):
+    mean, std = (0.3, 0.4, 0.5), (0.2, 0.3, 0.4)
+    cfg = train.Config(data_dir=synthetic_small, output_dir=tmp_path, model="tiny-vit", pretrained="none", epochs=2,
+                       stop_after=1, batch_size=16, lr=2e-3, progress=False, device="cpu", zero_shot=False,
+                       num_workers=0, validation="none", img_size=(32, 16), mean=mean, std=std,
+                       interpolation="bicubic")
+    run_dir = run_training(cfg)
+    run_training(train.Config(**{**cfg.__dict__, "resume": run_dir / "last.pt", "stop_after": None}))
+    for name in ("best.pt", "last.pt"):
+        stored = read_checkpoint(run_dir / name)
+        assert stored["preprocess"] == {"image_size": [32, 16], "mean": list(mean), "std": list(std),
+                                        "interpolation": "bicubic"}
+        assert stored["epoch"] == 2
+    encoder = load_encoder(run_dir / "best.pt")
+    assert (encoder.image_size, encoder.mean, encoder.std, encoder.interpolation) == ((32, 16), mean, std, "bicubic")
+    # embed letterboxes and normalises as training did
+    got, _ = embed(run_dir / "best.pt", _images(), device="cpu", progress=False)
+    want = _features(encoder, _images(), (32, 16), mean, std, "bicubic")
+    torch.testing.assert_close(got, want)
+    other = _features(encoder, _images(), (32, 16), OPENAI_MEAN, (0.27, 0.26, 0.28), "bilinear")
+    assert not torch.allclose(got, other, atol=1e-4)
+
+
+def test_old_checkpoint_without_preprocessing_still_loads_with_a_warning(tmp_path):
+    enc = build_encoder(ModelSpec("tiny-vit", "none"))
+    torch.save({"model": enc.state_dict(), "model_spec": enc.spec.to_dict()}, tmp_path / "old.pt")
+    with pytest.warns(UserWarning, match="predates stored preprocessing.*bicubic"):
+        loaded = load_encoder(tmp_path / "old.pt")
+    assert loaded.image_size == (128, 64) and loaded.mean == pytest.approx(OPENAI_MEAN)
+    assert loaded.interpolation == "bicubic"  # what training used before it was stored
+
+
+def test_tag_preprocessing_of_a_weights_file_timm(tmp_path, capsys):
+    import timm
+
+    name = "vit_small_patch16_224"  # timm's default tag normalises with 0.5; its DINO weights with ImageNet's
+    weights = timm.create_model(name, pretrained=False, num_classes=0, img_size=(32, 32))
+    torch.save(weights.state_dict(), tmp_path / "vit.pth")
+    plain = build_encoder(ModelSpec(name, str(tmp_path / "vit.pth"), img_size=(32, 32)))
+    assert plain.mean == pytest.approx((0.5, 0.5, 0.5)) and "set pretrained_tag" in capsys.readouterr().out
+    tagged = build_encoder(ModelSpec(name, str(tmp_path / "vit.pth"), img_size=(32, 32), pretrained_tag="dino"))
+    assert tagged.mean == pytest.approx(IMAGENET_MEAN) and tagged.std == pytest.approx((0.229, 0.224, 0.225))
+    torch.testing.assert_close(tagged.backbone.state_dict()["pos_embed"], weights.state_dict()["pos_embed"])
+    torch.save(encoder_checkpoint(tagged), tmp_path / "best.pt")
+    assert load_encoder(tmp_path / "best.pt").mean == pytest.approx(IMAGENET_MEAN)
+    with pytest.raises(UserError, match="pretrained_tag: timm has no 'nonsense'"):
+        build_encoder(ModelSpec(name, str(tmp_path / "vit.pth"), pretrained_tag="nonsense"))
+    override = build_encoder(ModelSpec(name, str(tmp_path / "vit.pth"), img_size=(32, 32), pretrained_tag="dino",
+                                       mean=(0.1, 0.2, 0.3), std=(0.2, 0.2, 0.2)))
+    assert override.mean == pytest.approx((0.1, 0.2, 0.3)) and override.std == pytest.approx((0.2, 0.2, 0.2))
+
+
+def test_open_clip_tag_preprocessing_survives_the_rebuild(tmp_path, monkeypatch):
+    """PE-Core's 'meta' weights use mean/std 0.5; a bare rebuild would say OpenAI's: the checkpoint decides."""
+    import open_clip.factory
+
+    monkeypatch.setattr(open_clip.factory, "download_pretrained", lambda cfg, cache_dir=None: "unused.bin")
+    monkeypatch.setattr(open_clip.factory, "load_checkpoint", lambda *a, **k: None)  # random weights, no download
+    enc = build_encoder(ModelSpec("PE-Core-T-16-384", "meta", img_size=(64, 64)))
+    assert enc.mean == pytest.approx((0.5, 0.5, 0.5)) and enc.image_size == (64, 64)
+    torch.save(encoder_checkpoint(enc), tmp_path / "pe.pt")
+    loaded = load_encoder(tmp_path / "pe.pt")
+    assert loaded.mean == pytest.approx((0.5, 0.5, 0.5)) and loaded.image_size == (64, 64)
+    x = torch.randn(2, 3, 64, 64)
+    torch.testing.assert_close(loaded(x), enc.eval()(x))
+
+
+def test_local_dir_checkpoint_rebuilds_offline(tmp_path, monkeypatch):
+    import open_clip
+
+    cfg = {"embed_dim": 32, "quick_gelu": True,
+           "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16},
+           "text_cfg": {"context_length": 8, "vocab_size": 100, "width": 32, "heads": 2, "layers": 1}}
+    folder = tmp_path / "mymodel"
+    folder.mkdir()
+    (folder / "open_clip_config.json").write_text(json.dumps(
+        {"model_cfg": cfg, "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}}))
+    torch.save(open_clip.model.CLIP(**cfg).state_dict(), folder / "open_clip_pytorch_model.bin")
+    enc = build_encoder(ModelSpec(f"local-dir:{folder}", "none"))
+    assert enc.mean == pytest.approx((0.5, 0.5, 0.5)) and enc.feature_dim == 64
+    torch.save(encoder_checkpoint(enc), tmp_path / "best.pt")
+    for f in folder.iterdir():
+        f.unlink()
+    folder.rmdir()
+
+    def no_network(*args, **kwargs):
+        raise OSError("network unreachable (test)")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    loaded = load_encoder(tmp_path / "best.pt")
+    assert loaded.mean == pytest.approx((0.5, 0.5, 0.5)) and loaded.std == pytest.approx((0.25, 0.25, 0.25))
+    x = torch.randn(2, 3, 64, 64)
+    torch.testing.assert_close(loaded(x), enc.eval()(x))
+
+
+def test_clip_reident_weights_file_loads_as_it_is(tmp_path):
+    from open_clip.model import QuickGELU
+    from open_clip.transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    visual = VisionTransformer(image_size=64, patch_size=16, width=64, layers=2, heads=1, mlp_ratio=4.0,
+                               output_dim=64, act_layer=QuickGELU)
+    visual.proj = None  # CLIP-ReIdent removes the projection
+    for p in visual.parameters():
+        nn.init.normal_(p, std=0.1)
+    state = {"model.logit_scale": torch.tensor(math.log(42.0))}
+    state.update({f"model.visual.{k}": v for k, v in visual.state_dict().items()})
+    torch.save(state, tmp_path / "weights_e3.pth")
+    enc = load_encoder(tmp_path / "weights_e3.pth")
+    assert enc.image_size == (64, 64) and enc.feature_dim == 64 and enc.interpolation == "bilinear"
+    assert enc.mean == pytest.approx(OPENAI_MEAN) and enc.scale().item() == pytest.approx(42.0, rel=1e-5)
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(enc(x), visual.eval()(x), atol=1e-5, rtol=1e-4)
+    # a clipreid checkpoint of it round-trips
+    torch.save(encoder_checkpoint(enc), tmp_path / "again.pt")
+    with torch.no_grad():
+        torch.testing.assert_close(load_encoder(tmp_path / "again.pt")(x), enc(x))
+
+
+def test_2023_timm_checkpoint_needs_and_uses_its_model_name(tmp_path):
+    import timm
+
+    torch.manual_seed(0)
+    net = timm.create_model("mobilenetv3_small_050", pretrained=False)  # with its ImageNet head, as 2023 saved it
+    state = {f"model.{k}": v for k, v in net.state_dict().items()}
+    torch.save(state, tmp_path / "weights_e8.pth")
+    with pytest.raises(UserError, match="checkpoint_model"):
+        load_encoder(tmp_path / "weights_e8.pth")
+    enc = load_encoder(tmp_path / "weights_e8.pth", model="mobilenetv3_small_050")
+    assert enc.mean == pytest.approx(IMAGENET_MEAN) and enc.interpolation == "bilinear"
+    net.reset_classifier(0)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(enc(x), net.eval()(x))
+        assert enc(x).shape == (2, enc.feature_dim)
+
+
+def _bad_files(tmp_path):
+    enc = build_encoder(ModelSpec("tiny-vit", "none"))
+    good = tmp_path / "good.pt"
+    torch.save(encoder_checkpoint(enc), good)
+    data = good.read_bytes()
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "truncated.pt").write_bytes(data[: len(data) // 2])
+    (tmp_path / "corrupt.pt").write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    torch.save({"encoder": {"w": torch.zeros(2)}}, tmp_path / "foreign.pt")
+    torch.save({"model": {}, "model_spec": {}, "evil": train.Config()}, tmp_path / "pickled.pt")
+    state = encoder_checkpoint(enc)
+    state["model"]["backbone.conv1.weight"] = torch.zeros(64, 3, 8, 8)
+    torch.save(state, tmp_path / "mismatched.pt")
+    state = encoder_checkpoint(enc)
+    state["model_spec"]["name"] = "nonexistent-model-xyz"
+    torch.save(state, tmp_path / "unknown_model.pt")
+
+
+@pytest.mark.parametrize("name, message", [
+    ("missing.pt", "not found"),
+    ("empty.pt", "empty \\(0 bytes\\)"),
+    ("truncated.pt", "truncated"),
+    ("corrupt.pt", "not a PyTorch file, or it is corrupt"),
+    ("foreign.pt", "neither a clipreid checkpoint"),
+    ("pickled.pt", "pickled Python objects"),
+    ("mismatched.pt", "does not fit tiny-vit: backbone.conv1.weight is \\[64, 3, 8, 8\\] in the file"),
+])
+def test_bad_checkpoints_fail_in_one_line(tmp_path, name, message):
+    _bad_files(tmp_path)
+    with pytest.raises(UserError, match=message) as err:
+        load_encoder(tmp_path / name)
+    text = str(err.value)
+    assert "\n" not in text and name in text and "weights_only" not in text
