@@ -16,7 +16,7 @@ from PIL import Image
 from clipreid.checkpoint import save_checkpoint
 from clipreid.errors import UserError
 from clipreid.features import embed
-from clipreid.model import ModelSpec, build_encoder, load_encoder
+from clipreid.model import ModelSpec, build_encoder, encoder_checkpoint, load_encoder
 from clipreid.transforms import normalize
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +32,7 @@ def checkpoint(tmp_path_factory) -> Path:
     with torch.no_grad():
         encoder.logit_scale.fill_(3.0)
     path = tmp_path_factory.mktemp("run") / "best.pt"
-    save_checkpoint(path, {"model": encoder.state_dict(), "model_spec": encoder.spec.to_dict()})
+    save_checkpoint(path, encoder_checkpoint(encoder))
     return path
 
 
@@ -56,7 +56,7 @@ def test_export_writes_the_set_into_the_run_folder(checkpoint, exported):
     card = json.loads((out / "model.json").read_text())
     assert card["model_spec"]["name"] == "tiny-vit" and card["feature_dim"] == 64
     assert card["preprocessing"]["input_size"] == [128, 64]
-    assert card["preprocessing"]["interpolation"] == "bicubic"
+    assert card["preprocessing"]["interpolation"] == "bilinear"  # the default resampling, stored in the checkpoint
     assert card["logit_scale"] == pytest.approx(np.exp(3.0), rel=1e-6)
     assert [p.name for p in checkpoint.parent.iterdir() if p.name.startswith(".")] == []
 
@@ -103,7 +103,7 @@ def test_onnx_matches_pytorch_at_two_batch_sizes(checkpoint, exported, tmp_path)
     expected, _ = embed(encoder, paths, device="cpu", progress=False)
     from clipreid.transforms import load_image
 
-    images = torch.stack([load_image(p, encoder.image_size) for p in paths]).numpy()
+    images = torch.stack([load_image(p, encoder.image_size, encoder.interpolation) for p in paths]).numpy()
     for batch in (images[:1], images):
         features = session.run(["features"], {"images": batch})[0]
         assert features.shape == (len(batch), 64)
