@@ -29,11 +29,11 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
-from tqdm.auto import tqdm
 
 from clipreid import layout
 from clipreid.errors import UserError
 from clipreid.fileio import atomic_path, write_json
+from clipreid.progress import progress_bar
 
 INFO_NAME = "synthetic.json"
 _SUPERSAMPLE = 2  # draw at twice the size, then downsample: cheap anti-aliasing
@@ -569,7 +569,7 @@ def generate_synthetic_dataset(root: str | os.PathLike, spec: SyntheticSpec | No
     counts = {name: 0 for name in layout.IMAGE_DIRS}
     truth: dict[str, dict[int, int]] = {layout.CHALLENGE_QUERY_DIR: {}, layout.CHALLENGE_GALLERY_DIR: {}}
 
-    with atomic_path(root, is_dir=True) as tmp, tqdm(total=total, desc="synthetic data", unit="img",
+    with atomic_path(root, is_dir=True) as tmp, progress_bar(total=total, desc="synthetic data", unit="img",
                                                        disable=not progress) as bar:
         for name in layout.IMAGE_DIRS:
             (tmp / name).mkdir(parents=True)
