@@ -73,6 +73,9 @@ class SyntheticSpec:
             problems.append("single_image_players must be between 0 and num_train_players")
         if min(self.image_size) < 16:
             problems.append(f"image_size must be at least 16 px each way, got {self.image_size}")
+        for name in ("occlusion_prob", "blur_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                problems.append(f"{name} must be a probability between 0 and 1, got {getattr(self, name)}")
         if not 1 <= self.jpeg_quality[0] <= self.jpeg_quality[1] <= 100:
             problems.append(f"jpeg_quality must be (lo, hi) within 1..100, got {self.jpeg_quality}")
         if problems:
