@@ -125,7 +125,8 @@ class LogProgress:
         elapsed = now - self.start
         count = self._amount(self.n, self.total or None)
         rate = (self.n - self.initial) / elapsed if elapsed > 0 else 0.0
-        rate_text = self._amount(rate) if self.unit_scale else f"{rate:.3g} {self.unit}"
+        rate_text = self._amount(rate) if self.unit_scale else f"{rate:.0f} {self.unit}" if rate >= 100 \
+            else f"{rate:.3g} {self.unit}"
         if done:
             text = f"done {count} in {elapsed:.1f} s, {rate_text}/s"
         else:
