@@ -29,6 +29,10 @@ class Config:
     synthetic_train_players: int = 48  # training identities
     synthetic_test_players: int = 12  # test identities (one query each)
     synthetic_challenge_players: int = 12  # challenge identities (anonymous names)
+    synthetic_players_per_sequence: int = 6  # players sharing a game (kits, court, lighting): look-alike teammates
+    synthetic_frames_per_player: tuple[int, int] = (6, 12)  # min and max crops per player
+    synthetic_occlusion_prob: float = 0.25  # chance that another player of the game overlaps a crop
+    synthetic_blur_prob: float = 0.3  # chance of motion or gaussian blur on a crop
     seed: int = 0  # same seed, same bytes
     progress: bool = True  # show progress bars
 
@@ -52,6 +56,10 @@ def main(cfg: Config) -> None:
             num_train_players=cfg.synthetic_train_players,
             num_test_players=cfg.synthetic_test_players,
             num_challenge_players=cfg.synthetic_challenge_players,
+            players_per_sequence=cfg.synthetic_players_per_sequence,
+            frames_per_player=cfg.synthetic_frames_per_player,
+            occlusion_prob=cfg.synthetic_occlusion_prob,
+            blur_prob=cfg.synthetic_blur_prob,
             seed=cfg.seed,
         )
         counts = generate_synthetic_dataset(out, spec, overwrite=cfg.force, progress=cfg.progress)

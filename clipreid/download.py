@@ -29,6 +29,7 @@ from tqdm import tqdm
 from clipreid.errors import UserError
 from clipreid.fileio import atomic_path, write_text
 from clipreid.layout import DATASET_DIRNAME, IMAGE_DIRS, TRAIN_DIR
+from clipreid.progress import progress_bar
 
 REPO_URL = "https://github.com/DeepSportradar/player-reidentification-challenge"
 ARCHIVE_PREFIX = "player-reidentification-challenge"
@@ -223,7 +224,7 @@ def _stream(
 ) -> None:
     """Append the response body to ``part``; a UserError on a dropped connection or a failed write."""
     written = offset
-    bar = tqdm(
+    bar = progress_bar(
         total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024, desc=part.name, disable=not progress
     )
     try:
@@ -328,7 +329,7 @@ def extract_zip(
             )
         try:
             with atomic_path(target, is_dir=True) as tmp:
-                bar = tqdm(
+                bar = progress_bar(
                     total=total,
                     unit="B",
                     unit_scale=True,
@@ -405,7 +406,7 @@ def _pull_inner_zip(outer: Path, inner: Path, progress: bool) -> None:
         _log(f"taking {INNER_ZIP_NAME} out of {outer}", progress)
         try:
             with atomic_path(inner) as tmp:
-                bar = tqdm(
+                bar = progress_bar(
                     total=info.file_size,
                     unit="B",
                     unit_scale=True,

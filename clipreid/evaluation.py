@@ -330,7 +330,9 @@ def _evaluate_split(cfg: Any, checkpoints: list[Path], labels: list[str], device
         from .visualize import save_ranked_lists
 
         save_ranked_lists((stage or out) / RANKED_PNG, split.query_paths, split.gallery_paths, distmat,
-                          split.query_players, split.gallery_players, topk=cfg.topk, num_queries=cfg.ranked_lists)
+                          split.query_players, split.gallery_players, topk=cfg.topk, num_queries=cfg.ranked_lists,
+                          query_cams=split.query_cams, gallery_cams=split.gallery_cams,
+                          title=f"{best.model}, re-ranking {best.rerank}: {title}")
         report.ranked_lists, report.ranked_row = path, best
     return report
 

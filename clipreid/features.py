@@ -15,12 +15,12 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from .dataset import ImageSet
 from .errors import UserError
 from .metrics import compute_scores
 from .model import ReIDEncoder, load_encoder
+from .progress import progress_bar
 from .rerank import pairwise_squared_euclidean as squared_distances
 from .runtime import autocast, pick_device, resolve_precision
 from .transforms import normalize, to_device, to_uint8_tensor
@@ -56,7 +56,7 @@ def _features(encoder: ReIDEncoder, batches: Iterable[torch.Tensor], total: int,
     was_training = encoder.training
     encoder.eval()
     out = []
-    for x in tqdm(batches, total=total, desc=desc, disable=not progress, leave=False, unit="batch"):
+    for x in progress_bar(batches, total=total, desc=desc, disable=not progress, leave=False, unit="batch"):
         x = normalize(to_device(x, device), encoder.mean, encoder.std)
         with autocast(device, dtype):
             f = encoder(x).float()

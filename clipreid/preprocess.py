@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
-from tqdm import tqdm
 
 from clipreid.errors import UserError
 from clipreid.fileio import atomic_path
@@ -35,6 +34,7 @@ from clipreid.layout import (
     parse_challenge_name,
     parse_player_name,
 )
+from clipreid.progress import progress_bar
 
 LAYOUTS = ("synergyreid", "market1501", "folders", "csv")
 IMAGE_SUFFIXES = (IMAGE_SUFFIX, ".jpg", ".png")  # compared lower-cased
@@ -146,7 +146,7 @@ def _drop_unreadable(
 ) -> list[Item]:
     """Keep the items whose image opens; the others go to ``skipped``."""
     kept = []
-    for rel, row in tqdm(items, desc="checking images", unit="img", disable=not (progress and check_images)):
+    for rel, row in progress_bar(items, desc="checking images", unit="img", disable=not (progress and check_images)):
         problem = _image_problem(data_dir / rel, decode=check_images)
         if problem:
             skipped.append((rel, problem))

@@ -29,11 +29,11 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
-from tqdm.auto import tqdm
 
 from clipreid import layout
 from clipreid.errors import UserError
 from clipreid.fileio import atomic_path, write_json
+from clipreid.progress import progress_bar
 
 INFO_NAME = "synthetic.json"
 _SUPERSAMPLE = 2  # draw at twice the size, then downsample: cheap anti-aliasing
@@ -73,6 +73,9 @@ class SyntheticSpec:
             problems.append("single_image_players must be between 0 and num_train_players")
         if min(self.image_size) < 16:
             problems.append(f"image_size must be at least 16 px each way, got {self.image_size}")
+        for name in ("occlusion_prob", "blur_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                problems.append(f"{name} must be a probability between 0 and 1, got {getattr(self, name)}")
         if not 1 <= self.jpeg_quality[0] <= self.jpeg_quality[1] <= 100:
             problems.append(f"jpeg_quality must be (lo, hi) within 1..100, got {self.jpeg_quality}")
         if problems:
@@ -569,7 +572,7 @@ def generate_synthetic_dataset(root: str | os.PathLike, spec: SyntheticSpec | No
     counts = {name: 0 for name in layout.IMAGE_DIRS}
     truth: dict[str, dict[int, int]] = {layout.CHALLENGE_QUERY_DIR: {}, layout.CHALLENGE_GALLERY_DIR: {}}
 
-    with atomic_path(root, is_dir=True) as tmp, tqdm(total=total, desc="synthetic data", unit="img",
+    with atomic_path(root, is_dir=True) as tmp, progress_bar(total=total, desc="synthetic data", unit="img",
                                                        disable=not progress) as bar:
         for name in layout.IMAGE_DIRS:
             (tmp / name).mkdir(parents=True)

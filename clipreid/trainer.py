@@ -26,7 +26,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from tqdm import tqdm
 
 from .checkpoint import read_checkpoint, run_dir_of, save_checkpoint
 from .config import config_from_dict, config_to_dict, given_fields, save_config
@@ -36,6 +35,7 @@ from .features import validate
 from .fileio import StagedFolder, check_writable, write_text
 from .loss import ReIDLoss
 from .model import ModelSpec, ReIDEncoder, build_encoder, encoder_checkpoint, encoder_file_of, rebuild_encoder
+from .progress import progress_bar
 from .runtime import Runtime, autocast, resolve_precision, setup_runtime
 from .tracking import Tracker, open_tracker
 from .transforms import AugmentConfig, augment_pairs, decode_images, to_device
@@ -391,7 +391,7 @@ def _train_epoch(cfg: Any, rt: Runtime, model: nn.Module, encoder: ReIDEncoder, 
     loader = torch.utils.data.DataLoader(
         pairs, batch_sampler=list(sampler.batches(epoch)), num_workers=0 if pairs.images.cache is not None
         else cfg.num_workers, pin_memory=rt.device.type == "cuda")
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and rt.is_main),
+    bar = progress_bar(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and rt.is_main),
                leave=False, unit="batch")
     loss_sum = torch.zeros((), device=rt.device, dtype=torch.float64)
     parts_sum: dict[str, torch.Tensor] = {}

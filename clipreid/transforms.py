@@ -19,9 +19,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from tqdm import tqdm
 
 from .errors import UserError
+from .progress import progress_bar
 
 INTERPOLATIONS = ("bilinear", "bicubic")
 
@@ -110,7 +110,7 @@ def decode_images(
         out[i] = load_image(paths[i], size, interpolation)
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for _ in tqdm(pool.map(work, range(len(paths))), total=len(paths), desc=desc, disable=not progress,
+        for _ in progress_bar(pool.map(work, range(len(paths))), total=len(paths), desc=desc, disable=not progress,
                       leave=False, unit="img"):
             pass
     return out

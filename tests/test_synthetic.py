@@ -201,6 +201,10 @@ def test_invalid_spec_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="single_image_players"):
         generate_synthetic_dataset(tmp_path / "data", SyntheticSpec(num_train_players=2, single_image_players=3),
                                    progress=False)
+    with pytest.raises(UserError, match="occlusion_prob must be a probability"):
+        generate_synthetic_dataset(tmp_path / "data", SyntheticSpec(occlusion_prob=1.5), progress=False)
+    with pytest.raises(UserError, match="blur_prob must be a probability"):
+        generate_synthetic_dataset(tmp_path / "data", SyntheticSpec(blur_prob=-0.1), progress=False)
     assert not (tmp_path / "data").exists()
 
 
