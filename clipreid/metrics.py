@@ -1,6 +1,6 @@
 """Re-identification scores from a query x gallery distance matrix: mAP, CMC rank-1/5/10 and mINP.
 
-The definitions are the challenge toolkit's (DESIGN.md section 3):
+The definitions are the challenge toolkit's (the README's evaluate.py section says the same):
 
 - mAP: per query, ``sklearn.metrics.average_precision_score(y_true, -distances)``, so tied distances form one
   threshold; the mean over queries that have at least one true match.
