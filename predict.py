@@ -1,6 +1,6 @@
 """Stage 5: submission distance matrices for the test and challenge sets: single models and fused ensembles.
 
-    python predict.py                                                       # the recipe's checkpoint, k-reciprocal
+    python predict.py                                                       # the recipe's run: raw and k-reciprocal
     python predict.py --checkpoints model/run_a model/run_b --fusion winners   # an ensemble of two models
     python predict.py --checkpoints model/run_a --submissions 'model/other/{set}_hard.csv'   # a model + earlier CSVs
     python predict.py --checkpoints none --submissions a/challenge_raw.csv b/challenge_raw.csv --sets challenge

@@ -3,10 +3,14 @@
     python train.py                                              # the paper's recipe on data/data_reid
     python train.py --validation fold --fold 3                   # validate on GroupKFold fold 3
     python train.py --model tiny-vit --pretrained none --data-dir data/synthetic_reid --epochs 6   # CPU demo
+    python train.py --config configs/clip_reident_2022.json      # a preset (configs/); later flags override it
     python train.py --resume model/<run>/last.pt                 # continue an interrupted run exactly
     torchrun --nproc_per_node 4 train.py                         # DistributedDataParallel, one process per GPU
 
-Writes ``model/<run>/``: ``best.pt``, ``last.pt``, ``log.jsonl``, ``curves.png`` and ``train_config.json``.
+The defaults are the original recipe (README: the recipe table); bf16 instead of fp16 on GPUs is the one
+deviation (``--precision fp16`` reproduces it). Writes ``model/<run>/``: ``last.pt`` (the last epoch: what
+evaluate.py and predict.py score), ``best.pt`` (best validation mAP), ``log.jsonl``, ``curves.png`` and
+``train_config.json``.
 """
 
 from __future__ import annotations

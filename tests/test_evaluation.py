@@ -219,6 +219,21 @@ def test_evaluate_folds_mean_and_std(synthetic_small, tmp_path):
                                 device="cpu", num_workers=0, output_dir=tmp_path / "x", progress=False))
 
 
+def test_tables_show_the_allshots_rank1_when_the_metrics_give_it():
+    from clipreid.evaluation import Row, format_table, results_frame
+
+    scores = {"mAP": 0.5, "rank1": 0.6, "rank5": 0.7, "rank10": 0.8, "mINP": 0.3}
+    plain = [Row("a", "none", scores, epoch=4)]
+    assert "allshots" not in format_table(plain) and "rank1_allshots" not in results_frame(plain, "test")
+    rows = [Row("a", "none", {**scores, "rank1_allshots": 0.55}, epoch=4, weights="epoch 4 (last)")]
+    header, line = format_table(rows).splitlines()
+    assert re.match(r"model\s+epoch\s+re-ranking\s+mAP\s+rank-1\s+rank-1 allshots\s+rank-5", header)
+    assert re.match(r"a\s+4\s+none\s+50\.00\s+60\.00\s+55\.00\s+70\.00", line)
+    frame = results_frame(rows, "test")
+    assert frame.rank1_allshots.tolist() == [0.55] and frame.epoch.tolist() == [4]
+    assert "| rank-1 | rank-1 allshots |" in format_table(rows, markdown=True)
+
+
 def test_folds_need_fold_trained_checkpoints(synthetic_small, run_dir, tmp_path):
     r = script("evaluate.py", "--split", "folds", "--checkpoints", run_dir, "--data-dir", synthetic_small, *RUN,
                cwd=tmp_path)

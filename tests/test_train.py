@@ -340,7 +340,8 @@ def test_checkpoints_say_how_their_weights_were_chosen(synthetic_small, tmp_path
     written = []
     real = trainer.save_checkpoint
     monkeypatch.setattr(trainer, "save_checkpoint", lambda path, state: written.append(path.name) or real(path, state))
-    run_dir = train(tiny_config(synthetic_small, tmp_path, epochs=1, validation="fold", fold=1))
+    run_dir = train(tiny_config(synthetic_small, tmp_path, epochs=1, validation="fold", fold=1,
+                                val_rerank=("k_reciprocal",)))
     assert written == ["best.pt", "last.pt"]
     best, last = read_checkpoint(run_dir / "best.pt"), read_checkpoint(run_dir / "last.pt")
     assert best["selection"] == {"weights": "best", "epoch": 1, "metric": "mAP", "validation": "fold", "fold": 1}
@@ -350,6 +351,18 @@ def test_checkpoints_say_how_their_weights_were_chosen(synthetic_small, tmp_path
     df = pd.read_csv(synthetic_small / "train_df.csv")
     expected = sorted(str(g) for g in df[df.fold == 1].game.unique())
     assert best["held_out"] == last["held_out"] == {"fold": 1, "n_folds": df.fold.nunique(), "groups": expected}
+    # --val-rerank: the epoch's re-ranked validation is logged, equal to evaluate.py's for the same weights
+    from clipreid.evaluation import evaluate
+    from evaluate import Config as EvalConfig
+
+    report = evaluate(EvalConfig(checkpoints=(run_dir,), data_dir=synthetic_small, split="fold", fold=1,
+                                 rerank=("none", "k_reciprocal"), device="cpu", num_workers=0,
+                                 output_dir=tmp_path / "eval", ranked_lists=0, progress=False))
+    raw, reranked = (r.scores for r in report.rows)
+    assert last["metrics"]["mAP"] == pytest.approx(raw["mAP"], abs=1e-6)
+    assert last["metrics"]["mAP_k_reciprocal"] == pytest.approx(reranked["mAP"], abs=1e-6)
+    assert last["metrics"]["rank1_k_reciprocal"] == pytest.approx(reranked["rank1"], abs=1e-6)
+    assert "warning" not in report.title  # last.pt of a fold-1 run on fold 1: nothing to warn about
 
 
 def test_channels_last_trains_a_convnet_to_the_same_loss(synthetic_small, tmp_path):
