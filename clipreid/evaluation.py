@@ -109,7 +109,10 @@ def checkpoint_info(path: str | Path) -> CheckpointInfo:
     """Read a checkpoint file's epoch, selection and held-out fold (tensors memory-mapped, not read)."""
     path = Path(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # a legacy (non-zip) torch.save file cannot be memory-mapped
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise UserError(f"cannot read checkpoint {path}: {str(err).splitlines()[0]}") from err
     if not isinstance(state, dict):
