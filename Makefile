@@ -46,7 +46,7 @@ demo: $(STAMP)
 	@echo "  synthetic dataset     $(DEMO_DATA)/  (contact sheet: $(DEMO_DATA)/contact_sheet.png)"
 	@echo "  DataFrames            $(DEMO_DATA)/train_df.csv  $(DEMO_DATA)/challenge_df.csv"
 	@echo "  resolved configs      $(DEMO_DATA)/download_config.json  $(DEMO_DATA)/preprocess_config.json"
-	@echo "  trained tiny model    $(DEMO_RUN)/best.pt  (log: $(DEMO_RUN)/log.jsonl, curves: $(DEMO_RUN)/curves.png)"
+	@echo "  trained tiny model    $(DEMO_RUN)/last.pt  (log: $(DEMO_RUN)/log.jsonl, curves: $(DEMO_RUN)/curves.png)"
 	@echo "  submissions           $(DEMO_RUN)/submission/{test,challenge}_{raw,k_reciprocal}.csv"
 	@echo "  evaluation            $(DEMO_RUN)/eval/eval_results.md  (ranked lists: $(DEMO_RUN)/eval/ranked_lists.png)"
 

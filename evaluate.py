@@ -6,6 +6,10 @@
     python evaluate.py --split folds --checkpoints model/*_fold*_seed1   # each model on its held-out fold: mean ± std
     python evaluate.py --data-dir data/synthetic_reid --checkpoints model/tiny-vit_test_seed1 --device cpu
 
+A run folder is scored with its ``last.pt`` (the last epoch's weights, as the original submits); ``--run-weights
+best`` takes its ``best.pt``. Every table names the epoch of the weights and warns when a best.pt is scored on the
+split that selected it. ``--precision fp32`` scores without reduced precision on a GPU.
+
 Writes ``eval_results.csv`` (fractions), ``eval_results.md`` (%), ``evaluate_config.json`` and ``ranked_lists.png``
 (the best row's top-k for a few queries) into ``output_dir``, by default ``<run folder of the first checkpoint>/eval``.
 """
@@ -23,7 +27,10 @@ from clipreid.evaluation import RERANKS, evaluate
 @dataclass
 class Config:
     # what to score
-    checkpoints: tuple[Path, ...] = (Path("model/ViT-L-14-quickgelu_test_seed1/best.pt"),)  # files or run folders
+    checkpoints: tuple[Path, ...] = (Path("model/ViT-L-14-quickgelu_test_seed1"),)  # run folders or .pt files
+    # a run folder's weights: last (the last epoch, what the original submits) or best (the epoch of the best
+    # validation mAP: optimistic when scored on the split that chose it); a .pt file is used as given
+    run_weights: Literal["last", "best"] = "last"
     checkpoint_model: str | None = None  # timm model name for a 2023-code checkpoint
     data_dir: Path = Path("data/data_reid")  # folder holding train_df.csv (written by preprocess_data.py)
     split: Literal["test", "fold", "folds"] = "test"  # test split, fold `fold`, or each checkpoint on its trained fold

@@ -1,12 +1,15 @@
 """Stage 5: submission distance matrices for the test and challenge sets: single models and fused ensembles.
 
-    python predict.py                                                       # the recipe's checkpoint, k-reciprocal
+    python predict.py                                                       # the recipe's run: raw and k-reciprocal
     python predict.py --checkpoints model/run_a model/run_b --fusion winners   # an ensemble of two models
     python predict.py --checkpoints model/run_a --submissions 'model/other/{set}_hard.csv'   # a model + earlier CSVs
     python predict.py --checkpoints none --submissions a/challenge_raw.csv b/challenge_raw.csv --sets challenge
     python predict.py --checkpoints model/run_a --query-dir crops/ --output-dir model/crops_ranked   # your images
 
-Writes ``<set>_raw.csv`` and ``<set>_<rerank>.csv`` for each set, and ``predict_config.json``, into ``output_dir``.
+Writes ``<set>_<rerank>.csv`` for each set and each re-ranking (``<set>_raw.csv`` for none), with several inputs
+each checkpoint's own CSVs in ``<model label>/``, ``predict_config.json`` and ``predict_log.json`` (which weights:
+file and epoch of each checkpoint) into ``output_dir``. A run folder gives its ``last.pt`` (the last epoch, what
+the original submits); ``--run-weights best`` its ``best.pt``.
 Rows are queries and columns gallery images, ids sorted, distances with 5 decimals (lower = more similar); test
 ids are the true player ids, so the test matrices are scored as they are written. With ``query_dir`` it ranks
 your own unlabelled images instead (``clipreid.ranking``): ranking CSVs, distance matrices, features, a picture.
@@ -26,7 +29,10 @@ from clipreid.ranking import rank_folders
 @dataclass
 class Config:
     # inputs
-    checkpoints: tuple[Path, ...] | None = (Path("model/ViT-L-14-quickgelu_test_seed1/best.pt"),)  # none = CSVs only
+    checkpoints: tuple[Path, ...] | None = (Path("model/ViT-L-14-quickgelu_test_seed1"),)  # none = CSVs only
+    # a run folder's weights: last (the last epoch, what the original submits) or best (the epoch of the best
+    # validation mAP); a .pt file is used as given
+    run_weights: Literal["last", "best"] = "last"
     checkpoint_model: str | None = None  # timm model name for a 2023-code checkpoint
     # earlier submission CSVs to fuse; with several sets write {set} in the path: model/other/{set}_raw.csv
     submissions: tuple[Path, ...] = ()
@@ -39,7 +45,8 @@ class Config:
     ranked_lists: int = 8  # queries drawn in ranked_lists.png; 0 = no picture
     flip: bool = False  # test-time augmentation: average each image's features with its mirror image's
     # re-ranking (each checkpoint on its own, before fusion)
-    rerank: Literal["none", "k_reciprocal", "hard"] = "k_reciprocal"  # written as <set>_<rerank>.csv beside raw
+    # re-rankings to write, each as <set>_<rerank>.csv (<set>_raw.csv for none): none, k_reciprocal, hard
+    rerank: tuple[str, ...] = ("none", "k_reciprocal")
     k1: int = 20  # k-reciprocal neighbours
     k2: int = 6  # query expansion neighbours
     lambda_value: float = 0.3  # k_reciprocal: weight of the original distance

@@ -3,10 +3,14 @@
     python train.py                                              # the paper's recipe on data/data_reid
     python train.py --validation fold --fold 3                   # validate on GroupKFold fold 3
     python train.py --model tiny-vit --pretrained none --data-dir data/synthetic_reid --epochs 6   # CPU demo
+    python train.py --config configs/clip_reident_2022.json      # a preset (configs/); later flags override it
     python train.py --resume model/<run>/last.pt                 # continue an interrupted run exactly
     torchrun --nproc_per_node 4 train.py                         # DistributedDataParallel, one process per GPU
 
-Writes ``model/<run>/``: ``best.pt``, ``last.pt``, ``log.jsonl``, ``curves.png`` and ``train_config.json``.
+The defaults are the original recipe (README: the recipe table); bf16 instead of fp16 on GPUs is the one
+deviation (``--precision fp16`` reproduces it). Writes ``model/<run>/``: ``last.pt`` (the last epoch: what
+evaluate.py and predict.py score), ``best.pt`` (best validation mAP), ``log.jsonl``, ``curves.png`` and
+``train_config.json``.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from clipreid.config import (
     run,
 )
 from clipreid.loss import LOSSES
-from clipreid.trainer import train
+from clipreid.trainer import is_main_process, train
 
 
 @dataclass
@@ -48,6 +52,8 @@ class Config:
     pretrained: str = "openai"  # open_clip/timm tag, a weights file, or none; local-dir:/hf-hub: names need none
     remove_proj: bool = True  # drop the ViT's visual projection (1024-d features for ViT-L-14)
     img_size: tuple[int, int] | None = None  # input (height, width); none = the model's own
+    mean: tuple[float, float, float] | None = None  # input normalisation mean; none = the weights' own
+    std: tuple[float, float, float] | None = None  # input normalisation std; none = the weights' own
     grad_checkpointing: bool = False  # trade compute for memory
     pretrained_tag: str | None = None  # the open_clip/timm tag a weights file came from: its mean/std are used
     mean: tuple[float, float, float] | None = None  # normalisation mean; none = the weights' own
@@ -73,16 +79,19 @@ class Config:
     poly_power: float = 2.0  # power of the polynomial decay
     warmup_epochs: float = 1.0  # linear warm-up, stepped per optimiser step
     weight_decay: float = 0.01  # AdamW weight decay
-    decay_all: bool = False  # also decay norms, biases and the logit scale
+    decay_all: bool = True  # weight decay on every parameter, as the original; false exempts norms, biases, logit scale
     grad_accum: int = 1  # micro-batches per optimiser step (each is its own InfoNCE batch)
-    clip_grad: float | None = 100.0  # max gradient norm; none = no clipping
-    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 on GPUs that have it, fp32 on CPU
+    clip_grad: float | None = None  # max gradient norm; none = no clipping (the original clips nothing)
+    # auto: bf16 on GPUs that have it, fp32 on CPU; fp16 (with a GradScaler on GPUs) is the original's
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     compile: bool = False  # torch.compile the model
     channels_last: bool = False  # channels-last memory format (helps CNNs on GPUs)
     # validation
     zero_shot: bool = True  # evaluate the model before training (logged as epoch 0)
     eval_batch_size: int = 64
+    eval_precision: Literal["auto", "bf16", "fp16", "fp32"] | None = None  # validation precision; none = precision's
     val_flip: bool = False  # flip test-time augmentation in validation
+    val_rerank: tuple[str, ...] = ()  # also log these re-rankings' mAP and rank-1 each epoch: k_reciprocal, hard
     # run
     seed: int = 1
     device: str = "auto"  # auto = cuda, then mps, then cpu
@@ -121,7 +130,8 @@ class Config:
 
 def main(cfg: Config) -> None:
     run_dir = train(cfg)
-    print(f"run folder: {run_dir}  (best.pt, last.pt, log.jsonl, curves.png)")
+    if is_main_process():
+        print(f"run folder: {run_dir}  (last.pt, best.pt, log.jsonl, curves.png)")
 
 
 if __name__ == "__main__":

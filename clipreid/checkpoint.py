@@ -26,15 +26,21 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
         torch.save(state, tmp)
 
 
-def checkpoint_file(path: str | Path) -> Path:
-    """The checkpoint file a path names (a run folder: its best.pt, else last.pt); UserError if there is none."""
+def checkpoint_file(path: str | Path, weights: str = "last") -> Path:
+    """The checkpoint file a path names; UserError if there is none.
+
+    A run folder gives its ``last.pt`` (the last epoch's weights, what the original submits), else its best.pt;
+    ``weights="best"`` gives its ``best.pt`` (the epoch of the best validation mAP), else its last.pt. A file is
+    used as given.
+    """
     path = Path(path)
     if path.is_dir():
-        for name in ("best.pt", "last.pt"):
+        names = ("best.pt", "last.pt") if weights == "best" else ("last.pt", "best.pt")
+        for name in names:
             if (path / name).is_file():
                 return path / name
     if not path.is_file():
-        raise UserError(f"checkpoint {path} not found; train one with train.py (it writes model/<run>/best.pt)")
+        raise UserError(f"checkpoint {path} not found; train one with train.py (it writes model/<run>/last.pt)")
     return path
 
 

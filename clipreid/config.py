@@ -472,7 +472,7 @@ def parse_config(cls: type[T], argv: Sequence[str] | None = None, *, prog: str |
             base = load_config(cls, config_file, check=False)  # flags below may still fix a value
         except UserError as e:
             parser.exit(2, f"{parser.prog}: error: {e}\n")
-        values.update(config_to_dict(base))
+        values.update({f.name: getattr(base, f.name) for f in dataclasses.fields(base)})  # typed, not JSON values
         given = set(given_fields(base) or ())
     hints = typing.get_type_hints(cls)
     for name, raw in args.items():

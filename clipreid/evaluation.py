@@ -10,7 +10,12 @@
 
 For several checkpoints on the test or fold split, a ``fused`` row is the similarity fusion (element-wise mean)
 of their distance matrices, per re-ranking method. The helpers here (features of a checkpoint, re-ranking by
-name, fusion by name) are shared with ``clipreid.predict``.
+name, fusion by name, which weights a checkpoint holds) are shared with ``clipreid.predict`` and the trainer.
+
+Which weights are scored is said out loud: a run folder gives its ``last.pt`` (the last epoch, what the original
+submits) unless ``run_weights`` is ``best``; every row names its epoch, and scoring a ``best.pt`` on the split
+that selected it (its validation split) adds a warning line, as its scores are optimistic. A fold checkpoint
+records the sequences it held out, and is refused on a ``train_df.csv`` whose fold differs.
 """
 
 from __future__ import annotations
@@ -27,13 +32,14 @@ import pandas as pd
 import torch
 
 from .config import save_config
-from .dataset import Split, load_split
+from .dataset import ImageSet, Split, load_split, read_train_df
 from .errors import UserError
 from .features import embed, extract_features, squared_distances
 from .fileio import check_writable, file_set, write_text
 from .fusion import dissimilarity_fusion, similarity_fusion, winners_fusion
 from .metrics import compute_scores
-from .model import ReIDEncoder, checkpoint_file, load_encoder, read_checkpoint, run_dir_of
+from .model import ReIDEncoder, checkpoint_file, load_encoder, run_dir_of
+from .preprocess import TRAIN_DF
 from .rerank import hard_k_reciprocal, k_reciprocal_features
 from .runtime import pick_device, resolve_precision
 from .transforms import decode_images
@@ -41,6 +47,7 @@ from .transforms import decode_images
 RERANKS = ("none", "k_reciprocal", "hard")
 FUSIONS = ("similarity", "dissimilarity", "winners")
 METRICS = (("mAP", "mAP"), ("rank1", "rank-1"), ("rank5", "rank-5"), ("rank10", "rank-10"), ("mINP", "mINP"))
+ALLSHOTS = ("rank1_allshots", "rank-1 allshots")  # the toolkit's allshots CMC, shown when the metrics give it
 RESULTS_CSV, RESULTS_MD, CONFIG_NAME, RANKED_PNG = ("eval_results.csv", "eval_results.md", "evaluate_config.json",
                                                    "ranked_lists.png")
 FUSED = "fused"
@@ -51,17 +58,142 @@ FUSED = "fused"
 
 
 def checkpoint_labels(checkpoints: Sequence[Path]) -> list[str]:
-    """Short unique names for table rows: the run folder's name, with ``/last`` for a last.pt."""
+    """Short unique names for table rows: the run folder's name, with ``/best`` (or the file's stem) for any file
+    but a last.pt."""
     labels = []
     for path in checkpoints:
         path = Path(path)
         label = run_dir_of(path).name or str(path)
-        if path.suffix == ".pt" and path.name != "best.pt":
+        if path.suffix == ".pt" and path.name != "last.pt":
             label += f"/{path.stem}"
         labels.append(label)
     if len(set(labels)) < len(labels):
         return [str(p) for p in checkpoints]
     return labels
+
+
+# --------------------------------------------------------------------------------------------------------------
+# which weights a checkpoint holds, and on which images they may be scored
+
+
+@dataclass
+class CheckpointInfo:
+    """What a checkpoint file says about its weights: the epoch, how they were selected, the fold held out."""
+
+    path: Path
+    epoch: int | None = None
+    weights: str = "file"  # last, best, or file (any other file)
+    selection: dict[str, Any] | None = None  # best.pt: {"metric": "mAP", "validation": ..., "fold": ...}
+    config: dict[str, Any] = field(default_factory=dict)
+    held_out: dict[str, Any] | None = None  # fold runs: {"fold", "n_folds", "groups"}
+
+    def describe(self) -> str:
+        """``epoch 4 (last)``, ``epoch 2 (best mAP on the test split)``; what a log names the weights by."""
+        epoch = f"epoch {self.epoch}" if self.epoch is not None else "epoch unknown"
+        if self.selected_by_split:
+            return f"{epoch} (best {self.selection['metric']} on {_split_name(self.selection)})"
+        return f"{epoch} ({self.weights})"
+
+    @property
+    def selected_by_split(self) -> bool:
+        return bool(self.selection) and self.selection.get("metric") == "mAP"
+
+
+def _split_name(selection: dict[str, Any]) -> str:
+    if selection.get("validation") == "fold":
+        return f"fold {selection.get('fold')}"
+    return f"the {selection.get('validation')} split"
+
+
+def checkpoint_info(path: str | Path) -> CheckpointInfo:
+    """Read a checkpoint file's epoch, selection and held-out fold (tensors memory-mapped, not read)."""
+    path = Path(path)
+    try:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # a legacy (non-zip) torch.save file cannot be memory-mapped
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise UserError(f"cannot read checkpoint {path}: {str(err).splitlines()[0]}") from err
+    if not isinstance(state, dict):
+        raise UserError(f"{path} is not a clipreid checkpoint (no 'model' and 'model_spec' entries)")
+    config = state.get("config") or {}
+    selection = state.get("selection")
+    weights = {"last.pt": "last", "best.pt": "best"}.get(path.name, "file")
+    if selection is None and weights == "best" and config.get("validation") not in (None, "none"):
+        # written before checkpoints recorded their selection: best.pt was chosen by validation mAP
+        selection = {"weights": "best", "metric": "mAP", "validation": config["validation"],
+                     "fold": config.get("fold") if config.get("validation") == "fold" else None}
+    if selection is not None:
+        weights = selection.get("weights", weights)
+    epoch = state.get("epoch")
+    return CheckpointInfo(path, int(epoch) if epoch is not None else None, weights, selection, config,
+                          state.get("held_out"))
+
+
+def selection_warning(info: CheckpointInfo, label: str, split: str, fold: int | None = None) -> str | None:
+    """A warning line when a best.pt is scored on the split whose mAP selected it (``split``: test, fold, folds;
+    ``folds`` is each checkpoint's own fold), else None."""
+    if not info.selected_by_split:
+        return None
+    sel = info.selection
+    same = (split == "test" and sel.get("validation") == "test") or (
+        sel.get("validation") == "fold" and (split == "folds" or (split == "fold" and sel.get("fold") == fold)))
+    if not same:
+        return None
+    return (f"warning: {label} holds the epoch ({info.epoch}) of the best mAP on {_split_name(sel)}, the split "
+            "scored here: its scores are optimistic; score last.pt (--run-weights last) for an unbiased figure")
+
+
+def fold_identity(data_dir: str | Path, fold: int) -> dict[str, Any]:
+    """Which groups (sequences, or identities in the Market-1501 layout) fold ``fold`` of a data folder's
+    train_df.csv holds, and of how many folds: what a fold checkpoint records as its held-out set."""
+    df = read_train_df(data_dir)
+    return {"fold": int(fold), "n_folds": int(df.fold.nunique()),
+            "groups": sorted(str(g) for g in df.loc[df.fold == fold, "game"].unique())}
+
+
+def check_fold_identity(info: CheckpointInfo, data_dir: str | Path, fold: int) -> None:
+    """UserError when ``info`` held out fold ``fold`` in training but train_df.csv's fold ``fold`` is now other
+    groups (the table was re-folded): the model would be scored on images it trained on. Checkpoints written
+    before fold identities were recorded are not checked."""
+    held = info.held_out
+    if not held or int(held.get("fold", -1)) != int(fold):
+        return
+    now = fold_identity(data_dir, fold)
+    if now["groups"] != list(held["groups"]) or now["n_folds"] != held["n_folds"]:
+        common = len(set(now["groups"]) & set(held["groups"]))
+        raise UserError(f"{info.path} held out fold {fold} of {held['n_folds']} folds ({len(held['groups'])} "
+                        f"sequences) in training, but fold {fold} of {Path(data_dir) / TRAIN_DF} is another set "
+                        f"({len(now['groups'])} sequences, {common} in common; {now['n_folds']} folds): scoring it "
+                        f"there would use images it trained on; re-run preprocess_data.py --n-folds "
+                        f"{held['n_folds']} (the folding it was trained with) or use --split test")
+
+
+def trained_on_warning(info: CheckpointInfo, label: str, fold: int) -> str | None:
+    """A warning line when a checkpoint scored on fold ``fold`` trained on images of that fold."""
+    config = info.config
+    if not config or (config.get("validation") == "fold" and int(config.get("fold", -1)) == int(fold)):
+        return None
+    held = (f"fold {config.get('fold')}" if config.get("validation") == "fold"
+            else f"the {config.get('validation')} split")
+    return (f"warning: {label} was trained holding out {held}, not fold {fold}: it trained on images of fold "
+            f"{fold}, so these are not held-out scores")
+
+
+def validate_reranked(encoder: ReIDEncoder, query: ImageSet | torch.Tensor, gallery: ImageSet | torch.Tensor,
+                      split: Split, reranks: Sequence[str] = (), **kwargs: Any) -> dict[str, float]:
+    """The training's per-epoch validation: mAP, rank-k and mINP of raw distances, plus ``mAP_<method>`` and
+    ``rank1_<method>`` for each re-ranking of ``reranks`` (the original logs raw and re-ranked scores).
+    ``kwargs`` go to ``extract_features`` (batch_size, dtype, flip, num_workers, progress)."""
+    check_rerank(reranks)
+    qf = extract_features(encoder, query, desc="query features", **kwargs)
+    gf = extract_features(encoder, gallery, desc="gallery features", **kwargs)
+    record = {k: float(v) for k, v in _scores(squared_distances(qf, gf), split).items()}
+    for method in dict.fromkeys(m for m in reranks if m != "none"):
+        scores = _scores(rerank_distances(qf, gf, method), split)
+        record[f"mAP_{method}"], record[f"rank1_{method}"] = float(scores["mAP"]), float(scores["rank1"])
+    return record
 
 
 def check_rerank(methods: Sequence[str]) -> None:
@@ -173,6 +305,16 @@ class Row:
     checkpoint: str = ""
     fold: int | None = None
     std: dict[str, float] | None = None  # set on mean rows: the standard deviation over folds
+    weights: str = ""  # which weights: "epoch 4 (last)", "epoch 2 (best mAP on the test split)"; empty for fusions
+    epoch: int | None = None
+
+
+def metric_columns(rows: Sequence[Row]) -> tuple[tuple[str, str], ...]:
+    """The metric columns of a table: METRICS, with the toolkit's allshots rank-1 after rank-1 when every row
+    has it."""
+    if rows and all(ALLSHOTS[0] in r.scores for r in rows):
+        return (*METRICS[:2], ALLSHOTS, *METRICS[2:])
+    return METRICS
 
 
 def _cell(row: Row, key: str) -> str:
@@ -181,11 +323,14 @@ def _cell(row: Row, key: str) -> str:
 
 
 def format_table(rows: Sequence[Row], *, markdown: bool = False, folds: bool = False) -> str:
-    """The rows as an aligned text table (or a Markdown table); metrics in %."""
-    header = ["model", *(["fold"] if folds else []), "re-ranking", *(name for _, name in METRICS)]
-    body = [[r.model, *([("" if r.fold is None else str(r.fold))] if folds else []), r.rerank,
-             *(_cell(r, k) for k, _ in METRICS)] for r in rows]
-    n_text = 3 if folds else 2  # left-aligned columns
+    """The rows as an aligned text table (or a Markdown table); metrics in %, the weights' epoch beside the
+    model."""
+    metrics = metric_columns(rows)
+    header = ["model", "epoch", *(["fold"] if folds else []), "re-ranking", *(name for _, name in metrics)]
+    body = [[r.model, "" if r.epoch is None else str(r.epoch), *([("" if r.fold is None else str(r.fold))]
+                                                                 if folds else []), r.rerank,
+             *(_cell(r, k) for k, _ in metrics)] for r in rows]
+    n_text = 4 if folds else 3  # left-aligned columns
     if markdown:
         lines = ["| " + " | ".join(header) + " |",
                  "|" + "|".join("---" if i < n_text else "---:" for i in range(len(header))) + "|"]
@@ -203,15 +348,17 @@ def format_table(rows: Sequence[Row], *, markdown: bool = False, folds: bool = F
 def results_frame(rows: Sequence[Row], split: str) -> pd.DataFrame:
     """One line per row (mean rows are followed by a ``std`` line); metrics as fractions in [0, 1]."""
     records = []
+    metrics = metric_columns(rows)
     for r in rows:
-        base = {"model": r.model, "checkpoint": r.checkpoint, "split": split, "fold": r.fold, "rerank": r.rerank}
-        records.append({**base, **{k: r.scores[k] for k, _ in METRICS},
+        base = {"model": r.model, "checkpoint": r.checkpoint, "epoch": r.epoch, "weights": r.weights, "split": split,
+                "fold": r.fold, "rerank": r.rerank}
+        records.append({**base, **{k: r.scores[k] for k, _ in metrics},
                         "queries": r.scores.get("num_valid_queries")})
         if r.std is not None:
             records[-1]["model"] = "mean"
-            records.append({**base, "model": "std", **{k: r.std[k] for k, _ in METRICS}, "queries": None})
+            records.append({**base, "model": "std", **{k: r.std[k] for k, _ in metrics}, "queries": None})
     frame = pd.DataFrame.from_records(records)
-    for col in ("fold", "queries"):
+    for col in ("epoch", "fold", "queries"):
         frame[col] = frame[col].astype("Int64")
     return frame
 
@@ -254,14 +401,19 @@ def _matrices(encoder: ReIDEncoder, split: Split, device: torch.device, cfg: Any
                                 hard_lambda=cfg.hard_lambda).float().cpu() for m in dict.fromkeys(cfg.rerank)}
 
 
-def _fold_of(checkpoint: Path) -> int:
+def _fold_of(info: CheckpointInfo) -> int:
     """The fold a checkpoint was validated on in training; UserError when it was not trained with a fold."""
-    config = read_checkpoint(checkpoint).get("config") or {}
+    config = info.config
     if config.get("validation") != "fold":
-        raise UserError(f"{checkpoint} was trained with validation={config.get('validation', 'unknown')}, not fold; "
+        raise UserError(f"{info.path} was trained with validation={config.get('validation', 'unknown')}, not fold; "
                         "--split folds scores each checkpoint on its held-out fold: train with --validation fold "
                         "--fold K, or use --split test")
     return int(config["fold"])
+
+
+def _weights_lines(infos: Sequence[CheckpointInfo], labels: Sequence[str]) -> list[str]:
+    """One line per checkpoint naming the file and the epoch of its weights, for the heading of a table."""
+    return [f"weights: {label} = {info.path}, {info.describe()}" for info, label in zip(infos, labels, strict=True)]
 
 
 def _write_results(report: EvalReport, split: str, cfg: Any, stage: Path) -> None:
@@ -286,40 +438,49 @@ def evaluate(cfg: Any) -> EvalReport:
     if not cfg.rerank:
         raise UserError("rerank: give at least one of " + ", ".join(RERANKS))
     check_rerank(cfg.rerank)
-    for c in checkpoints:
-        checkpoint_file(c)  # a missing file fails now, not after the first model's work
+    # a missing file fails now, not after the first model's work; a run folder gives its last.pt unless asked
+    files = [checkpoint_file(c, getattr(cfg, "run_weights", "last")) for c in checkpoints]
+    infos = [checkpoint_info(f) for f in files]
     device = pick_device(cfg.device)
     out = Path(cfg.output_dir) if cfg.output_dir is not None else run_dir_of(checkpoints[0]) / "eval"
     check_writable(out, "--output-dir")  # before any image is decoded, not after all the work
     cfg = dataclasses.replace(cfg, output_dir=out) if dataclasses.is_dataclass(cfg) else cfg
-    labels = checkpoint_labels(checkpoints)
+    labels = checkpoint_labels(files)
     if cfg.split not in ("test", "fold", "folds"):
         raise UserError(f"split must be test, fold or folds, not {cfg.split!r}")
     # tables, picture and config replace the previous ones as one set, or not at all
     with file_set(out, members=(RESULTS_CSV, RESULTS_MD, CONFIG_NAME, RANKED_PNG)) as stage:
         if cfg.split == "folds":
-            report = _evaluate_folds(cfg, checkpoints, labels, device, out)
+            report = _evaluate_folds(cfg, infos, labels, device, out)
         else:
-            report = _evaluate_split(cfg, checkpoints, labels, device, out, stage)
+            report = _evaluate_split(cfg, infos, labels, device, out, stage)
         _write_results(report, cfg.split, cfg, stage)
     return report
 
 
-def _evaluate_split(cfg: Any, checkpoints: list[Path], labels: list[str], device: torch.device,
+def _evaluate_split(cfg: Any, infos: list[CheckpointInfo], labels: list[str], device: torch.device,
                     out: Path, stage: Path | None = None) -> EvalReport:
+    warnings = []
+    for info, label in zip(infos, labels, strict=True):  # every checkpoint is checked before any work
+        if cfg.split == "fold":
+            check_fold_identity(info, cfg.data_dir, cfg.fold)
+            warnings.append(trained_on_warning(info, label, cfg.fold))
+        warnings.append(selection_warning(info, label, cfg.split, cfg.fold))
     split = load_split(cfg.data_dir, "test" if cfg.split == "test" else "fold", cfg.fold)
     where = "test split" if cfg.split == "test" else f"fold {cfg.fold}"
     title = f"{where} of {cfg.data_dir}: {len(split.query_paths)} queries, {len(split.gallery_paths)} gallery images"
+    title = "\n".join([title, *_weights_lines(infos, labels), *filter(None, warnings)])
     results: list[tuple[Row, torch.Tensor]] = []  # every row with its distance matrix
     per_model = []
     cache = ImageCache(getattr(cfg, "cache_images", False), cfg.progress)
-    for path, label in zip(checkpoints, labels, strict=True):
-        encoder = load_for_inference(path, device, getattr(cfg, "checkpoint_model", None))
+    for info, label in zip(infos, labels, strict=True):
+        encoder = load_for_inference(info.path, device, getattr(cfg, "checkpoint_model", None))
         mats = _matrices(encoder, split, device, cfg, cache)
         del encoder
         per_model.append(mats)
-        results += [(Row(label, m, _scores(d, split), str(path)), d) for m, d in mats.items()]
-    if len(checkpoints) > 1:
+        results += [(Row(label, m, _scores(d, split), str(info.path), weights=info.describe(), epoch=info.epoch), d)
+                    for m, d in mats.items()]
+    if len(infos) > 1:
         for m in per_model[0]:
             fused = fuse([mats[m] for mats in per_model], "similarity")
             results.append((Row(FUSED, m, _scores(fused, split)), fused))
@@ -337,13 +498,17 @@ def _evaluate_split(cfg: Any, checkpoints: list[Path], labels: list[str], device
     return report
 
 
-def _evaluate_folds(cfg: Any, checkpoints: list[Path], labels: list[str], device: torch.device,
+def _evaluate_folds(cfg: Any, infos: list[CheckpointInfo], labels: list[str], device: torch.device,
                     out: Path) -> EvalReport:
-    folds = [_fold_of(c) for c in checkpoints]  # every checkpoint is checked before any work
+    folds = [_fold_of(info) for info in infos]  # every checkpoint is checked before any work
+    for info, fold in zip(infos, folds, strict=True):
+        check_fold_identity(info, cfg.data_dir, fold)
+    warnings = [selection_warning(info, label, "folds") for info, label in zip(infos, labels, strict=True)]
     splits: dict[int, Split] = {}
     rows = []
     cache = ImageCache(getattr(cfg, "cache_images", False), cfg.progress)
-    for path, label, fold in zip(checkpoints, labels, folds, strict=True):
+    for info, label, fold in zip(infos, labels, folds, strict=True):
+        path = info.path
         if fold not in splits:
             splits[fold] = load_split(cfg.data_dir, "fold", fold)
         split = splits[fold]
@@ -352,13 +517,15 @@ def _evaluate_folds(cfg: Any, checkpoints: list[Path], labels: list[str], device
         encoder = load_for_inference(path, device, getattr(cfg, "checkpoint_model", None))
         mats = _matrices(encoder, split, device, cfg, cache)
         del encoder
-        rows += [Row(label, m, _scores(d, split), str(path), fold) for m, d in mats.items()]
-    n = len(checkpoints)
+        rows += [Row(label, m, _scores(d, split), str(path), fold, weights=info.describe(), epoch=info.epoch)
+                 for m, d in mats.items()]
+    n = len(infos)
     for m in dict.fromkeys(cfg.rerank):
-        values = {k: np.array([r.scores[k] for r in rows if r.rerank == m]) for k, _ in METRICS}
+        values = {k: np.array([r.scores[k] for r in rows if r.rerank == m]) for k, _ in metric_columns(rows)}
         mean = {k: float(v.mean()) for k, v in values.items()}
         std = {k: float(v.std(ddof=1)) if n > 1 else 0.0 for k, v in values.items()}
         rows.append(Row(f"mean ± std ({n})", m, mean, std=std))
     title = (f"{n} checkpoint(s), each on its held-out fold of {cfg.data_dir}; mean ± std (sample standard "
              "deviation) over the checkpoints")
+    title = "\n".join([title, *_weights_lines(infos, labels), *filter(None, warnings)])
     return EvalReport(title, rows, True, out)

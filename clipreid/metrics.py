@@ -1,8 +1,8 @@
 """Re-identification scores from a query x gallery distance matrix: mAP, CMC rank-1/5/10, mINP, allshots rank-1.
 
-The definitions are the challenge toolkit's (DESIGN.md section 3). Ranks are positions in the *stable* ascending
-order of a query's row: equal distances keep gallery (column) order, so a true match tied with another identity's
-item ranks after it exactly when it comes later in the gallery.
+The definitions are the challenge toolkit's (the README's evaluate.py section says the same). Ranks are positions
+in the *stable* ascending order of a query's row: equal distances keep gallery (column) order, so a true match tied
+with another identity's item ranks after it exactly when it comes later in the gallery.
 
 - mAP: per query, ``sklearn.metrics.average_precision_score(y_true, -distances)``, so tied distances form one
   threshold (no gallery order there); the mean over queries that have at least one true match.

@@ -3,10 +3,16 @@
 ``predict(cfg)`` takes the config dataclass of ``predict.py`` (any object with its fields) and returns a
 :class:`PredictReport`. For each set it writes, in the challenge's CSV format (``clipreid.submission``):
 
-- ``<set>_raw.csv``: the fusion of every input's squared Euclidean distances;
-- ``<set>_<rerank>.csv`` (unless rerank is none): each checkpoint re-ranked on its own, then fused.
+- ``<set>_<rerank>.csv`` for every re-ranking of ``cfg.rerank`` (``<set>_raw.csv`` for ``none``): each checkpoint
+  re-ranked on its own, then fused;
+- with several inputs, also each checkpoint's own CSVs in ``<model label>/<set>_<rerank>.csv``;
+- ``predict_log.json``: the inputs (file, epoch and selection of each checkpoint's weights) and every CSV written,
+  with its scores where the set has ground truth.
 
-A submission CSV given as input is an already final matrix: it joins both fusions as it is, after its rows and
+A run folder gives its ``last.pt`` (the last epoch, what the original submits) unless ``cfg.run_weights`` is
+``best``; a best.pt selected on the test split and scored on the test set gets a warning line.
+
+A submission CSV given as input is an already final matrix: it joins every fusion as it is, after its rows and
 columns are matched to the set's ids (``align_to``). Ids are the true player ids for the test set (the file then
 scores itself) and the integer file stems for the challenge set, which is scored only when ``synthetic.json``
 holds its ground truth.
@@ -29,14 +35,15 @@ from .evaluation import (
     FUSIONS,
     ImageCache,
     check_rerank,
+    checkpoint_info,
     checkpoint_labels,
     fuse,
     load_for_inference,
     query_gallery_features,
     rerank_distances,
+    selection_warning,
 )
-from .features import squared_distances
-from .fileio import check_writable, file_set
+from .fileio import check_writable, file_set, write_json
 from .layout import CHALLENGE_GALLERY_DIR, CHALLENGE_QUERY_DIR
 from .metrics import compute_scores
 from .model import checkpoint_file
@@ -48,6 +55,16 @@ from .synthetic import INFO_NAME
 SETS = ("test", "challenge")
 SET_PLACEHOLDER = "{set}"
 CONFIG_NAME = "predict_config.json"
+LOG_NAME = "predict_log.json"
+
+
+def csv_suffix(rerank: str) -> str:
+    """The file-name part of a re-ranking method: ``raw`` for none, else its name."""
+    return "raw" if rerank == "none" else rerank
+
+
+def _folder_name(label: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in label).strip("._") or "model"
 
 
 @dataclass
@@ -135,6 +152,7 @@ class Written:
 
     path: Path
     scores: dict[str, float] | None
+    model: str = ""  # the model label of a single model's CSV; empty for the fused (or only) one
 
 
 @dataclass
@@ -144,11 +162,11 @@ class PredictReport:
     lines: list[str] = field(default_factory=list)
     files: dict[str, list[Written]] = field(default_factory=dict)
     config_path: Path | None = None
+    log_path: Path | None = None
 
     def summary(self) -> str:
         lines = list(self.lines)
-        if self.config_path is not None:
-            lines.append(f"wrote {self.config_path}")
+        lines += [f"wrote {p}" for p in (self.config_path, self.log_path) if p is not None]
         return "\n".join(lines)
 
 
@@ -164,7 +182,10 @@ def predict(cfg: Any) -> PredictReport:
     for name in sets:
         if name not in SETS:
             raise UserError(f"sets: unknown set {name!r}; choose from {', '.join(SETS)}")
-    check_rerank([cfg.rerank])
+    reranks = list(dict.fromkeys([cfg.rerank] if isinstance(cfg.rerank, str) else cfg.rerank))
+    if not reranks:
+        raise UserError("rerank: give at least one of none, k_reciprocal, hard")
+    check_rerank(reranks)
     if cfg.fusion not in FUSIONS:
         raise UserError(f"fusion: unknown method {cfg.fusion!r}; choose from {', '.join(FUSIONS)}")
     if cfg.weights is not None and cfg.fusion == "dissimilarity":
@@ -174,8 +195,9 @@ def predict(cfg: Any) -> PredictReport:
     if cfg.weights is not None and len(cfg.weights) != n_inputs:
         raise UserError(f"weights: got {len(cfg.weights)} weights for {n_inputs} inputs (one per checkpoint, then "
                         "one per submission CSV)")
-    for c in checkpoints:
-        checkpoint_file(c)
+    # a run folder gives its last.pt (the last epoch), or its best.pt with run_weights best
+    files = [checkpoint_file(c, getattr(cfg, "run_weights", "last")) for c in checkpoints]
+    infos = [checkpoint_info(f) for f in files]
     out = check_writable(Path(cfg.output_dir), "--output-dir")  # before any work, not after all of it
 
     # Everything that can fail on the inputs fails before any model runs.
@@ -190,50 +212,74 @@ def predict(cfg: Any) -> PredictReport:
                                name=f"{path} (as the {name} set of {cfg.data_dir})")
             given[name].append(torch.from_numpy(aligned))
 
-    raw: dict[str, list[torch.Tensor]] = {name: [] for name in sets}
-    reranked: dict[str, list[torch.Tensor]] = {name: [] for name in sets}
+    # per set, per re-ranking: one distance matrix per checkpoint
+    mats: dict[str, dict[str, list[torch.Tensor]]] = {name: {m: [] for m in reranks} for name in sets}
     if checkpoints:
         device = pick_device(cfg.device)
         cache = ImageCache(getattr(cfg, "cache_images", False), cfg.progress)
-        for path in checkpoints:
-            encoder = load_for_inference(path, device, getattr(cfg, "checkpoint_model", None))
+        for info in infos:
+            encoder = load_for_inference(info.path, device, getattr(cfg, "checkpoint_model", None))
             for name, qset in qsets.items():
                 qf, gf = query_gallery_features(encoder, qset.query_paths, qset.gallery_paths, device=device, cfg=cfg,
                                                 cache=cache)
-                raw[name].append(squared_distances(qf, gf).cpu())
-                if cfg.rerank != "none":
-                    reranked[name].append(rerank_distances(qf, gf, cfg.rerank, k1=cfg.k1, k2=cfg.k2,
-                                                           lambda_value=cfg.lambda_value,
-                                                           hard_lambda=cfg.hard_lambda).cpu())
+                for method in reranks:
+                    mats[name][method].append(rerank_distances(qf, gf, method, k1=cfg.k1, k2=cfg.k2,
+                                                               lambda_value=cfg.lambda_value,
+                                                               hard_lambda=cfg.hard_lambda).cpu())
             del encoder
 
     report = PredictReport()
-    names = checkpoint_labels(checkpoints) + [str(s) for s in submissions]
+    labels = checkpoint_labels(files)
+    names = labels + [str(s) for s in submissions]
     weights = tuple(cfg.weights) if cfg.weights is not None else None
     inputs = ", ".join(names) if n_inputs <= 4 else f"{n_inputs} inputs"
     how = f"{cfg.fusion} fusion of {inputs}" if n_inputs > 1 else inputs
-    suffixes = ["raw"] + ([cfg.rerank] if cfg.rerank != "none" else [])
-    width = max(len(str(out / f"{name}_{suffix}.csv")) for name in sets for suffix in suffixes)
-    # the CSVs and the config replace the previous ones as one set, or not at all (a full disk midway)
+    for info, label in zip(infos, labels, strict=True):
+        report.lines.append(f"weights: {label} = {info.path}, {info.describe()}")
+    warnings = {label: selection_warning(info, label, "test") for info, label in zip(infos, labels, strict=True)}
+    if "test" in sets:
+        report.lines += [w for w in warnings.values() if w]
+    # each model's own CSVs beside the fused ones, when there is a fusion
+    targets = [("", "")] + ([(_folder_name(label), label) for label in labels] if n_inputs > 1 else [])
+    width = max(len(str(out / folder / f"{name}_{csv_suffix(m)}.csv")) for name in sets for m in reranks
+                for folder, _ in targets)
+    # the CSVs, the config and the log replace the previous ones as one set, or not at all (a full disk midway)
     with file_set(out) as stage:
         for name, qset in qsets.items():
             report.lines.append(f"{name}: {len(qset.query_ids)} queries x {len(qset.gallery_ids)} gallery images; "
                                 f"{how}")
             report.files[name] = []
-            for suffix in suffixes:
-                mats = raw[name] if suffix == "raw" else reranked[name]
-                fused = fuse([*mats, *given[name]], cfg.fusion, weights, cfg.topk_fusion)
-                path = out / f"{name}_{suffix}.csv"
-                write_distance_matrix(stage / path.name, fused, qset.query_ids, qset.gallery_ids)
-                scores = qset.score(stage / path.name)
-                report.files[name].append(Written(path, scores))
-                text = f"  wrote {str(path):<{width}}"
-                if scores is not None:
-                    text += (f"  mAP {100 * scores['mAP']:.2f}  rank-1 {100 * scores['rank1']:.2f}  "
-                             f"({qset.truth_source})")
-                report.lines.append(text.rstrip())
+            for folder, label in targets:
+                for method in reranks:
+                    if label:
+                        matrix = mats[name][method][labels.index(label)]
+                    else:
+                        matrix = fuse([*mats[name][method], *given[name]], cfg.fusion, weights, cfg.topk_fusion)
+                    rel = Path(folder) / f"{name}_{csv_suffix(method)}.csv"
+                    (stage / rel).parent.mkdir(parents=True, exist_ok=True)
+                    write_distance_matrix(stage / rel, matrix, qset.query_ids, qset.gallery_ids)
+                    scores = qset.score(stage / rel)
+                    path = out / rel
+                    report.files[name].append(Written(path, scores, label))
+                    text = f"  wrote {str(path):<{width}}"
+                    if scores is not None:
+                        text += (f"  mAP {100 * scores['mAP']:.2f}  rank-1 {100 * scores['rank1']:.2f}  "
+                                 f"({qset.truth_source})")
+                    report.lines.append(text.rstrip())
             if name == "challenge" and qset.truth is None:
                 report.lines.append("  (no ground truth for the challenge set: not scored)")
         report.config_path = out / CONFIG_NAME
         save_config(cfg, stage / CONFIG_NAME)
+        report.log_path = out / LOG_NAME
+        write_json(stage / LOG_NAME, {
+            "checkpoints": [{"label": label, "given": str(c), "file": str(info.path), "epoch": info.epoch,
+                             "weights": info.weights, "selection": info.selection, "description": info.describe(),
+                             "warning": warnings[label]}
+                            for c, info, label in zip(checkpoints, infos, labels, strict=True)],
+            "submissions": [str(s) for s in submissions],
+            "fusion": cfg.fusion if n_inputs > 1 else None,
+            "files": [{"set": name, "path": str(w.path), "model": w.model or None,
+                       "scores": {k: float(v) for k, v in w.scores.items()} if w.scores is not None else None}
+                      for name, written in report.files.items() for w in written],
+        })
     return report

@@ -291,7 +291,7 @@ def build_market1501_frame(
 
     Market-1501's own convention (its README, torchreid, open-reid): pid -1 marks junk boxes, which the official
     evaluation ignores, so they are left out; pid 0 marks distractors, kept in the gallery as never-matching
-    images and dropped elsewhere. (DESIGN.md section 3 words the two the other way round.)
+    images and dropped elsewhere.
     """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():

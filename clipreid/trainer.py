@@ -2,8 +2,11 @@
 
 ``train(cfg)`` takes the config dataclass of ``train.py`` (any object with its fields) and returns the run folder.
 A run folder holds ``train_config.json``, ``log.jsonl`` (one line per epoch; epoch 0 is the model before
-training), ``curves.png``, ``last.pt`` (everything needed to resume) and ``best.pt`` (the weights of the best
-validation mAP, or of the last epoch without validation).
+training), ``curves.png``, ``last.pt`` (the last epoch's weights and everything needed to resume: what
+evaluate.py and predict.py score by default, as the original submitted) and ``best.pt`` (the weights of the best
+validation mAP, or of the last epoch without validation). Both record in ``selection`` how their weights were
+chosen and on which split, and a fold run records in ``held_out`` which sequences (groups) it never trained on,
+so that scoring a checkpoint on the split that chose it, or on a re-folded table, can be said out loud.
 
 Exact resume: the batches of an epoch and the augmentation of each step come from generators seeded by
 (seed, epoch, step), not from a running random state, so a run resumed from ``last.pt`` computes the same
@@ -15,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import random
 import re
 import time
@@ -31,7 +35,7 @@ from .checkpoint import read_checkpoint, run_dir_of, save_checkpoint
 from .config import config_from_dict, config_to_dict, given_fields, save_config
 from .dataset import ImageSet, PairBatchSampler, PairDataset, Split, contiguous_labels, load_split
 from .errors import UserError
-from .features import validate
+from .evaluation import fold_identity, validate_reranked
 from .fileio import StagedFolder, check_writable, write_text
 from .loss import ReIDLoss
 from .model import ModelSpec, ReIDEncoder, build_encoder, encoder_checkpoint, encoder_file_of, rebuild_encoder
@@ -45,16 +49,17 @@ CURVES_NAME = "curves.png"
 CONFIG_NAME = "train_config.json"
 # Fields a resumed run may change: where and how it runs, not what it computes.
 RUNTIME_FIELDS = {"device", "progress", "num_workers", "resume", "compile", "cache_images", "overwrite", "stop_after",
-                  "log_every", "report_to"}
+                  "log_every", "report_to", "eval_precision"}
 
 
 # --------------------------------------------------------------------------------------------------------------
 # optimiser and schedule
 
 
-def build_optimizer(modules: list[nn.Module], lr: float, weight_decay: float, decay_all: bool = False,
+def build_optimizer(modules: list[nn.Module], lr: float, weight_decay: float, decay_all: bool = True,
                     fused: bool = False) -> torch.optim.AdamW:
-    """AdamW; no weight decay on norms, biases, embeddings' 1-d vectors and the logit scale unless ``decay_all``."""
+    """AdamW with weight decay on every parameter (the original's); ``decay_all=False`` exempts norms, biases,
+    embeddings' 1-d vectors and the logit scale."""
     decay, no_decay = [], []
     for module in modules:
         for name, p in module.named_parameters():
@@ -133,8 +138,42 @@ def _write_log(run_dir: Path, records: list[dict[str, Any]]) -> None:
 
 def _format_metrics(record: dict[str, Any]) -> str:
     keys = [("train_loss", "loss {:.4f}"), ("mAP", "mAP {:.2%}"), ("rank1", "rank-1 {:.2%}"),
-            ("rank5", "rank-5 {:.2%}"), ("mINP", "mINP {:.2%}"), ("images_per_s", "{:.0f} img/s")]
+            ("rank1_allshots", "rank-1 allshots {:.2%}"), ("rank5", "rank-5 {:.2%}"), ("mINP", "mINP {:.2%}")]
+    keys += [(k, f"mAP {k.removeprefix('mAP_')} {{:.2%}}") for k in record if k.startswith("mAP_")]
+    keys += [("images_per_s", "{:.0f} img/s")]
     return "  ".join(fmt.format(record[k]) for k, fmt in keys if record.get(k) is not None)
+
+
+def selection_record(cfg: Any, weights: str, epoch: int) -> dict[str, Any]:
+    """How a checkpoint's weights were chosen: ``best`` by validation mAP on a split (none: the last epoch), or
+    ``last``; evaluate.py and predict.py warn when a best.pt is scored on the split that selected it."""
+    chose_by_split = weights == "best" and cfg.validation != "none"
+    return {"weights": weights, "epoch": epoch, "metric": "mAP" if chose_by_split else "last epoch",
+            "validation": cfg.validation, "fold": cfg.fold if cfg.validation == "fold" else None}
+
+
+def load_scaler_state(scaler: torch.amp.GradScaler, state: dict[str, Any]) -> None:
+    """Restore a GradScaler, unless the saved one was disabled (a bf16, fp32 or CPU run: an empty state) while
+    this one is enabled (fp16 on a GPU): it then starts from a fresh scale instead of failing."""
+    if state or not scaler.is_enabled():
+        scaler.load_state_dict(state)
+
+
+def log_due(i: int, n: int, accum: int, log_every: int) -> bool:
+    """Whether micro-batch ``i`` (of ``n``) ends a log interval: every ``log_every`` optimiser steps, and the
+    epoch's last micro-batch."""
+    if i + 1 == n:
+        return True
+    return (i + 1) % accum == 0 and ((i + 1) // accum) % log_every == 0
+
+
+def sync_context(model: nn.Module, last_of_step: bool):
+    """DDP's ``no_sync`` for a micro-batch that does not end an optimiser step (also through torch.compile's
+    wrapper, which hides the DDP module in ``_orig_mod``); a no-op otherwise."""
+    ddp = getattr(model, "_orig_mod", model)
+    if last_of_step or not isinstance(ddp, nn.parallel.DistributedDataParallel):
+        return nullcontext()
+    return ddp.no_sync()
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -263,7 +302,7 @@ def _train_into(cfg: Any, rt: Runtime, state: dict[str, Any] | None, folder: Sta
         loss_fn.load_state_dict(state["loss"], strict=True)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
+        load_scaler_state(scaler, state["scaler"])
         _set_rng_state(state["rng"])
         start_epoch, best, history = int(state["epoch"]), float(state["best"]), list(state["history"])
         say(f"resumed after epoch {start_epoch} of {cfg.epochs}")
@@ -279,12 +318,16 @@ def _train_into(cfg: Any, rt: Runtime, state: dict[str, Any] | None, folder: Sta
             folder.open()
         save_config(cfg, folder.path / CONFIG_NAME)
 
+    eval_precision = getattr(cfg, "eval_precision", None)
+    eval_dtype = resolve_precision(eval_precision, rt.device) if eval_precision else dtype
+    held_out = fold_identity(cfg.data_dir, cfg.fold) if cfg.validation == "fold" else None
+
     def evaluate_now() -> dict[str, float]:
         if val_sets is None:
             return {}
-        return validate(encoder, *val_sets, split.query_players, split.gallery_players,
-                        query_cams=split.query_cams, gallery_cams=split.gallery_cams, batch_size=cfg.eval_batch_size,
-                        dtype=dtype, flip=cfg.val_flip, num_workers=cfg.num_workers, progress=cfg.progress)
+        return validate_reranked(encoder, *val_sets, split, tuple(getattr(cfg, "val_rerank", ())),
+                                 batch_size=cfg.eval_batch_size, dtype=eval_dtype, flip=cfg.val_flip,
+                                 num_workers=cfg.num_workers, progress=cfg.progress)
 
     if state is None and cfg.zero_shot and val_sets is not None:
         record = {"epoch": 0, **evaluate_now(), "logit_scale": float(encoder.scale().detach())}
@@ -306,13 +349,16 @@ def _train_into(cfg: Any, rt: Runtime, state: dict[str, Any] | None, folder: Sta
             improved = metric > best
             best = max(best, metric)
             common = {**encoder_checkpoint(encoder), "config": config_to_dict(cfg), "epoch": epoch + 1,
-                      "metrics": record}
-            save_checkpoint(folder.path / "last.pt", {
-                **common, "loss": loss_fn.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": _rng_state(),
-                "best": best, "history": history})
+                      "metrics": record, **({"held_out": held_out} if held_out is not None else {})}
+            # best.pt first: a kill between the two leaves the previous last.pt, whose resume redoes this epoch and
+            # writes both; the other order would leave a resumable run that never rewrites the better best.pt
             if improved:
-                save_checkpoint(folder.path / "best.pt", common)
+                save_checkpoint(folder.path / "best.pt",
+                                {**common, "selection": selection_record(cfg, "best", epoch + 1)})
+            save_checkpoint(folder.path / "last.pt", {
+                **common, "selection": selection_record(cfg, "last", epoch + 1), "loss": loss_fn.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(), "rng": _rng_state(), "best": best, "history": history})
             _write_log(folder.path, history)
             if not folder.committed:
                 tracker.release()
@@ -325,6 +371,11 @@ def _train_into(cfg: Any, rt: Runtime, state: dict[str, Any] | None, folder: Sta
             break
     tracker.close()
     return run_dir
+
+
+def is_main_process() -> bool:
+    """True in a single process and in rank 0 of a torchrun job (what prints a run's closing lines)."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _barrier(rt: Runtime) -> None:
@@ -398,13 +449,12 @@ def _train_epoch(cfg: Any, rt: Runtime, model: nn.Module, encoder: ReIDEncoder, 
     n_batches, images_seen, start = 0, 0, time.perf_counter()
     accum = cfg.grad_accum
     n = len(loader)
+    lr_used = optimizer.param_groups[0]["lr"]
     optimizer.zero_grad(set_to_none=True)
     for i, (anchors, positives, labels) in enumerate(bar):
         anchors, positives, labels = (to_device(t, rt.device) for t in (anchors, positives, labels))
         last_of_step = (i + 1) % accum == 0 or i + 1 == n
-        sync = nullcontext() if last_of_step or not isinstance(model, nn.parallel.DistributedDataParallel) \
-            else model.no_sync()
-        with sync:
+        with sync_context(model, last_of_step):
             loss, parts = forward_backward(model, encoder, loss_fn, anchors, positives, labels, augment, dtype,
                                            _step_generator(cfg.seed, epoch, i), scaler=scaler,
                                            divisor=micro_batches_in_step(i, n, accum),
@@ -416,22 +466,23 @@ def _train_epoch(cfg: Any, rt: Runtime, model: nn.Module, encoder: ReIDEncoder, 
         n_batches += 1
         images_seen += 2 * len(anchors) * rt.world_size
         if last_of_step:
+            lr_used = optimizer.param_groups[0]["lr"]  # the lr this step uses; the scheduler then sets the next
             optimizer_update(optimizer, encoder, scaler, cfg.clip_grad)
             scheduler.step()
-        if (i + 1) % cfg.log_every == 0 or i + 1 == n:
+        if log_due(i, n, accum, cfg.log_every):
             mean_loss = float(loss_sum) / n_batches  # one device sync per log interval, not per step
             if not math.isfinite(mean_loss):
-                raise UserError(f"training diverged: the loss became {mean_loss} in epoch {epoch + 1}, step {i + 1}; "
+                raise UserError(f"training diverged: the loss became {mean_loss} in epoch {epoch + 1}, optimiser "
+                                f"step {math.ceil((i + 1) / accum)}; "
                                 f"the last good checkpoint is kept in the run folder (last.pt of epoch {epoch}); "
                                 "lower lr, raise warmup_epochs or use precision bf16")
             rate = images_seen / max(1e-9, time.perf_counter() - start)
-            bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", img_s=f"{rate:.0f}")
+            bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr_used:.2e}", img_s=f"{rate:.0f}")
             if tracker is not None:
-                tracker.log_step(epoch * math.ceil(n / accum) + i // accum + 1, float(loss_sum), n_batches,
-                                 scheduler.get_last_lr()[0])
+                tracker.log_step(epoch * math.ceil(n / accum) + i // accum + 1, float(loss_sum), n_batches, lr_used)
     elapsed = time.perf_counter() - start
     record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": float(loss_sum) / max(1, n_batches),
-                              "lr": scheduler.get_last_lr()[0], "images_per_s": images_seen / max(1e-9, elapsed),
+                              "lr": lr_used, "images_per_s": images_seen / max(1e-9, elapsed),
                               "epoch_time_s": elapsed}
     if len(parts_sum) > 1:
         record.update({f"loss_{k}": float(v) / n_batches for k, v in parts_sum.items()})

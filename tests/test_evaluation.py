@@ -62,7 +62,7 @@ def run_dir(synthetic_small, tmp_path_factory) -> Path:
 def predicted(synthetic_small, run_dir, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     """predict.py on both sets with k-reciprocal re-ranking, run once for the module."""
     out = tmp_path_factory.mktemp("submission")
-    r = script("predict.py", "--checkpoints", run_dir / "best.pt", "--data-dir", synthetic_small, "--output-dir",
+    r = script("predict.py", "--checkpoints", run_dir, "--data-dir", synthetic_small, "--output-dir",
                out, *RUN, cwd=out)
     assert r.returncode == 0, r.stderr
     return out, r
@@ -128,22 +128,26 @@ def test_evaluate_script_end_to_end(synthetic_small, run_dir, tmp_path):
                "--ranked-lists", "4", *RUN, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "test split of" in r.stdout and "12 queries" in r.stdout
-    assert re.search(r"model\s+re-ranking\s+mAP\s+rank-1\s+rank-5\s+rank-10\s+mINP", r.stdout)
+    # a run folder is scored with its last.pt, and the table says which epoch that is
+    assert f"weights: {run_dir.name} = {run_dir / 'last.pt'}, epoch 1 (last)" in r.stdout and "warning" not in r.stdout
+    assert re.search(r"model\s+epoch\s+re-ranking\s+mAP\s+rank-1\s+(rank-1 allshots\s+)?rank-5\s+rank-10\s+mINP",
+                     r.stdout)
     for method in ("none", "k_reciprocal", "hard"):
-        assert re.search(rf"{run_dir.name}\s+{method}\s+\d+\.\d\d", r.stdout), method
+        assert re.search(rf"{run_dir.name}\s+1\s+{method}\s+\d+\.\d\d", r.stdout), method
     assert f"ranked lists ({run_dir.name}, re-ranking " in r.stdout and str(out / "ranked_lists.png") in r.stdout
 
     results = pd.read_csv(out / "eval_results.csv")
     assert list(results.rerank) == ["none", "k_reciprocal", "hard"]
+    assert results.epoch.tolist() == [1, 1, 1] and set(results.weights) == {"epoch 1 (last)"}
     metrics = results[["mAP", "rank1", "rank5", "rank10", "mINP"]].to_numpy()
     assert ((metrics >= 0) & (metrics <= 1)).all()
     assert (results.rank1 <= results.rank5).all() and (results.rank5 <= results.rank10).all()
     # the raw row is the validation that training logged for the same weights
-    logged = read_checkpoint(run_dir / "best.pt")["metrics"]
+    logged = read_checkpoint(run_dir / "last.pt")["metrics"]
     assert results.mAP[0] == pytest.approx(logged["mAP"], abs=1e-6)
     assert results.rank1[0] == pytest.approx(logged["rank1"], abs=1e-6)
     md = (out / "eval_results.md").read_text()
-    assert "| model | re-ranking | mAP | rank-1 | rank-5 | rank-10 | mINP |" in md
+    assert "| model | epoch | re-ranking | mAP | rank-1 |" in md and "epoch 1 (last)" in md
     assert json.loads((out / "evaluate_config.json").read_text())["output_dir"] == str(out)
     with Image.open(out / "ranked_lists.png") as picture:
         assert picture.height > 4 * 128
@@ -154,9 +158,11 @@ def test_evaluate_two_checkpoints_adds_the_fusion(synthetic_small, run_dir, tmp_
                      rerank=("none",), device="cpu", num_workers=0, output_dir=tmp_path, ranked_lists=0,
                      progress=False)
     report = evaluate(cfg)
-    assert [r.model for r in report.rows] == [str(run_dir), str(run_dir / "best.pt"), "fused"]
+    assert [r.model for r in report.rows] == [run_dir.name, f"{run_dir.name}/best", "fused"]
     # the fusion of one model with itself is that model
     assert report.rows[2].scores == pytest.approx(report.rows[0].scores)
+    # a model validated on the test split trained on fold 2's train-split images: said, not hidden
+    assert f"warning: {run_dir.name} was trained holding out the test split, not fold 2" in report.title
     assert report.ranked_lists is None and not (tmp_path / "ranked_lists.png").exists()
 
 
@@ -173,6 +179,11 @@ def test_decoded_image_cache_gives_the_streamed_results_and_decodes_once(synthet
     cached = evaluate(EvalConfig(**base, cache_images=True))
     streamed = evaluate(EvalConfig(**base, cache_images=False))
     assert len(decoded) == 1  # one decode for both checkpoints; none when streaming
+    # best.pt was chosen by test-split mAP and is scored on the test split: one warning, for it alone
+    warnings = [line for line in cached.title.splitlines() if line.startswith("warning")]
+    assert len(warnings) == 1 and warnings[0].startswith(f"warning: {run_dir.name}/best holds the epoch (1) of the "
+                                                         "best mAP on the test split")
+    assert f"{run_dir.name}/best = {run_dir / 'best.pt'}, epoch 1 (best mAP on the test split)" in cached.title
     for a, b in zip(cached.rows, streamed.rows, strict=True):
         assert a.scores == pytest.approx(b.scores, abs=1e-9)
 
@@ -194,6 +205,34 @@ def test_evaluate_folds_mean_and_std(synthetic_small, tmp_path):
         assert mean == pytest.approx(per_fold.mean()) and std == pytest.approx(per_fold.std(ddof=1))
     assert not (out / "ranked_lists.png").exists()
 
+    # the same table re-folded (preprocess with another n_folds): fold 0 is other sequences now, refused
+    refolded = tmp_path / "refolded"
+    refolded.mkdir()
+    from clipreid.preprocess import assign_folds
+
+    df = pd.read_csv(synthetic_small / "train_df.csv")
+    df["fold"] = assign_folds(df, 5)
+    df.to_csv(refolded / "train_df.csv", index=False)
+    for split in ("folds", "fold"):
+        with pytest.raises(UserError, match=r"held out fold 0 of 10 folds .* re-run preprocess_data.py --n-folds 10"):
+            evaluate(EvalConfig(checkpoints=tuple(runs), data_dir=refolded, split=split, fold=0, rerank=("none",),
+                                device="cpu", num_workers=0, output_dir=tmp_path / "x", progress=False))
+
+
+def test_tables_show_the_allshots_rank1_when_the_metrics_give_it():
+    from clipreid.evaluation import Row, format_table, results_frame
+
+    scores = {"mAP": 0.5, "rank1": 0.6, "rank5": 0.7, "rank10": 0.8, "mINP": 0.3}
+    plain = [Row("a", "none", scores, epoch=4)]
+    assert "allshots" not in format_table(plain) and "rank1_allshots" not in results_frame(plain, "test")
+    rows = [Row("a", "none", {**scores, "rank1_allshots": 0.55}, epoch=4, weights="epoch 4 (last)")]
+    header, line = format_table(rows).splitlines()
+    assert re.match(r"model\s+epoch\s+re-ranking\s+mAP\s+rank-1\s+rank-1 allshots\s+rank-5", header)
+    assert re.match(r"a\s+4\s+none\s+50\.00\s+60\.00\s+55\.00\s+70\.00", line)
+    frame = results_frame(rows, "test")
+    assert frame.rank1_allshots.tolist() == [0.55] and frame.epoch.tolist() == [4]
+    assert "| rank-1 | rank-1 allshots |" in format_table(rows, markdown=True)
+
 
 def test_folds_need_fold_trained_checkpoints(synthetic_small, run_dir, tmp_path):
     r = script("evaluate.py", "--split", "folds", "--checkpoints", run_dir, "--data-dir", synthetic_small, *RUN,
@@ -212,6 +251,12 @@ def test_predict_script_writes_valid_submissions(synthetic_small, run_dir, predi
     files = {p.name for p in out.glob("*.csv")}
     assert files == {"test_raw.csv", "test_k_reciprocal.csv", "challenge_raw.csv", "challenge_k_reciprocal.csv"}
     assert (out / "predict_config.json").is_file()
+    # the weights are the run's last.pt, named with their epoch in the summary and the log
+    assert f"weights: {run_dir.name} = {run_dir / 'last.pt'}, epoch 1 (last)" in r.stdout
+    log = json.loads((out / "predict_log.json").read_text())
+    assert [(c["file"], c["epoch"], c["weights"], c["warning"]) for c in log["checkpoints"]] == \
+        [(str(run_dir / "last.pt"), 1, "last", None)]
+    assert sorted(Path(f["path"]).name for f in log["files"]) == sorted(files)
     challenge = pd.read_csv(synthetic_small / "challenge_df.csv")
     truth = json.loads((synthetic_small / "synthetic.json").read_text())["challenge_players"]
     for name in sorted(files):
@@ -244,6 +289,27 @@ def test_predict_script_writes_valid_submissions(synthetic_small, run_dir, predi
     g_order = np.argsort(players[~is_q.numpy()], kind="stable")
     distmat, _, _ = read_distance_matrix(out / "test_raw.csv")
     np.testing.assert_allclose(distmat, expected[np.ix_(q_order, g_order)], atol=6e-6)
+
+
+def test_predict_writes_every_reranking_and_each_models_own_csvs(synthetic_small, run_dir, predicted, tmp_path):
+    """Several checkpoints: the fused CSVs of every requested re-ranking, and each model's own in a subfolder;
+    best.pt (selected on the test split) scored on the test set is warned about."""
+    out, _ = predicted
+    report = predict(predict_config(synthetic_small, tmp_path, checkpoints=(run_dir, run_dir / "best.pt"),
+                                    sets=("test",), rerank=("none", "k_reciprocal", "hard")))
+    names = ("test_raw.csv", "test_k_reciprocal.csv", "test_hard.csv")
+    assert {p.name for p in tmp_path.glob("*.csv")} == set(names)
+    for folder in (run_dir.name, f"{run_dir.name}_best"):
+        assert {p.name for p in (tmp_path / folder).glob("*.csv")} == set(names)
+    # a model's own CSV is what predicting with it alone writes
+    assert (tmp_path / run_dir.name / "test_raw.csv").read_text() == (out / "test_raw.csv").read_text()
+    assert (tmp_path / run_dir.name / "test_k_reciprocal.csv").read_text() == \
+        (out / "test_k_reciprocal.csv").read_text()
+    summary = report.summary()
+    assert f"warning: {run_dir.name}/best holds the epoch (1) of the best mAP on the test split" in summary
+    log = json.loads((tmp_path / "predict_log.json").read_text())
+    assert [c["description"] for c in log["checkpoints"]] == ["epoch 1 (last)", "epoch 1 (best mAP on the test split)"]
+    assert len(log["files"]) == 9 and all(f["scores"] is not None for f in log["files"])
 
 
 def test_fusing_a_checkpoint_with_its_own_csv(synthetic_small, run_dir, predicted, tmp_path):

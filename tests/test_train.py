@@ -18,7 +18,16 @@ from clipreid.dataset import load_split
 from clipreid.errors import UserError
 from clipreid.loss import ReIDLoss, batch_hard_triplet, info_nce
 from clipreid.model import ModelSpec, build_encoder, load_encoder, read_checkpoint
-from clipreid.trainer import build_optimizer, forward_backward, lr_factor, micro_batches_in_step, train
+from clipreid.trainer import (
+    build_optimizer,
+    forward_backward,
+    load_scaler_state,
+    log_due,
+    lr_factor,
+    micro_batches_in_step,
+    sync_context,
+    train,
+)
 from clipreid.transforms import AugmentConfig, augment_pairs
 from train import Config
 
@@ -155,14 +164,65 @@ def test_polynomial_schedule_values():
     assert lr_factor(55, **dict(kw, schedule="constant")) == 1.0
 
 
-def test_no_weight_decay_on_norms_biases_and_logit_scale():
+def test_defaults_are_the_original_recipe():
+    """train.py's defaults are CLIP-ReIdent's: AdamW 4e-5, decay 0.01 on every parameter, no clipping, 1 warm-up
+    epoch, polynomial (power 2) decay to 1e-5, 4 epochs, 16 pairs, seed 1, InfoNCE with smoothing 0.1."""
+    cfg = Config()
+    assert (cfg.model, cfg.pretrained, cfg.losses, cfg.label_smoothing) == ("ViT-L-14-quickgelu", "openai",
+                                                                            ("infonce",), 0.1)
+    assert (cfg.lr, cfg.lr_end, cfg.weight_decay, cfg.warmup_epochs) == (4e-5, 1e-5, 0.01, 1.0)
+    assert (cfg.scheduler, cfg.poly_power, cfg.epochs, cfg.batch_size, cfg.seed) == ("polynomial", 2.0, 4, 16, 1)
+    assert cfg.clip_grad is None and cfg.decay_all is True and cfg.grad_accum == 1
     encoder = build_encoder(ModelSpec("tiny-vit", "none"))
-    opt = build_optimizer([encoder], 1e-3, 0.01)
+    (group,) = build_optimizer([encoder], cfg.lr, cfg.weight_decay).param_groups  # decay on all by default too
+    assert group["weight_decay"] == 0.01 and any(p is encoder.logit_scale for p in group["params"])
+    assert len(group["params"]) == len(list(encoder.parameters()))
+
+
+def test_no_weight_decay_on_norms_biases_and_logit_scale_on_request():
+    encoder = build_encoder(ModelSpec("tiny-vit", "none"))
+    opt = build_optimizer([encoder], 1e-3, 0.01, decay_all=False)
     decay, no_decay = opt.param_groups
     assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
     assert any(p is encoder.logit_scale for p in no_decay["params"])
     assert all(p.ndim >= 2 for p in decay["params"])
     assert len(build_optimizer([encoder], 1e-3, 0.01, decay_all=True).param_groups) == 1
+
+
+def test_log_interval_counts_optimiser_steps():
+    # 10 micro-batches, 2 per step, a log every 2 steps: after micro-batches 4 and 8, and the epoch's last
+    assert [i for i in range(10) if log_due(i, 10, 2, 2)] == [3, 7, 9]
+    assert [i for i in range(5) if log_due(i, 5, 1, 2)] == [1, 3, 4]
+
+
+def test_empty_scaler_state_is_a_fresh_scale():
+    """A bf16/CPU run's disabled scaler saves {}; resumed where fp16 enables the scaler, it starts afresh."""
+    enabled = torch.amp.GradScaler("cpu", enabled=True)
+    with pytest.raises(RuntimeError, match="empty"):
+        torch.amp.GradScaler("cpu", enabled=True).load_state_dict({})
+    load_scaler_state(enabled, {})
+    assert enabled.get_scale() == 2.0 ** 16
+    saved = torch.amp.GradScaler("cpu", enabled=True, init_scale=8.0)
+    load_scaler_state(enabled, saved.state_dict())
+    assert enabled.get_scale() == 8.0
+    load_scaler_state(torch.amp.GradScaler("cpu", enabled=False), saved.state_dict())  # and the other way round
+
+
+def test_no_sync_reaches_ddp_through_torch_compile(tmp_path):
+    """Under --compile the DDP module hides in the compiled wrapper's _orig_mod: micro-batches that do not end an
+    optimiser step must still skip the gradient all-reduce."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        ddp = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 2))
+        for model in (ddp, torch.compile(ddp)):
+            with sync_context(model, last_of_step=False):
+                assert ddp.require_backward_grad_sync is False
+            with sync_context(model, last_of_step=True):
+                assert ddp.require_backward_grad_sync is True
+    finally:
+        dist.destroy_process_group()
 
 
 def test_micro_batch_divisor():
@@ -205,9 +265,62 @@ def test_existing_run_needs_resume_or_overwrite(synthetic_small, tmp_path):
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_reduced_precision_runs_on_cpu(synthetic_small, tmp_path, precision):
     run_dir = train(tiny_config(synthetic_small, tmp_path, epochs=1, precision=precision, grad_accum=2,
-                                validation="fold", fold=2))
+                                validation="fold", fold=2, eval_precision="fp32"))
     record = json.loads((run_dir / "log.jsonl").read_text().splitlines()[-1])
     assert math.isfinite(record["train_loss"]) and 0 <= record["mAP"] <= 1
+    # eval_precision fp32: the logged validation is evaluate.py's fp32 scoring of the same weights
+    from clipreid.evaluation import evaluate
+    from evaluate import Config as EvalConfig
+
+    report = evaluate(EvalConfig(checkpoints=(run_dir,), data_dir=synthetic_small, split="fold", fold=2,
+                                 rerank=("none",), precision="fp32", device="cpu", num_workers=0,
+                                 output_dir=tmp_path / "eval", ranked_lists=0, progress=False))
+    assert report.rows[0].scores["mAP"] == pytest.approx(record["mAP"], abs=1e-6)
+
+
+def test_logged_lr_is_the_lr_of_the_last_step(synthetic_small, tmp_path):
+    """The log's lr is the one the epoch's last optimiser step used, not the scheduler's next one."""
+    cfg = tiny_config(synthetic_small, tmp_path, epochs=2, warmup_epochs=0.0, validation="none", lr=1e-3,
+                      lr_end=1e-4)
+    run_dir = train(cfg)
+    n = len(PairBatchSampler(load_split(synthetic_small, "none").train_players, cfg.batch_size))
+    log = [json.loads(x) for x in (run_dir / "log.jsonl").read_text().splitlines()]
+    kw = dict(total=2 * n, warmup=0, schedule="polynomial", lr=1e-3, lr_end=1e-4, power=2.0)
+    assert [r["lr"] for r in log] == pytest.approx([1e-3 * lr_factor(n - 1, **kw), 1e-3 * lr_factor(2 * n - 1, **kw)])
+    assert log[-1]["lr"] > 1e-4  # the next step's lr would be lr_end itself
+
+
+def test_checkpoints_say_how_their_weights_were_chosen(synthetic_small, tmp_path, monkeypatch):
+    """best.pt is written before last.pt; both record the selection and its split; a fold run records the
+    sequences it held out."""
+    import clipreid.trainer as trainer
+
+    written = []
+    real = trainer.save_checkpoint
+    monkeypatch.setattr(trainer, "save_checkpoint", lambda path, state: written.append(path.name) or real(path, state))
+    run_dir = train(tiny_config(synthetic_small, tmp_path, epochs=1, validation="fold", fold=1,
+                                val_rerank=("k_reciprocal",)))
+    assert written == ["best.pt", "last.pt"]
+    best, last = read_checkpoint(run_dir / "best.pt"), read_checkpoint(run_dir / "last.pt")
+    assert best["selection"] == {"weights": "best", "epoch": 1, "metric": "mAP", "validation": "fold", "fold": 1}
+    assert last["selection"]["weights"] == "last" and last["selection"]["metric"] == "last epoch"
+    import pandas as pd
+
+    df = pd.read_csv(synthetic_small / "train_df.csv")
+    expected = sorted(str(g) for g in df[df.fold == 1].game.unique())
+    assert best["held_out"] == last["held_out"] == {"fold": 1, "n_folds": df.fold.nunique(), "groups": expected}
+    # --val-rerank: the epoch's re-ranked validation is logged, equal to evaluate.py's for the same weights
+    from clipreid.evaluation import evaluate
+    from evaluate import Config as EvalConfig
+
+    report = evaluate(EvalConfig(checkpoints=(run_dir,), data_dir=synthetic_small, split="fold", fold=1,
+                                 rerank=("none", "k_reciprocal"), device="cpu", num_workers=0,
+                                 output_dir=tmp_path / "eval", ranked_lists=0, progress=False))
+    raw, reranked = (r.scores for r in report.rows)
+    assert last["metrics"]["mAP"] == pytest.approx(raw["mAP"], abs=1e-6)
+    assert last["metrics"]["mAP_k_reciprocal"] == pytest.approx(reranked["mAP"], abs=1e-6)
+    assert last["metrics"]["rank1_k_reciprocal"] == pytest.approx(reranked["rank1"], abs=1e-6)
+    assert "warning" not in report.title  # last.pt of a fold-1 run on fold 1: nothing to warn about
 
 
 def test_channels_last_trains_a_convnet_to_the_same_loss(synthetic_small, tmp_path):
@@ -300,6 +413,7 @@ def test_train_script_and_torchrun_ddp(synthetic_small, tmp_path):
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     assert "device cpu x2" in ddp.stdout
     assert ddp.stdout.count("epoch 1/1") == 1  # only rank 0 reports
+    assert ddp.stdout.count("run folder:") == 1 and single.stdout.count("run folder:") == 1
     run_dir = tmp_path / "ddp" / "tiny-vit_test_seed1"
     assert {p.name for p in run_dir.iterdir()} >= {"best.pt", "last.pt", "log.jsonl", "curves.png",
                                                    "train_config.json"}
