@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from clipreid.dataset import load_split
+from clipreid.dataset import PairBatchSampler, load_split
 from clipreid.errors import UserError
 from clipreid.loss import ReIDLoss, batch_hard_triplet, info_nce
 from clipreid.model import ModelSpec, build_encoder, load_encoder, read_checkpoint
