@@ -493,7 +493,7 @@ def _evaluate_split(cfg: Any, infos: list[CheckpointInfo], labels: list[str], de
         save_ranked_lists((stage or out) / RANKED_PNG, split.query_paths, split.gallery_paths, distmat,
                           split.query_players, split.gallery_players, topk=cfg.topk, num_queries=cfg.ranked_lists,
                           query_cams=split.query_cams, gallery_cams=split.gallery_cams,
-                          title=f"{best.model}, re-ranking {best.rerank}: {title}")
+                          title=f"{best.model}, re-ranking {best.rerank}: {title.splitlines()[0]}")
         report.ranked_lists, report.ranked_row = path, best
     return report
 
