@@ -52,8 +52,6 @@ class Config:
     pretrained: str = "openai"  # open_clip/timm tag, a weights file, or none; local-dir:/hf-hub: names need none
     remove_proj: bool = True  # drop the ViT's visual projection (1024-d features for ViT-L-14)
     img_size: tuple[int, int] | None = None  # input (height, width); none = the model's own
-    mean: tuple[float, float, float] | None = None  # input normalisation mean; none = the weights' own
-    std: tuple[float, float, float] | None = None  # input normalisation std; none = the weights' own
     grad_checkpointing: bool = False  # trade compute for memory
     pretrained_tag: str | None = None  # the open_clip/timm tag a weights file came from: its mean/std are used
     mean: tuple[float, float, float] | None = None  # normalisation mean; none = the weights' own

@@ -60,7 +60,7 @@ class Config:
     precision: str = "auto"  # auto: bf16 on GPUs, fp32 on the CPU
     compile: bool = False  # torch.compile the backbone in the "ours" variants (training and inference)
     grad_checkpointing: bool = False
-    clip_grad: float = 100.0  # gradient clipping in every variant, as train.py does by default (0 = off)
+    clip_grad: float = 100.0  # clipping in every variant (train.py's --clip-grad 100; off by default); 0 = off
     reference: bool = True  # also time the fp32 reference step and ours with open_clip's attention
     inference: bool = True  # also time feature extraction
     blocks: Literal["attention", "mlp", "both"] = "both"  # which of clipreid.blocks' drop-ins "ours" uses

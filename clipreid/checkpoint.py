@@ -50,14 +50,22 @@ def run_dir_of(checkpoint: str | Path) -> Path:
     return checkpoint if checkpoint.is_dir() else checkpoint.parent
 
 
-def load_checkpoint_file(path: str | Path) -> Any:
+def load_checkpoint_file(path: str | Path, *, mmap: bool = False) -> Any:
     """``torch.load`` of a checkpoint file with ``weights_only=True`` (no pickled code); every failure (missing,
-    empty, truncated, corrupt, holding pickled objects) is a one-line UserError naming the file."""
+    empty, truncated, corrupt, holding pickled objects) is a one-line UserError naming the file. ``mmap`` maps the
+    tensors instead of reading them (to look at a checkpoint's other entries), where the file format allows it."""
     path = checkpoint_file(path)
     if path.stat().st_size == 0:
         raise UserError(f"cannot read checkpoint {path}: the file is empty (0 bytes), probably cut off while it was "
                         "copied or written; copy it again or use another checkpoint")
     try:
+        if mmap:
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as err:
+                if "mmap" not in str(err):
+                    raise
+                # a legacy (non-zip) torch.save file cannot be memory-mapped: read it whole
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if "global" in str(err).lower():  # a class or function to import: pickled objects, not tensors

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .checkpoint import checkpoint_file, load_checkpoint_file, run_dir_of
 from .config import save_config
 from .dataset import ImageSet, Split, load_split, read_train_df
 from .errors import UserError
@@ -38,7 +39,7 @@ from .features import embed, extract_features, squared_distances
 from .fileio import check_writable, file_set, write_text
 from .fusion import dissimilarity_fusion, similarity_fusion, winners_fusion
 from .metrics import compute_scores
-from .model import ReIDEncoder, checkpoint_file, load_encoder, run_dir_of
+from .model import ReIDEncoder, load_encoder
 from .preprocess import TRAIN_DF
 from .rerank import hard_k_reciprocal, k_reciprocal_features
 from .runtime import pick_device, resolve_precision
@@ -108,13 +109,7 @@ def _split_name(selection: dict[str, Any]) -> str:
 def checkpoint_info(path: str | Path) -> CheckpointInfo:
     """Read a checkpoint file's epoch, selection and held-out fold (tensors memory-mapped, not read)."""
     path = Path(path)
-    try:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # a legacy (non-zip) torch.save file cannot be memory-mapped
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise UserError(f"cannot read checkpoint {path}: {str(err).splitlines()[0]}") from err
+    state = load_checkpoint_file(path, mmap=True)
     if not isinstance(state, dict):
         raise UserError(f"{path} is not a clipreid checkpoint (no 'model' and 'model_spec' entries)")
     config = state.get("config") or {}
@@ -440,10 +435,10 @@ def evaluate(cfg: Any) -> EvalReport:
     check_rerank(cfg.rerank)
     # a missing file fails now, not after the first model's work; a run folder gives its last.pt unless asked
     files = [checkpoint_file(c, getattr(cfg, "run_weights", "last")) for c in checkpoints]
-    infos = [checkpoint_info(f) for f in files]
     device = pick_device(cfg.device)
     out = Path(cfg.output_dir) if cfg.output_dir is not None else run_dir_of(checkpoints[0]) / "eval"
     check_writable(out, "--output-dir")  # before any image is decoded, not after all the work
+    infos = [checkpoint_info(f) for f in files]
     cfg = dataclasses.replace(cfg, output_dir=out) if dataclasses.is_dataclass(cfg) else cfg
     labels = checkpoint_labels(files)
     if cfg.split not in ("test", "fold", "folds"):

@@ -197,8 +197,8 @@ def predict(cfg: Any) -> PredictReport:
                         "one per submission CSV)")
     # a run folder gives its last.pt (the last epoch), or its best.pt with run_weights best
     files = [checkpoint_file(c, getattr(cfg, "run_weights", "last")) for c in checkpoints]
-    infos = [checkpoint_info(f) for f in files]
     out = check_writable(Path(cfg.output_dir), "--output-dir")  # before any work, not after all of it
+    infos = [checkpoint_info(f) for f in files]
 
     # Everything that can fail on the inputs fails before any model runs.
     qsets = {name: load_set(cfg.data_dir, name) for name in sets}

@@ -340,7 +340,7 @@ def _train_into(cfg: Any, rt: Runtime, state: dict[str, Any] | None, folder: Sta
     augment = AugmentConfig(cfg.flip, cfg.sharpen, cfg.random_erasing)
     for epoch in range(start_epoch, cfg.epochs):
         record = _train_epoch(cfg, rt, model, encoder, loss_fn, optimizer, scheduler, scaler, sampler, pairs,
-                              augment, dtype, epoch, tracker)
+                              augment, dtype, epoch, tracker=tracker)
         record.update(evaluate_now())
         record["logit_scale"] = float(encoder.scale().detach())
         history.append(record)

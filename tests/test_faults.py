@@ -298,7 +298,8 @@ def test_predict_set_replaces_the_old_one_and_keeps_other_files(synthetic_small,
     code, stdout, err = run_script(predict_script, predict_argv(synthetic_small, given_csvs, out), capsys)
     assert code == 0, err
     files = listing(out)
-    assert sorted(files) == ["challenge_raw.csv", "notes.txt", "predict_config.json", "test_raw.csv"]
+    assert sorted(files) == ["challenge_raw.csv", "notes.txt", "predict_config.json", "predict_log.json",
+                             "test_raw.csv"]
     assert files["notes.txt"] == b"the user's own file\n"
     assert files["test_raw.csv"] == (given_csvs / "test_raw.csv").read_bytes()  # one input: fused = itself
     assert f"wrote {out / 'test_raw.csv'}" in stdout
