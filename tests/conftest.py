@@ -30,3 +30,15 @@ def synthetic_data(tmp_path_factory) -> Path:
 def synthetic_small(tmp_path_factory) -> Path:
     """A small synthetic dataset (48 training players, about 400 crops) for tests of mechanics, not learning."""
     return _make_synthetic(tmp_path_factory.mktemp("synthetic_small") / "synthetic_reid", 48)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module's tests (``pytestmark = pytest.mark.usefixtures("one_thread")``): tiny models
+    on 2 cores run faster without a second thread to synchronise with."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

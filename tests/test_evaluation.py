@@ -44,12 +44,7 @@ def script(name: str, *args: str | Path, cwd: Path) -> subprocess.CompletedProce
                           text=True, timeout=300, env=ONE_THREAD)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

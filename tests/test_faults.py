@@ -39,12 +39,7 @@ TINY = ["--model", "tiny-vit", "--pretrained", "none", "--batch-size", "8", "--l
         "--no-cache-images", *CPU]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run_script(module, argv, capsys) -> tuple[int, str, str]:

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from clipreid.errors import UserError
 from clipreid.evaluation import evaluate
@@ -30,12 +29,7 @@ ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
 RUN = dict(device="cpu", progress=False, num_workers=0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def preprocess_script(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess:

@@ -5,20 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from clipreid.errors import UserError
 from clipreid.tracking import Tracker, open_tracker
 from clipreid.trainer import train
 from train import Config as TrainConfig
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_tensorboard_scalars_match_the_log(synthetic_small, tmp_path):
