@@ -2,9 +2,9 @@
 
 Every pipeline stage runs unchanged on it (tests, demo, no network). Identities are learnable but not
 trivial: players of a sequence share team kits, court and lighting, so colour alone does not identify
-them; what does is the jersey number (seen from the back), skin tone, hair, body build, shoes and
-accessories, under per-frame changes of pose, view, scale, crop shape, lighting, blur, JPEG quality and
-occlusion by another player of the same sequence.
+them; what does is the jersey number (large on the back, smaller on the front), skin tone, hair, body
+build, shoes and personal gear (socks, tights, arm sleeve, headband), under per-frame changes of pose,
+view, scale, crop shape, lighting, blur, JPEG quality and occlusion by another player of the same sequence.
 
 Layout (names from ``clipreid.layout``)::
 
