@@ -38,7 +38,7 @@ from torch import nn
 from .checkpoint import checkpoint_file, run_dir_of
 from .errors import UserError
 from .fileio import file_set, write_json
-from .model import TINY_VIT, EncoderFile, ModelSpec, ReIDEncoder, build_architecture, load_encoder
+from .model import TINY_PATCH, TINY_VIT, EncoderFile, ModelSpec, ReIDEncoder, build_architecture, load_encoder
 
 EXPORT_PACKAGES = ("onnx", "onnxscript", "onnxruntime", "safetensors")
 INSTALL_HINT = "pip install clipreid[export] (or: pip install onnx onnxscript onnxruntime safetensors)"
@@ -63,7 +63,7 @@ def require_export_packages() -> None:
 
 
 def _library(spec: ModelSpec) -> str:
-    if spec.name == TINY_VIT:
+    if spec.name in TINY_PATCH:
         return TINY_VIT
     from .model import _is_open_clip
 

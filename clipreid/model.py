@@ -38,6 +38,8 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 TINY_VIT = "tiny-vit"
+TINY_VIT_DEMO = "tiny-vit-demo"  # 8 px patches (4x the tokens): sees numbers and socks; for `make demo`
+TINY_PATCH = {TINY_VIT: 16, TINY_VIT_DEMO: 8}
 NO_WEIGHTS = ("", "none")
 DEFAULT_LOGIT_SCALE = 1 / 0.07
 
@@ -364,15 +366,17 @@ def _open_clip_from_cfg(model_cfg: dict[str, Any], spec: ModelSpec) -> _Parts:
 
 
 def _build_tiny(spec: ModelSpec) -> _Parts:
-    """A 4-layer, width-64 ViT on 128x64 crops: milliseconds per step on a laptop CPU."""
+    """A 4-layer, width-64 ViT on 128x64 crops: milliseconds per step on a laptop CPU (patch 16 for tiny-vit,
+    8 for tiny-vit-demo)."""
     from open_clip.transformer import VisionTransformer
 
     if spec.pretrained.lower() not in NO_WEIGHTS and not os.path.isfile(spec.pretrained):
-        raise UserError(f"{TINY_VIT} has no pretrained weights; use --pretrained none")
+        raise UserError(f"{spec.name} has no pretrained weights; use --pretrained none")
     size = tuple(spec.img_size) if spec.img_size else (128, 64)
-    if size[0] % 16 or size[1] % 16:
-        raise UserError(f"img_size {size} must be multiples of 16 for {TINY_VIT}")
-    visual = VisionTransformer(image_size=size, patch_size=16, width=64, layers=4, heads=4, mlp_ratio=2.0,
+    patch = TINY_PATCH[spec.name]
+    if size[0] % patch or size[1] % patch:
+        raise UserError(f"img_size {size} must be multiples of {patch} for {spec.name}")
+    visual = VisionTransformer(image_size=size, patch_size=patch, width=64, layers=4, heads=4, mlp_ratio=2.0,
                                output_dim=64, act_layer=nn.GELU)
     if spec.remove_proj:
         visual.proj = None
@@ -471,7 +475,7 @@ def build_encoder(spec: ModelSpec, *, fast_blocks: bool = True) -> ReIDEncoder:
     parameters and function, fewer passes over the activations); off, open_clip's own modules stay.
     """
     _check_spec(spec)
-    if spec.name == TINY_VIT:
+    if spec.name in TINY_PATCH:
         parts = _build_tiny(spec)
     elif _is_open_clip(spec.name):
         parts = _build_open_clip(spec)
@@ -482,7 +486,7 @@ def build_encoder(spec: ModelSpec, *, fast_blocks: bool = True) -> ReIDEncoder:
         if not timm.is_model(name.split(".")[0]):
             import open_clip
 
-            known = [TINY_VIT, *open_clip.list_models(), *timm.list_models()]
+            known = [*TINY_PATCH, *open_clip.list_models(), *timm.list_models()]
             close = difflib.get_close_matches(spec.name, known, n=3, cutoff=0.6)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise UserError(f"unknown model '{spec.name}': not an open_clip or timm model name{hint}")

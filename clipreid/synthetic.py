@@ -2,9 +2,9 @@
 
 Every pipeline stage runs unchanged on it (tests, demo, no network). Identities are learnable but not
 trivial: players of a sequence share team kits, court and lighting, so colour alone does not identify
-them; what does is the jersey number (seen from the back), skin tone, hair, body build, shoes and
-accessories, under per-frame changes of pose, view, scale, crop shape, lighting, blur, JPEG quality and
-occlusion by another player of the same sequence.
+them; what does is the jersey number (large on the back, smaller on the front), skin tone, hair, body
+build, shoes and personal gear (socks, tights, arm sleeve, headband), under per-frame changes of pose,
+view, scale, crop shape, lighting, blur, JPEG quality and occlusion by another player of the same sequence.
 
 Layout (names from ``clipreid.layout``)::
 
@@ -100,6 +100,10 @@ _SHOES: tuple[Color, ...] = (
     (245, 245, 245), (20, 20, 20), (210, 30, 30), (220, 240, 40), (40, 80, 210), (245, 130, 20),
     (120, 120, 120),
 )
+_GEAR: tuple[Color, ...] = (  # personal accessories: socks, tights, sleeves, headbands
+    (245, 245, 245), (20, 20, 20), (210, 30, 30), (240, 220, 40), (40, 80, 210), (245, 130, 20),
+    (30, 150, 60), (230, 90, 170), (120, 50, 160), (40, 200, 210),
+)
 _SEGMENTS = {  # seven-segment digits: which of a..g are lit
     "0": "abcdef", "1": "bc", "2": "abged", "3": "abgcd", "4": "fgbc",
     "5": "afgcd", "6": "afgedc", "7": "abc", "8": "abcdefg", "9": "abcdfg",
@@ -142,6 +146,9 @@ class _Player:
     hair_style: str  # "short", "shaved", "long"
     headband: Color | None
     shoes: Color
+    socks: Color  # personal, not the kit's: teammates differ
+    sock_top: float  # where the sock ends between knee (0) and foot (1)
+    tights: Color | None  # compression tights under the shorts, down to the knee
     sleeve: Color | None  # compression sleeve on the right arm
     build: float  # width relative to height
     legs: float  # leg length relative to the torso
@@ -228,9 +235,12 @@ def _make_players(spec: SyntheticSpec) -> dict[str, list[_Player]]:
                     skin=_jitter(rng, _pick(rng, _SKIN), 6),
                     hair=_jitter(rng, _pick(rng, _HAIR), 6),
                     hair_style=str(rng.choice(["short", "short", "shaved", "long"])),
-                    headband=_pick(rng, _KIT_COLORS) if rng.random() < 0.15 else None,
+                    headband=_pick(rng, _GEAR) if rng.random() < 0.3 else None,
                     shoes=_pick(rng, _SHOES),
-                    sleeve=_pick(rng, ((20, 20, 20), (240, 240, 240))) if rng.random() < 0.15 else None,
+                    socks=_pick(rng, _GEAR),
+                    sock_top=float(rng.choice([0.05, 0.45, 0.8])),
+                    tights=_pick(rng, _GEAR) if rng.random() < 0.3 else None,
+                    sleeve=_pick(rng, _GEAR) if rng.random() < 0.3 else None,
                     build=float(rng.uniform(0.8, 1.25)),
                     legs=float(rng.uniform(0.88, 1.12)),
                     head=float(rng.uniform(0.9, 1.1)),
@@ -365,12 +375,13 @@ def _draw_player(draw: ImageDraw.ImageDraw, player: _Player, rng: np.random.Gene
     def draw_leg(leg, factor: float) -> None:
         hip, knee, foot = leg
         skin, shorts = _shade(player.skin, factor), _shade(kit.shorts, factor)
-        fig.segment(hip, knee, leg_w, shorts if kit.referee else skin)
+        thigh_color = _shade(player.tights, factor) if player.tights is not None and not kit.referee else skin
+        fig.segment(hip, knee, leg_w, shorts if kit.referee else thigh_color)
         fig.segment(knee, foot, leg_w * 0.85, shorts if kit.referee else skin)
         if not kit.referee:
-            fig.segment(_lerp(knee, foot, 0.55), foot, leg_w * 0.88, _shade(kit.socks, factor))
+            fig.segment(_lerp(knee, foot, player.sock_top), foot, leg_w * 0.9, _shade(player.socks, factor))
         forward = 0.035 if side else 0.0
-        fig.ellipse((foot[0] + forward, foot[1] + 0.012), 0.045 if side else 0.03, 0.02,
+        fig.ellipse((foot[0] + forward, foot[1] + 0.012), 0.05 if side else 0.035, 0.024,
                     _shade(player.shoes, factor))
 
     def draw_arm(arm, factor: float, is_right: bool) -> None:
@@ -406,12 +417,11 @@ def _draw_player(draw: ImageDraw.ImageDraw, player: _Player, rng: np.random.Gene
                 t0, t1 = k / 8, (k + 1) / 8
                 fig.polygon([_lerp(corners[0], corners[1], t0), _lerp(corners[0], corners[1], t1),
                              _lerp(corners[3], corners[2], t1), _lerp(corners[3], corners[2], t0)], (25, 25, 25))
-        # As on broadcast video the number is readable mostly from the back; the front shows a team logo.
+        # Basketball jerseys carry the number on both sides: large on the back, smaller on the front.
         if player.number and view == "back":
-            _number(fig, player.number, (shoulder_x * 0.5, sh_y + torso * 0.45), torso * 0.38, kit.trim)
+            _number(fig, player.number, (shoulder_x * 0.5, sh_y + torso * 0.45), torso * 0.42, kit.trim)
         elif player.number and view == "front":
-            y = sh_y + torso * 0.22
-            fig.polygon([(-0.03, y), (0.03, y), (0.03, y + 0.025), (-0.03, y + 0.025)], kit.trim)
+            _number(fig, player.number, (shoulder_x * 0.5, sh_y + torso * 0.5), torso * 0.3, kit.trim)
 
     def draw_head() -> None:
         center = (lean * torso * 1.1, head_r + 0.005)

@@ -45,3 +45,16 @@ def test_before_after_table(synthetic_small, demo_run, capsys):
     printed = capsys.readouterr().out.splitlines()
     assert printed[0].startswith("before / after training") and "12 queries" in printed[0]
     assert [line.split()[0] for line in printed[2:]] == ["untrained", "trained"]
+
+
+def test_demo_model_is_tiny_vit_with_8px_patches():
+    import torch
+
+    from clipreid.model import ModelSpec, build_encoder
+
+    small, demo = (build_encoder(ModelSpec(name, "none")) for name in ("tiny-vit", "tiny-vit-demo"))
+    # the same weights' shapes but four times the tokens (8 px patches on 128x64: 16x8 instead of 8x4)
+    assert demo.backbone.conv1.kernel_size == (8, 8) and small.backbone.conv1.kernel_size == (16, 16)
+    assert demo.backbone.positional_embedding.shape[0] == 16 * 8 + 1
+    with torch.no_grad():
+        assert demo(torch.zeros(2, 3, 128, 64)).shape == small(torch.zeros(2, 3, 128, 64)).shape

@@ -328,8 +328,9 @@ def test_channels_last_trains_a_convnet_to_the_same_loss(synthetic_small, tmp_pa
     runs = [train(tiny_config(synthetic_small, tmp_path / str(cl), model="resnet18", img_size=(64, 32), epochs=1,
                               lr=1e-3, validation="none", channels_last=cl)) for cl in (False, True)]
     losses = [json.loads((d / "log.jsonl").read_text().splitlines()[-1])["train_loss"] for d in runs]
-    # float summation order differs, and a from-scratch convnet's epoch amplifies it: 2.3971 vs 2.4002 seen
-    assert math.isfinite(losses[0]) and losses[1] == pytest.approx(losses[0], rel=5e-3)
+    # Float reorderings of the channels-last kernels grow over an epoch of training (0.34% on the current synthetic
+    # data); a layout bug would change the loss by far more than 1%.
+    assert math.isfinite(losses[0]) and losses[1] == pytest.approx(losses[0], rel=1e-2)
 
 
 def test_checkpoint_round_trip_weights_only(synthetic_small, tmp_path):
