@@ -406,10 +406,10 @@ def test_interrupted_training_says_how_to_resume_and_overwrite_keeps_the_old_run
     argv = ["--data-dir", synthetic_small, "--output-dir", runs, "--validation", "none", "--epochs", "2",
             "--run-name", "r", *TINY]
 
-    def interrupt_second_epoch(*args):
+    def interrupt_second_epoch(*args, **kwargs):
         if args[-1] == 1:  # epoch index
             raise KeyboardInterrupt
-        return real(*args)
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(trainer, "_train_epoch", interrupt_second_epoch)
     code, _, err = run_script(train_script, argv, capsys)
@@ -419,7 +419,7 @@ def test_interrupted_training_says_how_to_resume_and_overwrite_keeps_the_old_run
     assert {"last.pt", "best.pt", "log.jsonl", "train_config.json"} <= set(finished)
 
     # --overwrite that fails before its first checkpoint leaves the old run as it was
-    def disk_full(*args):
+    def disk_full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", "x")
 
     monkeypatch.setattr(trainer, "_train_epoch", disk_full)
@@ -428,7 +428,7 @@ def test_interrupted_training_says_how_to_resume_and_overwrite_keeps_the_old_run
     assert listing(runs / "r") == finished and no_hidden(runs)
 
     # resuming names only what was changed on its command line, not every field that differs from the defaults
-    monkeypatch.setattr(trainer, "_train_epoch", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    monkeypatch.setattr(trainer, "_train_epoch", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
     code, stdout, err = run_script(train_script, ["--resume", runs / "r" / "last.pt", "--lr", "0.5", *CPU], capsys)
     assert code == 130
     assert "ignoring the differing lr\n" in stdout
@@ -438,7 +438,7 @@ def test_interrupted_training_says_how_to_resume_and_overwrite_keeps_the_old_run
 def test_a_folder_that_is_not_a_run_is_not_taken_over(synthetic_small, tmp_path, capsys, monkeypatch):
     (tmp_path / "runs" / "r").mkdir(parents=True)
     (tmp_path / "runs" / "r" / "mine.txt").write_text("keep")
-    monkeypatch.setattr(trainer, "_train_epoch", lambda *a: pytest.fail("trained"))
+    monkeypatch.setattr(trainer, "_train_epoch", lambda *a, **k: pytest.fail("trained"))
     code, _, err = run_script(train_script, ["--data-dir", synthetic_small, "--output-dir", tmp_path / "runs",
                                              "--run-name", "r", *TINY], capsys)
     assert code == 1 and "is not a finished run" in one_line(err)
