@@ -1,4 +1,4 @@
-"""Features and distances: batched inference of an encoder over images, and the validation used during training.
+"""Features and distances: batched inference of an encoder over images, and ``embed`` for any images.
 
 Distances are squared Euclidean between L2-normalised features (= 2 - 2 cos), the challenge's definition:
 ``squared_distances`` is the re-ranking module's ``pairwise_squared_euclidean``, so both use one formula.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,10 +18,9 @@ from PIL import Image
 
 from .dataset import ImageSet
 from .errors import UserError
-from .metrics import compute_scores
 from .model import ReIDEncoder, load_encoder
 from .progress import progress_bar
-from .rerank import pairwise_squared_euclidean as squared_distances
+from .rerank import pairwise_squared_euclidean as squared_distances  # noqa: F401 (public name)
 from .runtime import autocast, pick_device, resolve_precision
 from .transforms import normalize, to_device, to_uint8_tensor
 
@@ -68,18 +67,6 @@ def _features(encoder: ReIDEncoder, batches: Iterable[torch.Tensor], total: int,
     if not out:
         return torch.empty(0, encoder.feature_dim)
     return torch.cat(out).cpu()
-
-
-def validate(
-    encoder: ReIDEncoder, query: ImageSet | torch.Tensor, gallery: ImageSet | torch.Tensor,
-    query_ids: Sequence[int] | np.ndarray, gallery_ids: Sequence[int] | np.ndarray, *,
-    query_cams: np.ndarray | None = None, gallery_cams: np.ndarray | None = None, **kwargs,
-) -> dict[str, float]:
-    """mAP, rank-1/5/10 and mINP of ``encoder`` on a query/gallery split (raw distances)."""
-    qf = extract_features(encoder, query, desc="query features", **kwargs)
-    gf = extract_features(encoder, gallery, desc="gallery features", **kwargs)
-    scores = compute_scores(squared_distances(qf, gf), query_ids, gallery_ids, query_cams, gallery_cams)
-    return {k: float(v) for k, v in scores.items()}
 
 
 # --------------------------------------------------------------------------------------------------------------
