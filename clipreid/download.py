@@ -26,7 +26,7 @@ import requests
 import urllib3
 from tqdm import tqdm
 
-from clipreid.errors import UserError
+from clipreid.errors import UserError, first_line
 from clipreid.fileio import atomic_path, write_text
 from clipreid.layout import DATASET_DIRNAME, IMAGE_DIRS, TRAIN_DIR
 from clipreid.progress import progress_bar
@@ -250,8 +250,7 @@ def _stream(
 
 
 def _damaged(zip_path: Path, exc: BaseException) -> UserError:
-    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return UserError(f"{zip_path} is damaged ({reason}): delete it and re-run to download it again")
+    return UserError(f"{zip_path} is damaged ({first_line(exc)}): delete it and re-run to download it again")
 
 
 def _open_zip(zip_path: Path) -> zipfile.ZipFile:

@@ -7,3 +7,9 @@ class UserError(Exception):
     Its message is one line that says what happened and what to do. The scripts print it as
     ``error: <message>`` and exit with status 1 instead of showing a traceback.
     """
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none): the reason in a one-line error."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

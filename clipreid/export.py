@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import checkpoint_file, run_dir_of
-from .errors import UserError
+from .errors import UserError, first_line
 from .fileio import file_set, write_json
 from .model import TINY_PATCH, TINY_VIT, EncoderFile, ModelSpec, ReIDEncoder, build_architecture, load_encoder
 
@@ -117,8 +117,7 @@ def read_safetensors(path: str | Path) -> EncoderFile:
             metadata = f.metadata() or {}
         state = load_file(str(path))
     except Exception as err:  # the library raises its own error types for damaged files
-        raise UserError(f"cannot read {path}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") \
-            from None
+        raise UserError(f"cannot read {path}: {first_line(err)}") from None
     card_file = path.with_name(CARD_NAME)
     try:
         card = json.loads(metadata[METADATA_KEY]) if METADATA_KEY in metadata else \
@@ -234,8 +233,7 @@ def export(checkpoint: str | Path, output_dir: str | Path | None = None, *, opse
             try:
                 _export_onnx(module, stage / ONNX_NAME, opset)
             except Exception as err:
-                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-                raise UserError(f"ONNX export of {encoder.spec.name} failed: {first}") from err
+                raise UserError(f"ONNX export of {encoder.spec.name} failed: {first_line(err)}") from err
         report.max_abs_diff = check_onnx(stage / ONNX_NAME, module)
         if not report.max_abs_diff <= tolerance:
             raise UserError(f"ONNX export of {path}: onnxruntime's features differ from PyTorch's by "

@@ -30,7 +30,7 @@ from torch import nn
 
 from .blocks import speed_up_blocks
 from .checkpoint import checkpoint_file, load_checkpoint_file, read_checkpoint, run_dir_of  # noqa: F401 (re-exported)
-from .errors import UserError
+from .errors import UserError, first_line
 from .transforms import INTERPOLATIONS
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -174,7 +174,7 @@ def measure_feature_dim(backbone: nn.Module, size: tuple[int, int], name: str = 
             dummy = torch.zeros(1, 3, *size, device=param.device if param is not None else "cpu")
             out = backbone(dummy)
     except Exception as err:
-        raise UserError(f"{name} does not run on {size[0]}x{size[1]} images ({_first_line(err)}); "
+        raise UserError(f"{name} does not run on {size[0]}x{size[1]} images ({first_line(err)}); "
                         "choose another img_size") from err
     finally:
         backbone.train(was_training)
@@ -184,11 +184,6 @@ def measure_feature_dim(backbone: nn.Module, size: tuple[int, int], name: str = 
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise UserError(f"{name} gives outputs of shape {shape}, not (batch, features): it needs a pooled head")
     return int(out.shape[1])
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _is_download_error(err: BaseException) -> bool:
@@ -302,7 +297,7 @@ def _build_open_clip(spec: ModelSpec) -> _Parts:
     except UserError:
         raise
     except Exception as err:  # network, hub and file errors come in many types from several libraries
-        first = _first_line(err)
+        first = first_line(err)
         if has_schema:
             raise UserError(f"cannot load {name}: {first}") from err
         if is_file:
@@ -354,7 +349,7 @@ def _open_clip_from_cfg(model_cfg: dict[str, Any], spec: ModelSpec) -> _Parts:
     try:
         visual = _build_vision_tower(int(model_cfg["embed_dim"]), vision, bool(model_cfg.get("quick_gelu", False)))
     except Exception as err:
-        raise UserError(f"cannot rebuild {spec.name} from its stored open_clip config: {_first_line(err)}") from err
+        raise UserError(f"cannot rebuild {spec.name} from its stored open_clip config: {first_line(err)}") from err
     if vision.get("timm_model_name") and vision.get("image_size") and hasattr(visual, "set_input_size"):
         visual.set_input_size(vision["image_size"])  # what create_model's force_image_size does for timm trunks
     _finish_open_clip(visual, spec)
@@ -422,7 +417,7 @@ def _build_timm(spec: ModelSpec) -> _Parts:
             kwargs.pop("img_size")  # CNNs take any input size and have no img_size argument
             backbone = timm.create_model(full, pretrained=use_weights, **kwargs)
     except Exception as err:
-        first = _first_line(err)
+        first = first_line(err)
         if is_file:
             raise UserError(f"cannot load weights file {tag} into {name}: {first}") from err
         if not use_weights or not _is_download_error(err):
