@@ -36,6 +36,9 @@ class Config:
     split: Literal["test", "fold", "folds"] = "test"  # test split, fold `fold`, or each checkpoint on its trained fold
     fold: int = 0  # the fold when split is fold
     flip: bool = False  # test-time augmentation: average each image's features with its mirror image's
+    # the Market-1501 rule: ignore gallery images of the query's identity taken by the query's camera; none = on
+    # when train_df.csv has cameras (a camera column), off otherwise
+    camera_rule: bool | None = None
     # re-ranking
     rerank: tuple[str, ...] = ("none", "k_reciprocal", "hard")  # methods to score: none, k_reciprocal, hard
     k1: int = 20  # k-reciprocal neighbours
