@@ -10,19 +10,23 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from clipreid.dataset import read_identities
 from clipreid.errors import UserError
 from clipreid.layout import player_image_name
 from clipreid.preprocess import (
     CHALLENGE_COLUMNS,
     CHALLENGE_DF,
+    REPORT_TXT,
     SKIPPED_TXT,
     TRAIN_COLUMNS,
     TRAIN_DF,
+    _held_out,
     assign_folds,
     build_csv_frame,
     build_folders_frame,
     build_market1501_frame,
     build_synergy_frames,
+    identity_id,
     identity_ids,
     parse_market_name,
     preprocess,
@@ -37,12 +41,15 @@ CHALLENGE_QUERY = ["7.jpeg", "00012.jpeg"]
 CHALLENGE_GALLERY = ["00003.jpeg", "15.png", "00100.JPG"]
 
 
-def write_image(path: Path, seed: int = 0, size: tuple[int, int] = (12, 24)) -> None:
-    """A small solid-colour image (format from the suffix)."""
+def write_image(path: Path, seed: int = 0, size: tuple[int, int] = (12, 24), blank: bool = False) -> None:
+    """A small two-colour image, or a ``blank`` one of a single colour (format from the suffix)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     colour = (seed * 37 % 256, seed * 91 % 256, seed * 53 % 256)
     fmt = "PNG" if path.suffix.lower() == ".png" else "JPEG"
-    Image.new("RGB", size, colour).save(path, format=fmt)
+    image = Image.new("RGB", size, colour)
+    if not blank:
+        image.paste(tuple(255 - c for c in colour), (0, 0, size[0] // 2, size[1] // 2))
+    image.save(path, format=fmt)
 
 
 def make_synergy(root: Path, challenge: bool = True, reverse: bool = False) -> Path:
@@ -125,6 +132,7 @@ def test_paths_are_relative_to_the_data_folder(tmp_path, monkeypatch):
     assert result.paths == {
         "train_df": Path("data/data_reid") / TRAIN_DF,
         "challenge_df": Path("data/data_reid") / CHALLENGE_DF,
+        "report": Path("data/data_reid") / REPORT_TXT,  # player 9 has a single image
     }
 
 
@@ -248,7 +256,8 @@ def test_duplicate_challenge_ids_are_left_out(tmp_path):
 def test_single_image_players_are_kept(tmp_path):
     result = build_synergy_frames(make_synergy(tmp_path), n_folds=3, progress=False)
     assert (result.train_df.player == 9).sum() == 1
-    assert "players with a single image: 1 (kept)" in result.summary()
+    assert "players with a single image: 1 (kept; listed in" in result.summary()
+    assert "train\t9\treid_training/009_04_00.jpeg" in result.report_lines()
 
 
 def test_no_challenge_folders_is_not_an_error(tmp_path):
@@ -354,7 +363,8 @@ def test_market_layout(tmp_path):
     assert (distractors.img_type == "g").all()
 
     train = df[df.split == "train"]
-    assert (train.folder == "bounding_box_train").all() and (train.game == "train_" + train.player.astype(str)).all()
+    assert (train.folder == "bounding_box_train").all() and (df.game == "id_" + df.player.astype(str)).all()
+    assert "share" not in result.summary()  # Market's train and test identities are disjoint
     assert len(train) == len(MARKET_TRAIN) - 2
     assert (train[train.img_type == "q"].groupby(["player", "camera"]).size() == 1).all()
     assert len(train[train.img_type == "q"]) == train.groupby(["player", "camera"]).ngroups == 12 * 2 + 1
@@ -398,11 +408,19 @@ def make_folders(root: Path, names: dict[str, int]) -> Path:
 OWN = {f"player {c}": 3 for c in "abcdefghij"} | {"solo": 1}
 
 
-def test_identity_ids_are_deterministic():
+def test_identity_ids_are_a_function_of_the_name():
     assert identity_ids(["0007", "12", "3"]) == {"0007": 7, "12": 12, "3": 3}  # integer names keep their value
-    assert identity_ids(["bob", "alice", "bob"]) == {"alice": 0, "bob": 1}
-    assert identity_ids(["7", "007", "x"]) == {"007": 0, "7": 1, "x": 2}  # colliding integers: numbered instead
-    assert identity_ids(["7", "007"]) == {"007": 0, "7": 1}
+    ids = identity_ids(["bob", "alice", "bob"])
+    assert ids == {"alice": identity_id("alice"), "bob": identity_id("bob")}
+    assert all(10**15 <= v < 9 * 10**15 for v in ids.values()) and ids["alice"] != ids["bob"]
+    assert identity_id("alice") == 7559425216174729  # the same on every machine, python and run
+    assert identity_id("١٢") != 12 and identity_id("10" * 10) >= 10**15  # only ASCII digits below 10**15 keep it
+    # adding names never renumbers the others, whatever they sort before
+    names = [f"player {k}" for k in range(200)]
+    more = identity_ids(names + ["aaa", "0", "zzz", "player 1000"])
+    assert all(more[n] == v for n, v in identity_ids(names).items())
+    with pytest.raises(UserError, match="identities '007' and '7' would both be player 7"):
+        identity_ids(["7", "007", "x"])  # rather than renumbering either
 
 
 def test_folders_layout_holds_out_identities(tmp_path):
@@ -414,19 +432,21 @@ def test_folders_layout_holds_out_identities(tmp_path):
     assert list(df.columns) == TRAIN_COLUMNS and result.challenge_df is None
     assert pd.api.types.is_integer_dtype(df.player) and pd.api.types.is_integer_dtype(df.fold)
     assert [rel for rel, _ in result.skipped] == ["player a/readme.md"]
-    ids = pd.read_csv(data / "identities.csv")
-    assert ids.identity.tolist() == sorted(OWN) and ids.player.tolist() == list(range(len(OWN)))
+    ids = read_identities(data)
+    assert ids.set_index("identity").player.to_dict() == identity_ids(list(OWN)) and ids.player.is_monotonic_increasing
     assert ids.set_index("identity").images.to_dict() == OWN
     assert all((data / f / i).is_file() for f, i in zip(df.folder, df.img_id, strict=True))
-    # 3 of the 10 identities with two images or more; "solo" cannot be a scored query, so it stays in train
+    # the 2 of the 10 identities with two images or more whose seeded hash is below 0.3 (0.10 and 0.26; the next
+    # is 0.36); "solo" cannot be a scored query, so it stays in train
     test, train = df[df.split == "test"], df[df.split == "train"]
-    assert test.player.nunique() == 3 and ids.player[ids.identity == "solo"].item() in set(train.player)
+    assert set(test.player) == {identity_id("player h"), identity_id("player i")}
+    assert ids.player[ids.identity == "solo"].item() in set(train.player)
     assert (test.groupby("player").img_type.apply(lambda t: (t == "q").sum()) == 1).all()
     assert (test[test.img_type == "q"].img_id == "00.jpg").all()
     assert (train.groupby("player").img_type.apply(lambda t: (t == "q").sum()) == 1).all()
-    assert (df.game == df.split + "_" + df.player.astype(str)).all()
+    assert (df.game == "id_" + df.player.astype(str)).all()
     assert (df.groupby("player").fold.nunique() == 1).all()
-    assert "held out 3 of 11 identities" in result.summary() and "cameras: none" in result.summary()
+    assert "held out 2 of 11 identities" in result.summary() and "cameras: none" in result.summary()
     # the same files give the same tables; another seed holds out others
     again = preprocess(make_folders(tmp_path / "again", OWN), layout="folders", n_folds=3, holdout=0.3, progress=False)
     assert again.paths["train_df"].read_bytes() == result.paths["train_df"].read_bytes()
@@ -436,14 +456,28 @@ def test_folders_layout_holds_out_identities(tmp_path):
 
 def test_holdout_is_stable_when_identities_are_added(tmp_path):
     names = {f"id{k:02d}": 2 for k in range(30)}
-    small = build_folders_frame(make_folders(tmp_path / "a", names), n_folds=3, holdout=0.2, progress=False)
-    more = build_folders_frame(make_folders(tmp_path / "b", names | {"zz": 2}), n_folds=3, holdout=0.2, progress=False)
+    added = {"aa": 2, "id05b": 3, "zz": 2, "000": 2} | {f"new{k}": 2 for k in range(12)}  # before, between, after
 
-    def held(result):
+    def sides(result):
         df = result.train_df.merge(result.identities, on="player")
-        return set(df[df.split == "test"].identity)
+        return {(r.identity, f"{r.folder}/{r.img_id}"): (r.player, r.split) for r in df.itertuples()}
 
-    assert len(held(small)) == 6 and len(held(small) - held(more)) <= 1  # at most the one displaced by the new id
+    small = sides(build_folders_frame(make_folders(tmp_path / "a", names), n_folds=3, progress=False))
+    more = sides(build_folders_frame(make_folders(tmp_path / "b", names | added), n_folds=3, progress=False))
+    held = {name for (name, _), (_, split) in small.items() if split == "test"}
+    assert held == {"id13", "id24", "id00", "id15", "id08"}  # the hashes below 0.2, from 0.03 to 0.15
+    # every image of every earlier identity keeps its player id and its side of the split
+    assert {k: v for k, v in more.items() if k[0] in names} == small
+    assert {name for (name, _), (_, split) in more.items() if split == "test"} > held
+
+
+def test_holdout_share_on_many_identities():
+    df = pd.DataFrame({"identity": [f"player {k}" for k in range(4000) for _ in range(2)]})
+    for holdout, seed in ((0.2, 0), (0.2, 7), (0.05, 0), (0.5, 3)):
+        share = len(_held_out(df, holdout, seed, has_cameras=False)) / 4000
+        assert abs(share - holdout) < 0.025, (holdout, seed, share)  # binomial sd at most 0.008
+    first = _held_out(df[:4000], 0.2, 0, has_cameras=False)  # the first 2,000 identities alone
+    assert first == {n for n in _held_out(df, 0.2, 0, has_cameras=False) if int(n.split()[1]) < 2000}
 
 
 def test_folders_layout_with_split_subfolders_and_nesting(tmp_path):
@@ -514,7 +548,7 @@ def test_csv_layout_with_cameras_and_splits(tmp_path):
     assert list(df.columns) == TRAIN_COLUMNS + ["camera"] and pd.api.types.is_integer_dtype(df.camera)
     assert (df.folder == "imgs").all()
     test = df[df.split == "test"]
-    assert len(test[test.img_type == "q"]) == 2 and set(test.player) == {4, 5}
+    assert len(test[test.img_type == "q"]) == 2 and set(test.player) == {identity_id("P4"), identity_id("P5")}
     train = df[df.split == "train"]
     assert len(train[train.img_type == "q"]) == 4 * 2  # one pseudo-query per identity and camera
     assert "cameras: 2" in result.summary()
@@ -526,9 +560,9 @@ def test_csv_paths_beside_the_csv_or_in_data_dir_and_holdout(tmp_path):
     listing.loc[:11, "path"] = "../own/" + listing.path[:12]  # relative to the CSV's folder
     (tmp_path / "lists").mkdir()
     listing.to_csv(tmp_path / "lists" / "mine.csv", index=False)
-    df = build_csv_frame(data, tmp_path / "lists" / "mine.csv", n_folds=3, holdout=0.34, progress=False).train_df
+    df = build_csv_frame(data, tmp_path / "lists" / "mine.csv", n_folds=3, holdout=0.4, progress=False).train_df
     assert list(df.columns) == TRAIN_COLUMNS and (df.folder == "imgs").all() and len(df) == 24
-    assert df[df.split == "test"].player.nunique() == 2
+    assert set(df[df.split == "test"].player) == {identity_id("P0"), identity_id("P3")}  # hashes 0.38, 0.21 < 0.4
 
 
 def test_csv_layout_with_data_outside_data_dir(tmp_path):
