@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from clipreid.dataset import read_identities
+from clipreid.dataset import read_identities, read_train_df
 from clipreid.errors import UserError
 from clipreid.layout import player_image_name
 from clipreid.preprocess import (
@@ -612,3 +612,88 @@ def test_stale_identity_map_is_removed(tmp_path):
     (data / "identities.csv").write_text("player,identity\n1,x\n")
     preprocess(data, n_folds=3, progress=False)
     assert not (data / "identities.csv").exists()
+
+
+# ---- folds group whole identities; what the data holds; small datasets; tables read back as written
+
+
+def test_folds_group_an_identity_across_train_query_and_gallery(tmp_path):
+    data = tmp_path / "own"
+    make_folders(data / "train", {"a": 2, "b": 2, "c": 2, "d": 2})
+    make_folders(data / "query", {"a": 1, "e": 1})  # a is in train and in the test split
+    make_folders(data / "gallery", {"a": 2, "e": 2})
+    result = build_folders_frame(data, n_folds=3, progress=False)
+    df = result.train_df
+    assert (df.groupby("player").fold.nunique() == 1).all()  # a's train, query and gallery images: one fold
+    assert df.game.nunique() == 5
+    assert "train and test share 1 of 5 identities" in result.summary()
+    # the same for a CSV with a split column and for a Market-1501 folder
+    rows = [{"path": f"train/{n}/00.jpg", "id": n, "split": "train"} for n in "abcd"]
+    rows += [{"path": f"train/{n}/01.jpg", "id": n, "split": "train"} for n in "abcd"]
+    rows += [{"path": "query/a/00.jpg", "id": "a", "split": "query"}, {"path": "gallery/a/00.jpg", "id": "a",
+                                                                       "split": "gallery"}]
+    pd.DataFrame(rows).to_csv(data / "labels.csv", index=False)
+    result = build_csv_frame(data, n_folds=3, progress=False)
+    assert (result.train_df.groupby("player").fold.nunique() == 1).all()
+    assert "train and test share 1 of 4 identities" in result.summary()
+    market = make_market(tmp_path)
+    write_image(market / "query" / "0002_c2s1_000100_00.jpg", seed=99)  # a train identity queried in the test
+    result = build_market1501_frame(market, n_folds=4, progress=False)
+    assert (result.train_df.groupby("player").fold.nunique() == 1).all()
+    assert "train and test share 1 of" in result.summary()
+
+
+def test_fewer_identities_than_folds(tmp_path):
+    data = make_folders(tmp_path / "own" / "train", {"a": 2, "b": 3, "c": 1})
+    result = preprocess(data.parent, layout="folders", n_folds=10, progress=False)
+    assert sorted(result.train_df.fold.unique()) == [0, 1, 2]  # one identity per fold
+    summary = result.summary()
+    assert "folds: 3 instead of n_folds=10, as there are only 3 identities" in summary
+    assert "players with a single image: 1 (kept; listed in" in summary
+    report = (data.parent / REPORT_TXT).read_text()
+    assert f"train\t{identity_id('c')}\ttrain/c/00.jpg" in report.splitlines()
+    make_folders(tmp_path / "one", {"a": 3})
+    with pytest.raises(UserError, match="the data has 1 identity: re-identification needs at least 2"):
+        preprocess(tmp_path / "one", layout="folders", n_folds=10, progress=False)
+
+
+def test_copies_and_blank_images_are_reported(tmp_path):
+    data = make_synergy(tmp_path)
+    gallery = data / "reid_test" / "gallery"
+    # query 020's own copy under a gallery name, and a blank gallery crop
+    (gallery / "020_10_03.jpeg").write_bytes((data / "reid_test" / "query" / "020_10_00.jpeg").read_bytes())
+    write_image(gallery / "021_10_03.jpeg", seed=5, blank=True)
+    ch = data / "reid_challenge"
+    (ch / "gallery" / "00200.jpeg").write_bytes((ch / "query" / "7.jpeg").read_bytes())
+    result = preprocess(data, n_folds=3, progress=False)
+    assert result.copies == [("test split", "reid_test/query/020_10_00.jpeg", "reid_test/gallery/020_10_03.jpeg"),
+                             ("challenge set", "reid_challenge/query/7.jpeg", "reid_challenge/gallery/00200.jpeg")]
+    assert result.blank == ["reid_test/gallery/021_10_03.jpeg"]
+    summary = result.summary()
+    assert "test split: 1 of 4 queries have a byte-identical copy in the gallery" in summary
+    assert "challenge set: 1 of 2 queries have a byte-identical copy in the gallery" in summary
+    assert f"blank (single-colour) images: 1 (kept; listed in {data / REPORT_TXT})" in summary
+    lines = (data / REPORT_TXT).read_text().splitlines()
+    assert "test split\treid_test/query/020_10_00.jpeg\treid_test/gallery/020_10_03.jpeg" in lines
+    assert "reid_test/gallery/021_10_03.jpeg" in lines
+    # a clean data set has no report; a stale one goes
+    for p in (gallery / "020_10_03.jpeg", gallery / "021_10_03.jpeg", ch / "gallery" / "00200.jpeg",
+              data / "reid_training" / "009_04_00.jpeg"):
+        p.unlink()
+    result = preprocess(data, n_folds=3, progress=False)
+    assert "report" not in result.paths and not (data / REPORT_TXT).exists()
+    assert "byte-identical" not in result.summary() and "single-colour" not in result.summary()
+
+
+def test_tables_read_back_as_written(tmp_path):
+    """Numeric and NA-like folder names stay strings; ids stay integers; one reader for every table."""
+    data = make_folders(tmp_path / "own", {"001": 2, "0042": 3, "NA": 2, "7e3": 2, "null": 2})
+    preprocess(data, layout="folders", n_folds=2, holdout=0, progress=False)
+    df = read_train_df(data)
+    assert set(df.folder) == {"001", "0042", "NA", "7e3", "null"}
+    assert all((data / f / i).is_file() for f, i in zip(df.folder, df.img_id, strict=True))
+    assert df.player.dtype == np.int64 and df.fold.dtype == np.int64
+    assert df.set_index("folder").player.to_dict() == identity_ids(["001", "0042", "NA", "7e3", "null"])
+    ids = read_identities(data)
+    assert ids.set_index("identity").images.to_dict() == {"001": 2, "0042": 3, "NA": 2, "7e3": 2, "null": 2}
+    assert ids.set_index("identity").player["0042"] == 42
