@@ -404,7 +404,7 @@ def scored_line(split: Split, scores: dict[str, float]) -> str:
     n, scored = len(split.query_paths), int(scores["num_valid_queries"])
     rule = "on" if split.query_cams is not None else "off"
     where = "in the gallery" + (" from another camera" if split.query_cams is not None else "")
-    skipped = f" ({n - scored} have no match {where})" if scored < n else ""
+    skipped = f" ({n - scored} {'has' if n - scored == 1 else 'have'} no match {where})" if scored < n else ""
     return f"scored {scored} of {n} queries{skipped}; same-camera rule {rule}"
 
 
