@@ -8,7 +8,9 @@
 
 A run folder is scored with its ``last.pt`` (the last epoch's weights, as the original submits); ``--run-weights
 best`` takes its ``best.pt``. Every table names the epoch of the weights and warns when a best.pt is scored on the
-split that selected it. ``--precision fp32`` scores without reduced precision on a GPU.
+split that selected it, and says how many queries were scored (those without a match in the gallery are not).
+``--no-camera-rule`` scores data with cameras without the same-camera rule. ``--precision fp32`` scores without
+reduced precision on a GPU.
 
 Writes ``eval_results.csv`` (fractions), ``eval_results.md`` (%), ``evaluate_config.json`` and ``ranked_lists.png``
 (the best row's top-k for a few queries) into ``output_dir``, by default ``<run folder of the first checkpoint>/eval``.
