@@ -8,6 +8,7 @@ InfoNCE loss every other pair in the batch is a negative, so a repeated player w
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,7 +83,9 @@ def read_table(path: Path, columns: Sequence[str], integer_columns: Sequence[str
         bad = ~text.str.fullmatch(r"[+-]?\d{1,18}").to_numpy(bool)
         if bad.any():
             row = int(bad.argmax())
-            raise UserError(f"{path}: row {row + 2}: {col} {df[col].iloc[row]!r} is not an integer; {fix}")
+            value = df[col].iloc[row]
+            shown = value if re.fullmatch(r"\s*[+-]?[\d.]+(e[+-]?\d+)?\s*", value, re.IGNORECASE) else repr(value)
+            raise UserError(f"{path}: row {row + 2}: {col} {shown} is not an integer; {fix}")
         df[col] = text.astype(np.int64)
     return df
 
