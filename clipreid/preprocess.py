@@ -268,37 +268,6 @@ def assign_folds(df: pd.DataFrame, n_folds: int, group_col: str = "game") -> pd.
     return pd.Series(df[group_col].map(fold_of).to_numpy(np.int64), index=df.index, name="fold")
 
 
-def identity_group(player: pd.Series | int) -> pd.Series | str:
-    """The fold group of an identity's rows in the identity layouts (Market-1501, folders, CSV): the identity
-    itself, whichever split its images are in, so that fold validation never trains on the identity it scores."""
-    if isinstance(player, pd.Series):
-        return "id_" + player.astype(str)
-    return f"id_{player}"
-
-
-def _folds_for(n_identities: int, n_folds: int, notes: list[str]) -> int:
-    """The folds of an identity layout: ``n_folds``, or one identity per fold when there are fewer identities than
-    that (with a note saying so); UserError below two identities, where no fold can validate anything."""
-    if n_identities < 2:
-        raise UserError(f"the data has {n_identities} identity: re-identification needs at least 2 (and a batch of "
-                        "training pairs needs as many identities as pairs)")
-    if n_identities < n_folds:
-        notes.append(f"folds: {n_identities} instead of n_folds={n_folds}, as there are only {n_identities} "
-                     "identities (each fold holds whole identities)")
-        return n_identities
-    return n_folds
-
-
-def _shared_identities_note(df: pd.DataFrame) -> list[str]:
-    """A note when identities have images in both the train and the test split (their fold groups are whole)."""
-    train, test = set(df.player[df.split == "train"]), set(df.player[df.split == "test"])
-    shared = train & test
-    if not shared:
-        return []
-    return [f"train and test share {len(shared):,} of {len(train | test):,} identities: the test split scores "
-            "identities the model trained on (each identity keeps all its images in one fold)"]
-
-
 def _sorted_with_folds(rows: list[dict], n_folds: int) -> pd.DataFrame:
     """Rows sorted by (train before test, folder, img_id) with their fold, index 0..n-1."""
     df = pd.DataFrame(rows)
@@ -524,6 +493,37 @@ def _held_out(df: pd.DataFrame, holdout: float, seed: int, has_cameras: bool) ->
         cams = df.groupby("identity").camera.nunique()
         eligible = [n for n in eligible if cams[n] >= 2]
     return {n for n in eligible if _hash_unit(n, seed) < holdout}
+
+
+def identity_group(player: pd.Series | int) -> pd.Series | str:
+    """The fold group of an identity's rows in the identity layouts (Market-1501, folders, CSV): the identity
+    itself, whichever split its images are in, so that fold validation never trains on the identity it scores."""
+    if isinstance(player, pd.Series):
+        return "id_" + player.astype(str)
+    return f"id_{player}"
+
+
+def _folds_for(n_identities: int, n_folds: int, notes: list[str]) -> int:
+    """The folds of an identity layout: ``n_folds``, or one identity per fold when there are fewer identities than
+    that (with a note saying so); UserError below two identities, where no fold can validate anything."""
+    if n_identities < 2:
+        raise UserError(f"the data has {n_identities} identity: re-identification needs at least 2 (and a batch of "
+                        "training pairs needs as many identities as pairs)")
+    if n_identities < n_folds:
+        notes.append(f"folds: {n_identities} instead of n_folds={n_folds}, as there are only {n_identities} "
+                     "identities (each fold holds whole identities)")
+        return n_identities
+    return n_folds
+
+
+def _shared_identities_note(df: pd.DataFrame) -> list[str]:
+    """A note when identities have images in both the train and the test split (their fold groups are whole)."""
+    train, test = set(df.player[df.split == "train"]), set(df.player[df.split == "test"])
+    shared = train & test
+    if not shared:
+        return []
+    return [f"train and test share {len(shared):,} of {len(train | test):,} identities: the test split scores "
+            "identities the model trained on (each identity keeps all its images in one fold)"]
 
 
 def build_own_frame(
