@@ -8,7 +8,9 @@
 
 A run folder is scored with its ``last.pt`` (the last epoch's weights, as the original submits); ``--run-weights
 best`` takes its ``best.pt``. Every table names the epoch of the weights and warns when a best.pt is scored on the
-split that selected it. ``--precision fp32`` scores without reduced precision on a GPU.
+split that selected it, and says how many queries were scored (those without a match in the gallery are not).
+``--no-camera-rule`` scores data with cameras without the same-camera rule. ``--precision fp32`` scores without
+reduced precision on a GPU.
 
 Writes ``eval_results.csv`` (fractions), ``eval_results.md`` (%), ``evaluate_config.json`` and ``ranked_lists.png``
 (the best row's top-k for a few queries) into ``output_dir``, by default ``<run folder of the first checkpoint>/eval``.
@@ -36,6 +38,9 @@ class Config:
     split: Literal["test", "fold", "folds"] = "test"  # test split, fold `fold`, or each checkpoint on its trained fold
     fold: int = 0  # the fold when split is fold
     flip: bool = False  # test-time augmentation: average each image's features with its mirror image's
+    # the Market-1501 rule: ignore gallery images of the query's identity taken by the query's camera; none = on
+    # when train_df.csv has cameras (a camera column), off otherwise
+    camera_rule: bool | None = None
     # re-ranking
     rerank: tuple[str, ...] = ("none", "k_reciprocal", "hard")  # methods to score: none, k_reciprocal, hard
     k1: int = 20  # k-reciprocal neighbours

@@ -8,7 +8,9 @@
 
 Writes ``train_df.csv`` (train + test images with their 10-fold GroupKFold fold) and ``challenge_df.csv`` into
 the data folder, with image paths relative to that folder; for the folders and csv layouts also
-``identities.csv`` (the integer player id of each identity name).
+``identities.csv`` (the integer player id of each identity name). Files left out are listed in
+``preprocess_skipped.txt``; queries with a byte-identical copy in their gallery, blank images and single-image
+players in ``preprocess_report.txt``.
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ class Config:
     layout: Literal["synergyreid", "market1501", "folders", "csv"] = "synergyreid"  # layout of data_dir (see README)
     csv: Path | None = None  # layout csv: the CSV of path,id[,camera][,split]; none = data_dir/labels.csv
     holdout: float = 0.2  # folders/csv without splits: share of identities held out as test queries and gallery
-    split_seed: int = 0  # folders/csv without splits: seed of the (hash-based) choice of held-out identities
-    n_folds: int = 10  # GroupKFold splits over train+test, grouped by sequence (by identity for the other layouts)
+    split_seed: int = 0  # folders/csv without splits: seed of the hash that holds out identities below `holdout`
+    # GroupKFold splits over train+test, grouped by sequence (by identity for the other layouts, one identity per
+    # fold when there are fewer identities)
+    n_folds: int = 10
     check_images: bool = True  # decode every image and leave out unreadable ones (listed in preprocess_skipped.txt)
     progress: bool = True  # show progress bars
 

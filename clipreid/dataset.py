@@ -8,6 +8,7 @@ InfoNCE loss every other pair in the batch is a negative, so a repeated player w
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .errors import UserError
-from .preprocess import TRAIN_COLUMNS, TRAIN_DF
+from .preprocess import IDENTITIES_CSV, TRAIN_COLUMNS, TRAIN_DF
 from .transforms import load_image
 
 Validation = Literal["test", "fold", "none"]
@@ -45,20 +46,27 @@ class Split:
         return text
 
 
+TRAIN_INTEGERS = ("player", "fold", "camera")  # the integer columns of train_df.csv (camera: when it has one)
+
+
 def read_train_df(data_dir: str | Path) -> pd.DataFrame:
     """Read and check ``train_df.csv`` of a data folder."""
     path = Path(data_dir) / TRAIN_DF
     if not path.is_file():
         raise UserError(f"{path} not found; run `python preprocess_data.py --data-dir {data_dir}` first")
-    return read_table(path, TRAIN_COLUMNS, integer_columns=("player", "fold"))
+    return read_table(path, TRAIN_COLUMNS, integer_columns=TRAIN_INTEGERS)
 
 
 def read_table(path: Path, columns: Sequence[str], integer_columns: Sequence[str] = ()) -> pd.DataFrame:
-    """Read a CSV written by preprocess_data.py; UserError naming the file for an empty or broken one, a missing
-    column, or a non-integer value in ``integer_columns``."""
+    """Read a CSV written by this project exactly as written: every column a string (``001`` stays ``001``,
+    ``NA`` stays ``NA``, an empty cell stays empty) except ``integer_columns`` (those present), read as int64.
+
+    The one reader of the project's tables (train_df.csv, challenge_df.csv, identities.csv). UserError naming the
+    file for an empty or broken one, a missing column, or a non-integer value in ``integer_columns``.
+    """
     fix = f"re-run `python preprocess_data.py --data-dir {path.parent}`"
     try:
-        df = pd.read_csv(path)
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
     except pd.errors.EmptyDataError:
         raise UserError(f"{path} is empty; {fix}") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as e:
@@ -69,17 +77,23 @@ def read_table(path: Path, columns: Sequence[str], integer_columns: Sequence[str
     if df.empty:
         raise UserError(f"{path} has no rows; {fix}")
     for col in integer_columns:
-        if col in df.columns and not pd.api.types.is_integer_dtype(df[col]):
-            values = pd.to_numeric(df[col], errors="coerce")
-            bad = (values.isna() | (values != values.round())).to_numpy()
-            if not bad.any():  # 7.0: a float column of whole numbers
-                df[col] = values.astype(np.int64)
-                continue
+        if col not in df.columns:
+            continue
+        text = df[col].str.strip().str.replace(r"\.0*$", "", regex=True)  # 7.0 too: a whole number
+        bad = ~text.str.fullmatch(r"[+-]?\d{1,18}").to_numpy(bool)
+        if bad.any():
             row = int(bad.argmax())
             value = df[col].iloc[row]
-            value = value.item() if hasattr(value, "item") else value
-            raise UserError(f"{path}: row {row + 2}: {col} {value!r} is not an integer; {fix}")
+            shown = value if re.fullmatch(r"\s*[+-]?[\d.]+(e[+-]?\d+)?\s*", value, re.IGNORECASE) else repr(value)
+            raise UserError(f"{path}: row {row + 2}: {col} {shown} is not an integer; {fix}")
+        df[col] = text.astype(np.int64)
     return df
+
+
+def read_identities(data_dir: str | Path) -> pd.DataFrame:
+    """``identities.csv`` of an own-data folder: ``player`` (int64), ``identity`` (the name as written), ``images``."""
+    return read_table(Path(data_dir) / IDENTITIES_CSV, ("player", "identity", "images"),
+                      integer_columns=("player", "images"))
 
 
 def load_split(data_dir: str | Path, validation: Validation = "test", fold: int = 0) -> Split:

@@ -387,6 +387,27 @@ def _scores(distmat: torch.Tensor, split: Split) -> dict[str, float]:
     return compute_scores(distmat, split.query_players, split.gallery_players, split.query_cams, split.gallery_cams)
 
 
+def _camera_rule(split: Split, rule: bool | None, data_dir: Path) -> Split:
+    """``split`` with its cameras for the same-camera rule, or without them when ``rule`` is off (None: on when
+    the data has cameras); UserError when the rule is asked for on data without cameras."""
+    if rule is None:
+        return split
+    if rule and split.query_cams is None:
+        raise UserError(f"camera_rule: {Path(data_dir) / TRAIN_DF} has no camera column, so there is no same-camera "
+                        "rule to apply; leave --camera-rule out (or preprocess data with cameras)")
+    return split if rule else dataclasses.replace(split, query_cams=None, gallery_cams=None)
+
+
+def scored_line(split: Split, scores: dict[str, float]) -> str:
+    """How many queries the scores average over: queries without a true match in the gallery (after the
+    same-camera rule, when it applies) are skipped by every metric."""
+    n, scored = len(split.query_paths), int(scores["num_valid_queries"])
+    rule = "on" if split.query_cams is not None else "off"
+    where = "in the gallery" + (" from another camera" if split.query_cams is not None else "")
+    skipped = f" ({n - scored} {'has' if n - scored == 1 else 'have'} no match {where})" if scored < n else ""
+    return f"scored {scored} of {n} queries{skipped}; same-camera rule {rule}"
+
+
 def _matrices(encoder: ReIDEncoder, split: Split, device: torch.device, cfg: Any,
               cache: ImageCache | None = None) -> dict[str, Any]:
     """Distance matrices (on the CPU) of one encoder on a split, one per re-ranking method of ``cfg.rerank``."""
@@ -462,9 +483,10 @@ def _evaluate_split(cfg: Any, infos: list[CheckpointInfo], labels: list[str], de
             warnings.append(trained_on_warning(info, label, cfg.fold))
         warnings.append(selection_warning(info, label, cfg.split, cfg.fold))
     split = load_split(cfg.data_dir, "test" if cfg.split == "test" else "fold", cfg.fold)
+    split = _camera_rule(split, getattr(cfg, "camera_rule", None), cfg.data_dir)
     where = "test split" if cfg.split == "test" else f"fold {cfg.fold}"
     title = f"{where} of {cfg.data_dir}: {len(split.query_paths)} queries, {len(split.gallery_paths)} gallery images"
-    title = "\n".join([title, *_weights_lines(infos, labels), *filter(None, warnings)])
+    lines = [*_weights_lines(infos, labels), *filter(None, warnings)]
     results: list[tuple[Row, torch.Tensor]] = []  # every row with its distance matrix
     per_model = []
     cache = ImageCache(getattr(cfg, "cache_images", False), cfg.progress)
@@ -479,6 +501,7 @@ def _evaluate_split(cfg: Any, infos: list[CheckpointInfo], labels: list[str], de
         for m in per_model[0]:
             fused = fuse([mats[m] for mats in per_model], "similarity")
             results.append((Row(FUSED, m, _scores(fused, split)), fused))
+    title = "\n".join([title, scored_line(split, results[0][0].scores), *lines])
     report = EvalReport(title, [r for r, _ in results], False, out)
     if cfg.ranked_lists > 0:
         best, distmat = max(results, key=lambda rd: rd[0].scores["mAP"])  # the first of equal rows
@@ -500,12 +523,13 @@ def _evaluate_folds(cfg: Any, infos: list[CheckpointInfo], labels: list[str], de
         check_fold_identity(info, cfg.data_dir, fold)
     warnings = [selection_warning(info, label, "folds") for info, label in zip(infos, labels, strict=True)]
     splits: dict[int, Split] = {}
-    rows = []
+    rows, scored = [], []
     cache = ImageCache(getattr(cfg, "cache_images", False), cfg.progress)
     for info, label, fold in zip(infos, labels, folds, strict=True):
         path = info.path
         if fold not in splits:
-            splits[fold] = load_split(cfg.data_dir, "fold", fold)
+            splits[fold] = _camera_rule(load_split(cfg.data_dir, "fold", fold), getattr(cfg, "camera_rule", None),
+                                        cfg.data_dir)
         split = splits[fold]
         print(f"{label}: fold {fold} of {cfg.data_dir}, {len(split.query_paths)} queries, "
               f"{len(split.gallery_paths)} gallery images", flush=True)
@@ -514,6 +538,7 @@ def _evaluate_folds(cfg: Any, infos: list[CheckpointInfo], labels: list[str], de
         del encoder
         rows += [Row(label, m, _scores(d, split), str(path), fold, weights=info.describe(), epoch=info.epoch)
                  for m, d in mats.items()]
+        scored.append(f"{label}: {scored_line(split, rows[-1].scores)}")
     n = len(infos)
     for m in dict.fromkeys(cfg.rerank):
         values = {k: np.array([r.scores[k] for r in rows if r.rerank == m]) for k, _ in metric_columns(rows)}
@@ -522,5 +547,5 @@ def _evaluate_folds(cfg: Any, infos: list[CheckpointInfo], labels: list[str], de
         rows.append(Row(f"mean ± std ({n})", m, mean, std=std))
     title = (f"{n} checkpoint(s), each on its held-out fold of {cfg.data_dir}; mean ± std (sample standard "
              "deviation) over the checkpoints")
-    title = "\n".join([title, *_weights_lines(infos, labels), *filter(None, warnings)])
+    title = "\n".join([title, *scored, *_weights_lines(infos, labels), *filter(None, warnings)])
     return EvalReport(title, rows, True, out)

@@ -4,6 +4,8 @@ Every path in them is relative to the data folder, so a table stays valid wherev
 an image of ``train_df`` is ``data_dir / folder / img_id``, an image of ``challenge_df`` is ``data_dir / img_id``.
 Files that cannot be used (unreadable images, names that do not parse) are left out, listed in
 ``preprocess_skipped.txt`` beside the tables and counted in the summary, rather than crashing a later stage.
+What the kept data holds that skews scores (queries with a byte-identical copy in their gallery, blank images,
+players with a single image) is counted in the summary and listed in ``preprocess_report.txt``.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ IMAGE_SUFFIXES = (IMAGE_SUFFIX, ".jpg", ".png")  # compared lower-cased
 TRAIN_DF = "train_df.csv"
 CHALLENGE_DF = "challenge_df.csv"
 SKIPPED_TXT = "preprocess_skipped.txt"
+REPORT_TXT = "preprocess_report.txt"  # byte-identical query/gallery copies, blank images, single-image players
 TRAIN_COLUMNS = ["img_id", "folder", "player", "game", "split", "img_type", "fold"]
 CHALLENGE_COLUMNS = ["img_id", "player", "img_type"]
 MARKET_DIRS = {"bounding_box_train": "train", "query": "test", "bounding_box_test": "test"}
@@ -70,6 +73,28 @@ class PreprocessResult:
     notes: list[str] = field(default_factory=list)
     paths: dict[str, Path] = field(default_factory=dict)
     identities: pd.DataFrame | None = None  # own data: player id, identity name, images (identities.csv)
+    blank: list[str] = field(default_factory=list)  # single-colour images, kept (relative to data_dir)
+    copies: list[tuple[str, str, str]] = field(default_factory=list)  # (set, query, gallery image with its bytes)
+
+    def single_images(self) -> pd.DataFrame:
+        """Rows of the players (per split) that have a single image: kept, but never a scorable query."""
+        df = self.train_df
+        return df[df.groupby(["split", "player"]).player.transform("size") == 1]
+
+    def report_lines(self) -> list[str]:
+        """The lines of ``preprocess_report.txt``: what the kept data holds that can skew scores, by section."""
+        lines = []
+        if self.copies:
+            lines.append("# queries with a byte-identical copy in the gallery: set <TAB> query <TAB> gallery copy")
+            lines += [f"{name}\t{q}\t{g}" for name, q, g in self.copies]
+        if self.blank:
+            lines.append("# blank (single-colour) images, kept: path")
+            lines += self.blank
+        single = self.single_images()
+        if len(single):
+            lines.append("# players with a single image, kept: split <TAB> player <TAB> image")
+            lines += [f"{r.split}\t{r.player}\t{_rel(r.folder, r.img_id)}" for r in single.itertuples()]
+        return lines
 
     def summary(self) -> str:
         """A few human lines: counts per split, single-image players, what was left out and where it is listed."""
@@ -82,17 +107,66 @@ class PreprocessResult:
                 f"  {split}: {len(part):,} images of {part.player.nunique():,} players "
                 f"({n_q:,} queries, {len(part) - n_q:,} gallery)"
             )
-        single = int((df.groupby(["split", "player"]).size() == 1).sum())
-        lines.append(f"  players with a single image: {single:,} (kept)")
+        listed = f"listed in {self.paths['report']}" if "report" in self.paths else "listed in result.report_lines()"
+        single = len(self.single_images())
+        lines.append(f"  players with a single image: {single:,} (kept" + (f"; {listed})" if single else ")"))
         if self.challenge_df is not None:
             n_q = int((self.challenge_df.img_type == "q").sum())
             lines.append(f"challenge_df: {n_q:,} queries, {len(self.challenge_df) - n_q:,} gallery")
         lines += self.notes
+        for name, n_queries in self.query_counts().items():
+            n = sum(1 for c in self.copies if c[0] == name)
+            if n:
+                lines.append(f"{name}: {n:,} of {n_queries:,} queries have a byte-identical copy in the gallery "
+                             f"(an easy match that inflates rank-1; {listed})")
+        if self.blank:
+            lines.append(f"blank (single-colour) images: {len(self.blank):,} (kept; {listed})")
         where = f"see {self.paths['skipped']}" if "skipped" in self.paths else "listed in result.skipped"
         for reason, n in Counter(r.split(":")[0] for _, r in self.skipped).items():
             lines.append(f"left out {n:,} {SKIP_WORDING.get(reason, reason)} ({where})")
-        lines += [f"wrote {p}" for key, p in self.paths.items() if key != "skipped"]
+        lines += [f"wrote {p}" for key, p in self.paths.items() if key not in ("skipped", "report")]
         return "\n".join(lines)
+
+    def query_sets(self) -> dict[str, tuple[list[str], list[str]]]:
+        """The query and gallery images (relative to data_dir) of the test split and the challenge set."""
+        df = self.train_df[self.train_df.split == "test"]
+        sets = {}
+        if len(df):
+            paths = [_rel(f, i) for f, i in zip(df.folder, df.img_id, strict=True)]
+            is_q = (df.img_type == "q").to_numpy()
+            sets["test split"] = ([p for p, q in zip(paths, is_q, strict=True) if q],
+                                  [p for p, q in zip(paths, is_q, strict=True) if not q])
+        if self.challenge_df is not None:
+            ch = self.challenge_df
+            sets["challenge set"] = (ch.img_id[ch.img_type == "q"].tolist(), ch.img_id[ch.img_type == "g"].tolist())
+        return sets
+
+    def query_counts(self) -> dict[str, int]:
+        return {name: len(q) for name, (q, _) in self.query_sets().items()}
+
+
+def _rel(folder: str, img_id: str) -> str:
+    """The path relative to data_dir of a train_df row."""
+    return img_id if folder == "." else f"{folder}/{img_id}"
+
+
+def _file_digest(path: Path) -> bytes:
+    return hashlib.blake2b(path.read_bytes()).digest()
+
+
+def find_copies(data_dir: Path, result: PreprocessResult) -> list[tuple[str, str, str]]:
+    """(set, query, gallery image) for every query with a byte-identical file in its set's gallery (the first such
+    gallery image by path): real re-id sets ship such copies, and each one is an exact match at distance 0."""
+    copies = []
+    for name, (queries, gallery) in result.query_sets().items():
+        by_digest: dict[bytes, str] = {}
+        for g in sorted(gallery):
+            by_digest.setdefault(_file_digest(data_dir / g), g)
+        for q in queries:
+            g = by_digest.get(_file_digest(data_dir / q))
+            if g is not None:
+                copies.append((name, q, g))
+    return copies
 
 
 def _image_files(data_dir: Path, folder: str, hint: str, skipped: list) -> list[Path]:
@@ -124,34 +198,40 @@ def _parse_folder(data_dir: Path, folder: str, parse: Callable[[str], dict], hin
     return items
 
 
-def _image_problem(path: Path, decode: bool) -> str | None:
-    """Why ``path`` is not a usable image, or None.
+def _image_problem(path: Path, decode: bool) -> tuple[str | None, bool]:
+    """Why ``path`` is not a usable image (or None), and whether it is blank: one colour all over.
 
     ``verify()`` misses truncated JPEGs, so the image is fully decoded: about 0.2 ms for a 100x200 crop
-    (0.5 ms with a cold disk cache), a few seconds for the whole DeepSportradar set.
+    (0.5 ms with a cold disk cache), a few seconds for the whole DeepSportradar set. Blank crops (real sets
+    ship some) are kept and reported; without ``decode`` they are not looked for.
     """
     try:
         if path.stat().st_size == 0:
-            return f"{UNREADABLE}: empty file (0 bytes)"
+            return f"{UNREADABLE}: empty file (0 bytes)", False
         if decode:
             with Image.open(path) as im:
                 im.load()
+                extrema = im.getextrema()
+            bands = extrema if isinstance(extrema[0], tuple) else (extrema,)
+            return None, all(lo == hi for lo, hi in bands)
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... depending on the damage
-        return f"{UNREADABLE}: {type(e).__name__}: {e}"
-    return None
+        return f"{UNREADABLE}: {type(e).__name__}: {e}", False
+    return None, False
 
 
 def _drop_unreadable(
-    data_dir: Path, items: list[Item], check_images: bool, progress: bool, skipped: list
+    data_dir: Path, items: list[Item], check_images: bool, progress: bool, skipped: list, blank: list | None = None
 ) -> list[Item]:
-    """Keep the items whose image opens; the others go to ``skipped``."""
+    """Keep the items whose image opens; the others go to ``skipped``, the paths of blank ones to ``blank``."""
     kept = []
     for rel, row in progress_bar(items, desc="checking images", unit="img", disable=not (progress and check_images)):
-        problem = _image_problem(data_dir / rel, decode=check_images)
+        problem, is_blank = _image_problem(data_dir / rel, decode=check_images)
         if problem:
             skipped.append((rel, problem))
         else:
             kept.append((rel, row))
+            if is_blank and blank is not None:
+                blank.append(rel)
     return kept
 
 
@@ -228,7 +308,8 @@ def build_synergy_frames(
     for folder in challenge_dirs:
         challenge_items += _parse_folder(data_dir, folder, _challenge_row, DOWNLOAD_HINT, skipped)
 
-    items = _drop_unreadable(data_dir, items + challenge_items, check_images, progress, skipped)
+    blank: list[str] = []
+    items = _drop_unreadable(data_dir, items + challenge_items, check_images, progress, skipped, blank)
     _require_kept(items, [TRAIN_DIR, TEST_QUERY_DIR, TEST_GALLERY_DIR, *challenge_dirs], data_dir)
     rows, challenge_rows = [], []
     for rel, row in items:
@@ -264,7 +345,7 @@ def build_synergy_frames(
         challenge_df = challenge_df.reset_index(drop=True)
     else:
         notes.append("no reid_challenge/ folders: no challenge_df (fine for data without a challenge set)")
-    return PreprocessResult(train_df, challenge_df, sorted(skipped), "synergyreid", notes)
+    return PreprocessResult(train_df, challenge_df, sorted(skipped), "synergyreid", notes, blank=sorted(blank))
 
 
 # Market-1501 names are {pid}_c{camera}s{sequence}_{frame}_{box}; DukeMTMC-reID ones {pid}_c{camera}_f{frame}.
@@ -306,14 +387,17 @@ def build_market1501_frame(
                 distractors[folder] += 1
             else:
                 items.append((rel, row))
-    items = _drop_unreadable(data_dir, items, check_images, progress, skipped)
+    blank: list[str] = []
+    items = _drop_unreadable(data_dir, items, check_images, progress, skipped, blank)
     _require_kept(items, list(MARKET_DIRS), data_dir)
 
     rows = []
+    notes: list[str] = []
+    n_folds = _folds_for(len({row["player"] for _, row in items}), n_folds, notes)
     for rel, row in items:
         folder, img_id = rel.rsplit("/", 1)
         split = MARKET_DIRS[folder]
-        game = f"{split}_{row['player']}"
+        game = identity_group(row["player"])
         img_type = "q" if folder == "query" else "g"
         rows.append({"img_id": img_id, "folder": folder, **row, "game": game, "split": split, "img_type": img_type})
     df = _sorted_with_folds(rows, n_folds)
@@ -324,7 +408,8 @@ def build_market1501_frame(
     df.loc[train, "img_type"] = np.where(first, "q", "g")
     train_df = df[TRAIN_COLUMNS + ["camera"]]
 
-    notes = [f"cameras: {train_df.camera.nunique()}"]
+    notes[:0] = [f"cameras: {train_df.camera.nunique()}"]
+    notes += _shared_identities_note(train_df)
     if junk:
         notes.append(f"left out {junk:,} junk images (pid -1, ignored by the Market-1501 evaluation)")
     n_gallery_distractors = int(((train_df.player == 0) & (train_df.folder == "bounding_box_test")).sum())
@@ -332,7 +417,7 @@ def build_market1501_frame(
         notes.append(f"kept {n_gallery_distractors:,} distractors (pid 0) in the gallery as never-matching images")
     for folder, n in distractors.items():
         notes.append(f"left out {n:,} distractor images (pid 0) from {folder}/")
-    return PreprocessResult(train_df, None, sorted(skipped), "market1501", notes)
+    return PreprocessResult(train_df, None, sorted(skipped), "market1501", notes, blank=sorted(blank))
 
 
 # ---- users' own data: one folder per identity, or a CSV listing
@@ -355,40 +440,90 @@ class OwnImage:
     role: str | None = None  # train, query, gallery, or None to split by identity
 
 
+ID_HASH_BASE = 10**15  # names that are not all digits get ids from here up: above any digit name's own value
+
+
+def _name_hash(name: str, seed: int | None = None) -> int:
+    """A stable 64-bit number of a name (and seed): the same on every machine and python, unlike ``hash()``."""
+    text = name if seed is None else f"{seed}:{name}"
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogateescape"), digest_size=8).digest(), "big")
+
+
+def identity_id(name: str) -> int:
+    """The integer player id of an identity name, a function of the name alone, so that adding or removing other
+    identities never renumbers it: a name of digits below 10**15 keeps its value (``0042`` -> 42, the user's own
+    numbers in submissions), any other name gets a number from its hash, between 10**15 and 9 * 10**15 (exact as
+    a float64 too)."""
+    if re.fullmatch(r"[0-9]+", name) and int(name) < ID_HASH_BASE:
+        return int(name)
+    return ID_HASH_BASE + _name_hash(name) % (8 * ID_HASH_BASE)
+
+
 def identity_ids(names: list[str]) -> dict[str, int]:
-    """Integer player id of every identity name, deterministic.
+    """:func:`identity_id` of every distinct name; UserError when two names would share an id (``7`` and ``007``,
+    or, about once in 10**9 datasets of 10,000 names, a hash collision) rather than renumbering either."""
+    ids: dict[str, int] = {}
+    owner: dict[int, str] = {}
+    for name in sorted(set(names)):
+        number = identity_id(name)
+        if number in owner:
+            raise UserError(f"identities {owner[number]!r} and {name!r} would both be player {number}: rename one "
+                            "of them (identity names map to player ids by their own value, see README)")
+        ids[name], owner[number] = number, name
+    return ids
 
-    Names that are all integers (``0001``, ``17``) keep their value, so ids in submissions are the user's own;
-    otherwise (strings, or integers that collide like ``7`` and ``007``) the sorted names are numbered 0..N-1.
-    """
-    unique = sorted(set(names))
-    if all(n.isdigit() for n in unique) and len({int(n) for n in unique}) == len(unique):
-        return {n: int(n) for n in unique}
-    return {n: i for i, n in enumerate(unique)}
 
-
-def _hash_rank(name: str, seed: int) -> str:
-    """A stable per-identity random key: the same on every machine and python, unlike ``hash()``."""
-    return hashlib.sha256(f"{seed}:{name}".encode()).hexdigest()
+def _hash_unit(name: str, seed: int) -> float:
+    """The seeded hash of a name mapped to [0, 1): the same on every machine and python."""
+    return _name_hash(name, seed) / 2**64
 
 
 def _held_out(df: pd.DataFrame, holdout: float, seed: int, has_cameras: bool) -> set[str]:
-    """Identities held out as the test split: a ``holdout`` share of those a query can be scored on.
+    """Identities held out as the test split: those a query can be scored on whose seeded hash in [0, 1) falls
+    below ``holdout``.
 
     Eligible identities have two images or more (with cameras: in two cameras or more, as the camera-aware
-    protocol ignores same-camera matches). The choice is by a seeded hash of the name, so it does not
-    depend on file order, and adding an identity never moves the others.
+    protocol ignores same-camera matches). A threshold, not a count: whether an identity is held out depends on
+    its own name, its images and the seed alone, so adding identities never moves the others (a count of the
+    lowest hashes would push one out for each new one below it). The share held out is ``holdout`` on average.
     """
     sizes = df.groupby("identity").size()
     eligible = sizes[sizes >= 2].index
     if has_cameras:
         cams = df.groupby("identity").camera.nunique()
         eligible = [n for n in eligible if cams[n] >= 2]
-    eligible = sorted(eligible, key=lambda n: _hash_rank(n, seed))
-    if holdout <= 0 or not eligible:
-        return set()
-    k = min(max(round(holdout * len(eligible)), 1), len(eligible))
-    return set(eligible[:k])
+    return {n for n in eligible if _hash_unit(n, seed) < holdout}
+
+
+def identity_group(player: pd.Series | int) -> pd.Series | str:
+    """The fold group of an identity's rows in the identity layouts (Market-1501, folders, CSV): the identity
+    itself, whichever split its images are in, so that fold validation never trains on the identity it scores."""
+    if isinstance(player, pd.Series):
+        return "id_" + player.astype(str)
+    return f"id_{player}"
+
+
+def _folds_for(n_identities: int, n_folds: int, notes: list[str]) -> int:
+    """The folds of an identity layout: ``n_folds``, or one identity per fold when there are fewer identities than
+    that (with a note saying so); UserError below two identities, where no fold can validate anything."""
+    if n_identities < 2:
+        raise UserError(f"the data has {n_identities} identity: re-identification needs at least 2 (and a batch of "
+                        "training pairs needs as many identities as pairs)")
+    if n_identities < n_folds:
+        notes.append(f"folds: {n_identities} instead of n_folds={n_folds}, as there are only {n_identities} "
+                     "identities (each fold holds whole identities)")
+        return n_identities
+    return n_folds
+
+
+def _shared_identities_note(df: pd.DataFrame) -> list[str]:
+    """A note when identities have images in both the train and the test split (their fold groups are whole)."""
+    train, test = set(df.player[df.split == "train"]), set(df.player[df.split == "test"])
+    shared = train & test
+    if not shared:
+        return []
+    return [f"train and test share {len(shared):,} of {len(train | test):,} identities: the test split scores "
+            "identities the model trained on (each identity keeps all its images in one fold)"]
 
 
 def build_own_frame(
@@ -414,7 +549,8 @@ def build_own_frame(
     notes = [] if notes is None else notes
     if not 0 <= holdout < 1:
         raise UserError(f"holdout must be in [0, 1), got {holdout}: the share of identities held out for testing")
-    items = _drop_unreadable(data_dir, [(im.rel, im) for im in images], check_images, progress, skipped)
+    blank: list[str] = []
+    items = _drop_unreadable(data_dir, [(im.rel, im) for im in images], check_images, progress, skipped, blank)
     if not items:
         raise UserError(f"no usable images in {data_dir}: every listed image was left out (see the skip list)")
     has_cameras = any(im.camera is not None for _, im in items)
@@ -438,6 +574,9 @@ def build_own_frame(
         if test_names:
             notes.append(f"held out {len(test_names):,} of {df.player.nunique():,} identities as the test split "
                          f"(holdout={holdout}, seed={seed}): one query each, the rest gallery")
+        elif holdout > 0:
+            notes.append(f"held out no identity: none of the {df.player.nunique():,} fell below the hash threshold "
+                         f"holdout={holdout} (seed={seed}); raise --holdout or change --split-seed for a test split")
     else:
         if ("query" in roles) != ("gallery" in roles):
             have, lack = ("query", "gallery") if "query" in roles else ("gallery", "query")
@@ -449,8 +588,9 @@ def build_own_frame(
         raise UserError(f"no training identities left: lower holdout (now {holdout})")
     if not (df.split == "test").any():
         notes.append("no query/gallery images: train only; validate with `train.py --validation fold`")
-    df["game"] = df.split + "_" + df.player.astype(str)  # folds group by identity
+    df["game"] = identity_group(df.player)
     df["img_type"] = np.where(df.role == "query", "q", "g")
+    n_folds = _folds_for(df.player.nunique(), n_folds, notes)
     df = _sorted_with_folds(df.drop(columns=["role", "identity"]).to_dict("records"), n_folds)
     # Rows are sorted by (folder, img_id): the first image of an identity is the one with the smallest path.
     pseudo = ["player", "camera"] if has_cameras else ["player"]
@@ -468,7 +608,9 @@ def build_own_frame(
     notes.insert(0, f"identities: {len(identities):,} (player id of each name in {IDENTITIES_CSV})")
     notes.insert(1, f"cameras: {train_df.camera.nunique()}" if has_cameras
                  else "cameras: none (every gallery image counts, no same-camera rule)")
-    return PreprocessResult(train_df, None, sorted(skipped), layout, notes, identities=identities)
+    notes += _shared_identities_note(train_df)
+    return PreprocessResult(train_df, None, sorted(skipped), layout, notes, identities=identities,
+                            blank=sorted(blank))
 
 
 def _walk_images(data_dir: Path, folder: Path, skipped: list) -> list[str]:
@@ -622,10 +764,10 @@ def preprocess(
     """Build the tables for ``layout`` and write them into ``data_dir``; return them with the paths written.
 
     ``csv`` (layout csv), ``holdout`` and ``split_seed`` (layouts folders and csv) describe users' own data.
-    ``train_df.csv``, ``challenge_df.csv``, ``identities.csv`` and ``preprocess_skipped.txt`` are written to
-    temporary files and renamed into place only once all of them are complete, so a failure leaves the older set
-    untouched. A ``challenge_df.csv``, identity map or skip list left from an earlier run is removed when this run
-    has none.
+    ``train_df.csv``, ``challenge_df.csv``, ``identities.csv``, ``preprocess_skipped.txt`` and
+    ``preprocess_report.txt`` are written to temporary files and renamed into place only once all of them are
+    complete, so a failure leaves the older set untouched. A ``challenge_df.csv``, identity map, skip list or
+    report left from an earlier run is removed when this run has none.
     """
     if layout not in LAYOUTS:
         raise UserError(f"unknown layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
@@ -640,6 +782,7 @@ def preprocess(
     else:
         result = build_csv_frame(data_dir, csv, holdout=holdout, seed=split_seed, **common)
 
+    result.copies = find_copies(data_dir, result)
     paths = {"train_df": data_dir / TRAIN_DF}
     if result.challenge_df is not None:
         paths["challenge_df"] = data_dir / CHALLENGE_DF
@@ -647,6 +790,9 @@ def preprocess(
         paths["identities"] = data_dir / IDENTITIES_CSV
     if result.skipped:
         paths["skipped"] = data_dir / SKIPPED_TXT
+    report = result.report_lines()
+    if report:
+        paths["report"] = data_dir / REPORT_TXT
     with ExitStack() as stack:
         tmp = {key: stack.enter_context(atomic_path(p)) for key, p in paths.items()}
         result.train_df.to_csv(tmp["train_df"], index=False)
@@ -658,8 +804,12 @@ def preprocess(
             lines = [f"{rel}\t{reason}" for rel, reason in result.skipped]
             header = "# files left out by preprocessing: path relative to the data folder <TAB> reason\n"
             tmp["skipped"].write_text(header + "\n".join(lines) + "\n", encoding="utf-8")
+        if "report" in tmp:
+            header = "# what the kept data holds, by section; paths relative to the data folder\n"
+            tmp["report"].write_text(header + "\n".join(report) + "\n", encoding="utf-8", errors="surrogateescape")
     # Tables from an earlier run that this data no longer has would point at files that are gone.
-    for key, name in (("challenge_df", CHALLENGE_DF), ("identities", IDENTITIES_CSV), ("skipped", SKIPPED_TXT)):
+    for key, name in (("challenge_df", CHALLENGE_DF), ("identities", IDENTITIES_CSV), ("skipped", SKIPPED_TXT),
+                      ("report", REPORT_TXT)):
         if key not in paths:
             (data_dir / name).unlink(missing_ok=True)
     result.paths = paths

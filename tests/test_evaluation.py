@@ -15,6 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
+from clipreid.config import parse_config
+from clipreid.dataset import read_train_df
 from clipreid.errors import UserError
 from clipreid.evaluation import evaluate
 from clipreid.features import embed, squared_distances
@@ -123,6 +125,7 @@ def test_evaluate_script_end_to_end(synthetic_small, run_dir, tmp_path):
                "--ranked-lists", "4", *RUN, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "test split of" in r.stdout and "12 queries" in r.stdout
+    assert "scored 12 of 12 queries; same-camera rule off" in r.stdout  # no cameras in the synthetic data
     # a run folder is scored with its last.pt, and the table says which epoch that is
     assert f"weights: {run_dir.name} = {run_dir / 'last.pt'}, epoch 1 (last)" in r.stdout and "warning" not in r.stdout
     assert re.search(r"model\s+epoch\s+re-ranking\s+mAP\s+rank-1\s+(rank-1 allshots\s+)?rank-5\s+rank-10\s+mINP",
@@ -212,6 +215,34 @@ def test_evaluate_folds_mean_and_std(synthetic_small, tmp_path):
         with pytest.raises(UserError, match=r"held out fold 0 of 10 folds .* re-run preprocess_data.py --n-folds 10"):
             evaluate(EvalConfig(checkpoints=tuple(runs), data_dir=refolded, split=split, fold=0, rerank=("none",),
                                 device="cpu", num_workers=0, output_dir=tmp_path / "x", progress=False))
+
+
+def test_scored_queries_and_the_camera_rule(synthetic_small, run_dir, tmp_path):
+    """Queries without a match (after the same-camera rule) are counted out loud; --no-camera-rule turns it off."""
+    df = read_train_df(synthetic_small)
+    df["folder"] = [os.path.relpath(synthetic_small / f, tmp_path) for f in df.folder]
+    test = df.split == "test"
+    players = sorted(df.player[test & (df.img_type == "q")])
+    same_cam, no_gallery = players[0], players[1]
+    df["camera"] = np.where(test & (df.img_type == "g") & (df.player != same_cam), 2, 1)
+    df = df[~(test & (df.img_type == "g") & (df.player == no_gallery))]
+    df.to_csv(tmp_path / "train_df.csv", index=False)
+    base = dict(checkpoints=(run_dir,), data_dir=tmp_path, rerank=("none",), ranked_lists=0, device="cpu",
+                progress=False, num_workers=0)
+    lines = {}
+    for rule in (None, True, False):
+        report = evaluate(EvalConfig(**base, camera_rule=rule, output_dir=tmp_path / f"eval_{rule}"))
+        lines[rule] = report.title.splitlines()[1]
+        assert pd.read_csv(tmp_path / f"eval_{rule}" / "eval_results.csv").queries[0] == (11 if rule is False
+                                                                                         else 10)
+    assert lines[None] == lines[True] == ("scored 10 of 12 queries (2 have no match in the gallery from another "
+                                          "camera); same-camera rule on")
+    assert lines[False] == "scored 11 of 12 queries (1 has no match in the gallery); same-camera rule off"
+    assert parse_config(EvalConfig, ["--no-camera-rule"]).camera_rule is False
+    assert parse_config(EvalConfig, ["--camera-rule"]).camera_rule is True
+    with pytest.raises(UserError, match="camera_rule: .*train_df.csv has no camera column"):
+        evaluate(EvalConfig(**{**base, "data_dir": synthetic_small}, camera_rule=True, output_dir=tmp_path / "x"))
+    assert not (tmp_path / "x").exists()
 
 
 def test_tables_show_the_allshots_rank1_when_the_metrics_give_it():

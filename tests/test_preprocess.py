@@ -10,19 +10,23 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from clipreid.dataset import read_identities, read_train_df
 from clipreid.errors import UserError
 from clipreid.layout import player_image_name
 from clipreid.preprocess import (
     CHALLENGE_COLUMNS,
     CHALLENGE_DF,
+    REPORT_TXT,
     SKIPPED_TXT,
     TRAIN_COLUMNS,
     TRAIN_DF,
+    _held_out,
     assign_folds,
     build_csv_frame,
     build_folders_frame,
     build_market1501_frame,
     build_synergy_frames,
+    identity_id,
     identity_ids,
     parse_market_name,
     preprocess,
@@ -37,12 +41,15 @@ CHALLENGE_QUERY = ["7.jpeg", "00012.jpeg"]
 CHALLENGE_GALLERY = ["00003.jpeg", "15.png", "00100.JPG"]
 
 
-def write_image(path: Path, seed: int = 0, size: tuple[int, int] = (12, 24)) -> None:
-    """A small solid-colour image (format from the suffix)."""
+def write_image(path: Path, seed: int = 0, size: tuple[int, int] = (12, 24), blank: bool = False) -> None:
+    """A small two-colour image, or a ``blank`` one of a single colour (format from the suffix)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     colour = (seed * 37 % 256, seed * 91 % 256, seed * 53 % 256)
     fmt = "PNG" if path.suffix.lower() == ".png" else "JPEG"
-    Image.new("RGB", size, colour).save(path, format=fmt)
+    image = Image.new("RGB", size, colour)
+    if not blank:
+        image.paste(tuple(255 - c for c in colour), (0, 0, size[0] // 2, size[1] // 2))
+    image.save(path, format=fmt)
 
 
 def make_synergy(root: Path, challenge: bool = True, reverse: bool = False) -> Path:
@@ -125,6 +132,7 @@ def test_paths_are_relative_to_the_data_folder(tmp_path, monkeypatch):
     assert result.paths == {
         "train_df": Path("data/data_reid") / TRAIN_DF,
         "challenge_df": Path("data/data_reid") / CHALLENGE_DF,
+        "report": Path("data/data_reid") / REPORT_TXT,  # player 9 has a single image
     }
 
 
@@ -248,7 +256,8 @@ def test_duplicate_challenge_ids_are_left_out(tmp_path):
 def test_single_image_players_are_kept(tmp_path):
     result = build_synergy_frames(make_synergy(tmp_path), n_folds=3, progress=False)
     assert (result.train_df.player == 9).sum() == 1
-    assert "players with a single image: 1 (kept)" in result.summary()
+    assert "players with a single image: 1 (kept; listed in" in result.summary()
+    assert "train\t9\treid_training/009_04_00.jpeg" in result.report_lines()
 
 
 def test_no_challenge_folders_is_not_an_error(tmp_path):
@@ -354,7 +363,8 @@ def test_market_layout(tmp_path):
     assert (distractors.img_type == "g").all()
 
     train = df[df.split == "train"]
-    assert (train.folder == "bounding_box_train").all() and (train.game == "train_" + train.player.astype(str)).all()
+    assert (train.folder == "bounding_box_train").all() and (df.game == "id_" + df.player.astype(str)).all()
+    assert "share" not in result.summary()  # Market's train and test identities are disjoint
     assert len(train) == len(MARKET_TRAIN) - 2
     assert (train[train.img_type == "q"].groupby(["player", "camera"]).size() == 1).all()
     assert len(train[train.img_type == "q"]) == train.groupby(["player", "camera"]).ngroups == 12 * 2 + 1
@@ -398,11 +408,19 @@ def make_folders(root: Path, names: dict[str, int]) -> Path:
 OWN = {f"player {c}": 3 for c in "abcdefghij"} | {"solo": 1}
 
 
-def test_identity_ids_are_deterministic():
+def test_identity_ids_are_a_function_of_the_name():
     assert identity_ids(["0007", "12", "3"]) == {"0007": 7, "12": 12, "3": 3}  # integer names keep their value
-    assert identity_ids(["bob", "alice", "bob"]) == {"alice": 0, "bob": 1}
-    assert identity_ids(["7", "007", "x"]) == {"007": 0, "7": 1, "x": 2}  # colliding integers: numbered instead
-    assert identity_ids(["7", "007"]) == {"007": 0, "7": 1}
+    ids = identity_ids(["bob", "alice", "bob"])
+    assert ids == {"alice": identity_id("alice"), "bob": identity_id("bob")}
+    assert all(10**15 <= v < 9 * 10**15 for v in ids.values()) and ids["alice"] != ids["bob"]
+    assert identity_id("alice") == 7559425216174729  # the same on every machine, python and run
+    assert identity_id("١٢") != 12 and identity_id("10" * 10) >= 10**15  # only ASCII digits below 10**15 keep it
+    # adding names never renumbers the others, whatever they sort before
+    names = [f"player {k}" for k in range(200)]
+    more = identity_ids(names + ["aaa", "0", "zzz", "player 1000"])
+    assert all(more[n] == v for n, v in identity_ids(names).items())
+    with pytest.raises(UserError, match="identities '007' and '7' would both be player 7"):
+        identity_ids(["7", "007", "x"])  # rather than renumbering either
 
 
 def test_folders_layout_holds_out_identities(tmp_path):
@@ -414,19 +432,21 @@ def test_folders_layout_holds_out_identities(tmp_path):
     assert list(df.columns) == TRAIN_COLUMNS and result.challenge_df is None
     assert pd.api.types.is_integer_dtype(df.player) and pd.api.types.is_integer_dtype(df.fold)
     assert [rel for rel, _ in result.skipped] == ["player a/readme.md"]
-    ids = pd.read_csv(data / "identities.csv")
-    assert ids.identity.tolist() == sorted(OWN) and ids.player.tolist() == list(range(len(OWN)))
+    ids = read_identities(data)
+    assert ids.set_index("identity").player.to_dict() == identity_ids(list(OWN)) and ids.player.is_monotonic_increasing
     assert ids.set_index("identity").images.to_dict() == OWN
     assert all((data / f / i).is_file() for f, i in zip(df.folder, df.img_id, strict=True))
-    # 3 of the 10 identities with two images or more; "solo" cannot be a scored query, so it stays in train
+    # the 2 of the 10 identities with two images or more whose seeded hash is below 0.3 (0.10 and 0.26; the next
+    # is 0.36); "solo" cannot be a scored query, so it stays in train
     test, train = df[df.split == "test"], df[df.split == "train"]
-    assert test.player.nunique() == 3 and ids.player[ids.identity == "solo"].item() in set(train.player)
+    assert set(test.player) == {identity_id("player h"), identity_id("player i")}
+    assert ids.player[ids.identity == "solo"].item() in set(train.player)
     assert (test.groupby("player").img_type.apply(lambda t: (t == "q").sum()) == 1).all()
     assert (test[test.img_type == "q"].img_id == "00.jpg").all()
     assert (train.groupby("player").img_type.apply(lambda t: (t == "q").sum()) == 1).all()
-    assert (df.game == df.split + "_" + df.player.astype(str)).all()
+    assert (df.game == "id_" + df.player.astype(str)).all()
     assert (df.groupby("player").fold.nunique() == 1).all()
-    assert "held out 3 of 11 identities" in result.summary() and "cameras: none" in result.summary()
+    assert "held out 2 of 11 identities" in result.summary() and "cameras: none" in result.summary()
     # the same files give the same tables; another seed holds out others
     again = preprocess(make_folders(tmp_path / "again", OWN), layout="folders", n_folds=3, holdout=0.3, progress=False)
     assert again.paths["train_df"].read_bytes() == result.paths["train_df"].read_bytes()
@@ -436,14 +456,28 @@ def test_folders_layout_holds_out_identities(tmp_path):
 
 def test_holdout_is_stable_when_identities_are_added(tmp_path):
     names = {f"id{k:02d}": 2 for k in range(30)}
-    small = build_folders_frame(make_folders(tmp_path / "a", names), n_folds=3, holdout=0.2, progress=False)
-    more = build_folders_frame(make_folders(tmp_path / "b", names | {"zz": 2}), n_folds=3, holdout=0.2, progress=False)
+    added = {"aa": 2, "id05b": 3, "zz": 2, "000": 2} | {f"new{k}": 2 for k in range(12)}  # before, between, after
 
-    def held(result):
+    def sides(result):
         df = result.train_df.merge(result.identities, on="player")
-        return set(df[df.split == "test"].identity)
+        return {(r.identity, f"{r.folder}/{r.img_id}"): (r.player, r.split) for r in df.itertuples()}
 
-    assert len(held(small)) == 6 and len(held(small) - held(more)) <= 1  # at most the one displaced by the new id
+    small = sides(build_folders_frame(make_folders(tmp_path / "a", names), n_folds=3, progress=False))
+    more = sides(build_folders_frame(make_folders(tmp_path / "b", names | added), n_folds=3, progress=False))
+    held = {name for (name, _), (_, split) in small.items() if split == "test"}
+    assert held == {"id13", "id24", "id00", "id15", "id08"}  # the hashes below 0.2, from 0.03 to 0.15
+    # every image of every earlier identity keeps its player id and its side of the split
+    assert {k: v for k, v in more.items() if k[0] in names} == small
+    assert {name for (name, _), (_, split) in more.items() if split == "test"} > held
+
+
+def test_holdout_share_on_many_identities():
+    df = pd.DataFrame({"identity": [f"player {k}" for k in range(4000) for _ in range(2)]})
+    for holdout, seed in ((0.2, 0), (0.2, 7), (0.05, 0), (0.5, 3)):
+        share = len(_held_out(df, holdout, seed, has_cameras=False)) / 4000
+        assert abs(share - holdout) < 0.025, (holdout, seed, share)  # binomial sd at most 0.008
+    first = _held_out(df[:4000], 0.2, 0, has_cameras=False)  # the first 2,000 identities alone
+    assert first == {n for n in _held_out(df, 0.2, 0, has_cameras=False) if int(n.split()[1]) < 2000}
 
 
 def test_folders_layout_with_split_subfolders_and_nesting(tmp_path):
@@ -514,7 +548,7 @@ def test_csv_layout_with_cameras_and_splits(tmp_path):
     assert list(df.columns) == TRAIN_COLUMNS + ["camera"] and pd.api.types.is_integer_dtype(df.camera)
     assert (df.folder == "imgs").all()
     test = df[df.split == "test"]
-    assert len(test[test.img_type == "q"]) == 2 and set(test.player) == {4, 5}
+    assert len(test[test.img_type == "q"]) == 2 and set(test.player) == {identity_id("P4"), identity_id("P5")}
     train = df[df.split == "train"]
     assert len(train[train.img_type == "q"]) == 4 * 2  # one pseudo-query per identity and camera
     assert "cameras: 2" in result.summary()
@@ -526,9 +560,9 @@ def test_csv_paths_beside_the_csv_or_in_data_dir_and_holdout(tmp_path):
     listing.loc[:11, "path"] = "../own/" + listing.path[:12]  # relative to the CSV's folder
     (tmp_path / "lists").mkdir()
     listing.to_csv(tmp_path / "lists" / "mine.csv", index=False)
-    df = build_csv_frame(data, tmp_path / "lists" / "mine.csv", n_folds=3, holdout=0.34, progress=False).train_df
+    df = build_csv_frame(data, tmp_path / "lists" / "mine.csv", n_folds=3, holdout=0.4, progress=False).train_df
     assert list(df.columns) == TRAIN_COLUMNS and (df.folder == "imgs").all() and len(df) == 24
-    assert df[df.split == "test"].player.nunique() == 2
+    assert set(df[df.split == "test"].player) == {identity_id("P0"), identity_id("P3")}  # hashes 0.38, 0.21 < 0.4
 
 
 def test_csv_layout_with_data_outside_data_dir(tmp_path):
@@ -578,3 +612,88 @@ def test_stale_identity_map_is_removed(tmp_path):
     (data / "identities.csv").write_text("player,identity\n1,x\n")
     preprocess(data, n_folds=3, progress=False)
     assert not (data / "identities.csv").exists()
+
+
+# ---- folds group whole identities; what the data holds; small datasets; tables read back as written
+
+
+def test_folds_group_an_identity_across_train_query_and_gallery(tmp_path):
+    data = tmp_path / "own"
+    make_folders(data / "train", {"a": 2, "b": 2, "c": 2, "d": 2})
+    make_folders(data / "query", {"a": 1, "e": 1})  # a is in train and in the test split
+    make_folders(data / "gallery", {"a": 2, "e": 2})
+    result = build_folders_frame(data, n_folds=3, progress=False)
+    df = result.train_df
+    assert (df.groupby("player").fold.nunique() == 1).all()  # a's train, query and gallery images: one fold
+    assert df.game.nunique() == 5
+    assert "train and test share 1 of 5 identities" in result.summary()
+    # the same for a CSV with a split column and for a Market-1501 folder
+    rows = [{"path": f"train/{n}/00.jpg", "id": n, "split": "train"} for n in "abcd"]
+    rows += [{"path": f"train/{n}/01.jpg", "id": n, "split": "train"} for n in "abcd"]
+    rows += [{"path": "query/a/00.jpg", "id": "a", "split": "query"}, {"path": "gallery/a/00.jpg", "id": "a",
+                                                                       "split": "gallery"}]
+    pd.DataFrame(rows).to_csv(data / "labels.csv", index=False)
+    result = build_csv_frame(data, n_folds=3, progress=False)
+    assert (result.train_df.groupby("player").fold.nunique() == 1).all()
+    assert "train and test share 1 of 4 identities" in result.summary()
+    market = make_market(tmp_path)
+    write_image(market / "query" / "0002_c2s1_000100_00.jpg", seed=99)  # a train identity queried in the test
+    result = build_market1501_frame(market, n_folds=4, progress=False)
+    assert (result.train_df.groupby("player").fold.nunique() == 1).all()
+    assert "train and test share 1 of" in result.summary()
+
+
+def test_fewer_identities_than_folds(tmp_path):
+    data = make_folders(tmp_path / "own" / "train", {"a": 2, "b": 3, "c": 1})
+    result = preprocess(data.parent, layout="folders", n_folds=10, progress=False)
+    assert sorted(result.train_df.fold.unique()) == [0, 1, 2]  # one identity per fold
+    summary = result.summary()
+    assert "folds: 3 instead of n_folds=10, as there are only 3 identities" in summary
+    assert "players with a single image: 1 (kept; listed in" in summary
+    report = (data.parent / REPORT_TXT).read_text()
+    assert f"train\t{identity_id('c')}\ttrain/c/00.jpg" in report.splitlines()
+    make_folders(tmp_path / "one", {"a": 3})
+    with pytest.raises(UserError, match="the data has 1 identity: re-identification needs at least 2"):
+        preprocess(tmp_path / "one", layout="folders", n_folds=10, progress=False)
+
+
+def test_copies_and_blank_images_are_reported(tmp_path):
+    data = make_synergy(tmp_path)
+    gallery = data / "reid_test" / "gallery"
+    # query 020's own copy under a gallery name, and a blank gallery crop
+    (gallery / "020_10_03.jpeg").write_bytes((data / "reid_test" / "query" / "020_10_00.jpeg").read_bytes())
+    write_image(gallery / "021_10_03.jpeg", seed=5, blank=True)
+    ch = data / "reid_challenge"
+    (ch / "gallery" / "00200.jpeg").write_bytes((ch / "query" / "7.jpeg").read_bytes())
+    result = preprocess(data, n_folds=3, progress=False)
+    assert result.copies == [("test split", "reid_test/query/020_10_00.jpeg", "reid_test/gallery/020_10_03.jpeg"),
+                             ("challenge set", "reid_challenge/query/7.jpeg", "reid_challenge/gallery/00200.jpeg")]
+    assert result.blank == ["reid_test/gallery/021_10_03.jpeg"]
+    summary = result.summary()
+    assert "test split: 1 of 4 queries have a byte-identical copy in the gallery" in summary
+    assert "challenge set: 1 of 2 queries have a byte-identical copy in the gallery" in summary
+    assert f"blank (single-colour) images: 1 (kept; listed in {data / REPORT_TXT})" in summary
+    lines = (data / REPORT_TXT).read_text().splitlines()
+    assert "test split\treid_test/query/020_10_00.jpeg\treid_test/gallery/020_10_03.jpeg" in lines
+    assert "reid_test/gallery/021_10_03.jpeg" in lines
+    # a clean data set has no report; a stale one goes
+    for p in (gallery / "020_10_03.jpeg", gallery / "021_10_03.jpeg", ch / "gallery" / "00200.jpeg",
+              data / "reid_training" / "009_04_00.jpeg"):
+        p.unlink()
+    result = preprocess(data, n_folds=3, progress=False)
+    assert "report" not in result.paths and not (data / REPORT_TXT).exists()
+    assert "byte-identical" not in result.summary() and "single-colour" not in result.summary()
+
+
+def test_tables_read_back_as_written(tmp_path):
+    """Numeric and NA-like folder names stay strings; ids stay integers; one reader for every table."""
+    data = make_folders(tmp_path / "own", {"001": 2, "0042": 3, "NA": 2, "7e3": 2, "null": 2})
+    preprocess(data, layout="folders", n_folds=2, holdout=0, progress=False)
+    df = read_train_df(data)
+    assert set(df.folder) == {"001", "0042", "NA", "7e3", "null"}
+    assert all((data / f / i).is_file() for f, i in zip(df.folder, df.img_id, strict=True))
+    assert df.player.dtype == np.int64 and df.fold.dtype == np.int64
+    assert df.set_index("folder").player.to_dict() == identity_ids(["001", "0042", "NA", "7e3", "null"])
+    ids = read_identities(data)
+    assert ids.set_index("identity").images.to_dict() == {"001": 2, "0042": 3, "NA": 2, "7e3": 2, "null": 2}
+    assert ids.set_index("identity").player["0042"] == 42
