@@ -30,6 +30,9 @@ class Config:
     holdout: float = 0.2  # folders/csv without splits: share of identities held out as test queries and gallery
     split_seed: int = 0  # folders/csv without splits: seed of the (hash-based) choice of held-out identities
     n_folds: int = 10  # GroupKFold splits over train+test, grouped by sequence (by identity for the other layouts)
+    # whose GroupKFold folds: original = scikit-learn 1.1 with numpy 1.23, as the CLIP-ReIdent authors ran it (the
+    # same on any machine); sklearn-1.9 = scikit-learn 1.9 and later (they differ in the order of equal-sized groups)
+    folds: Literal["original", "sklearn-1.9"] = "original"
     check_images: bool = True  # decode every image and leave out unreadable ones (listed in preprocess_skipped.txt)
     progress: bool = True  # show progress bars
 
@@ -43,7 +46,8 @@ def main(cfg: Config) -> None:
     if cfg.data_dir.is_dir():  # a missing one gets preprocess's own message
         check_writable(cfg.data_dir, "--data-dir")
     result = preprocess(cfg.data_dir, layout=cfg.layout, n_folds=cfg.n_folds, check_images=cfg.check_images,
-                        progress=cfg.progress, csv=cfg.csv, holdout=cfg.holdout, split_seed=cfg.split_seed)
+                        progress=cfg.progress, csv=cfg.csv, holdout=cfg.holdout, split_seed=cfg.split_seed,
+                        folds=cfg.folds)
     save_config(cfg, cfg.data_dir / "preprocess_config.json")
     print(result.summary())
 
