@@ -23,7 +23,7 @@ from PIL import Image
 
 from clipreid.errors import UserError
 from clipreid.fileio import atomic_path
-from clipreid.folds import group_kfold
+from clipreid.folds import FOLD_ORDERS, group_kfold
 from clipreid.layout import (
     CHALLENGE_GALLERY_DIR,
     CHALLENGE_QUERY_DIR,
@@ -630,6 +630,8 @@ def preprocess(
     """
     if layout not in LAYOUTS:
         raise UserError(f"unknown layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
+    if folds not in FOLD_ORDERS:
+        raise UserError(f"unknown folds {folds!r}: choose one of {', '.join(FOLD_ORDERS)}")
     data_dir = Path(data_dir)
     common = dict(n_folds=n_folds, check_images=check_images, progress=progress, folds=folds)
     if layout == "synergyreid":

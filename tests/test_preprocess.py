@@ -190,6 +190,8 @@ def test_synergy_folds_are_group_kfolds_over_the_raw_sequence(tmp_path, folds):
     expected = dict(zip(shape["groups"], shape["folds"][folds], strict=True))
     assert (df.fold == df.game.map(expected)).all()
     assert pd.read_csv(data / TRAIN_DF).fold.tolist() == df.fold.tolist()
+    with pytest.raises(UserError, match="unknown folds 'sklearn-1.1': choose one of original, sklearn-1.9"):
+        preprocess(data, folds="sklearn-1.1", progress=False)
 
 
 def test_too_few_sequences_for_the_folds(tmp_path):
