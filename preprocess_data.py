@@ -30,10 +30,10 @@ class Config:
     holdout: float = 0.2  # folders/csv without splits: share of identities held out as test queries and gallery
     split_seed: int = 0  # folders/csv without splits: seed of the (hash-based) choice of held-out identities
     n_folds: int = 10  # GroupKFold splits over train+test, grouped by sequence (by identity for the other layouts)
+    check_images: bool = True  # decode every image and leave out unreadable ones (listed in preprocess_skipped.txt)
     # whose GroupKFold folds: original = scikit-learn 1.1 with numpy 1.23, as the CLIP-ReIdent authors ran it (the
     # same on any machine); sklearn-1.9 = scikit-learn 1.9 and later (they differ in the order of equal-sized groups)
     folds: Literal["original", "sklearn-1.9"] = "original"
-    check_images: bool = True  # decode every image and leave out unreadable ones (listed in preprocess_skipped.txt)
     progress: bool = True  # show progress bars
 
     # what can work, per field: checked before any work starts (one line per field; see clipreid.config)

@@ -617,12 +617,11 @@ def preprocess(
     csv: Path | None = None,
     holdout: float = 0.2,
     split_seed: int = 0,
-    folds: str = "original",
+    folds: str = "original",  # whose GroupKFold folds: original or sklearn-1.9 (see assign_folds)
 ) -> PreprocessResult:
     """Build the tables for ``layout`` and write them into ``data_dir``; return them with the paths written.
 
-    ``csv`` (layout csv), ``holdout`` and ``split_seed`` (layouts folders and csv) describe users' own data;
-    ``folds`` is whose GroupKFold tie order the folds follow (``original`` or ``sklearn-1.9``, see assign_folds).
+    ``csv`` (layout csv), ``holdout`` and ``split_seed`` (layouts folders and csv) describe users' own data.
     ``train_df.csv``, ``challenge_df.csv``, ``identities.csv`` and ``preprocess_skipped.txt`` are written to
     temporary files and renamed into place only once all of them are complete, so a failure leaves the older set
     untouched. A ``challenge_df.csv``, identity map or skip list left from an earlier run is removed when this run
