@@ -35,6 +35,9 @@ class Config:
     # fold when there are fewer identities)
     n_folds: int = 10
     check_images: bool = True  # decode every image and leave out unreadable ones (listed in preprocess_skipped.txt)
+    # whose GroupKFold folds: original = scikit-learn 1.1 with numpy 1.23, as the CLIP-ReIdent authors ran it (the
+    # same on any machine); sklearn-1.9 = scikit-learn 1.9 and later (they differ in the order of equal-sized groups)
+    folds: Literal["original", "sklearn-1.9"] = "original"
     progress: bool = True  # show progress bars
 
     # what can work, per field: checked before any work starts (one line per field; see clipreid.config)
@@ -47,7 +50,8 @@ def main(cfg: Config) -> None:
     if cfg.data_dir.is_dir():  # a missing one gets preprocess's own message
         check_writable(cfg.data_dir, "--data-dir")
     result = preprocess(cfg.data_dir, layout=cfg.layout, n_folds=cfg.n_folds, check_images=cfg.check_images,
-                        progress=cfg.progress, csv=cfg.csv, holdout=cfg.holdout, split_seed=cfg.split_seed)
+                        progress=cfg.progress, csv=cfg.csv, holdout=cfg.holdout, split_seed=cfg.split_seed,
+                        folds=cfg.folds)
     save_config(cfg, cfg.data_dir / "preprocess_config.json")
     print(result.summary())
 

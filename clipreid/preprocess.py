@@ -25,6 +25,7 @@ from PIL import Image
 
 from clipreid.errors import UserError
 from clipreid.fileio import atomic_path
+from clipreid.folds import FOLD_ORDERS, group_kfold
 from clipreid.layout import (
     CHALLENGE_GALLERY_DIR,
     CHALLENGE_QUERY_DIR,
@@ -243,12 +244,13 @@ def _require_kept(items: list[Item], folders: list[str], data_dir: Path) -> None
             raise UserError(f"no usable images left in {data_dir / folder}: every file there was left out")
 
 
-def assign_folds(df: pd.DataFrame, n_folds: int, group_col: str = "game") -> pd.Series:
+def assign_folds(df: pd.DataFrame, n_folds: int, group_col: str = "game", order: str = "original") -> pd.Series:
     """Fold of every row, keeping each group (sequence or identity) whole in one fold.
 
-    GroupKFold's balancing with a total order: groups by (size descending, key ascending), each to the currently
-    lightest fold (ties: the lowest fold index). The folds are a function of the data alone; GroupKFold's own
-    tie-break between equal-sized groups changed between scikit-learn releases, and so did its folds.
+    ``GroupKFold(n_folds)``'s folds over ``group_col``, as the original code made them: ``order`` ``original``
+    follows scikit-learn 1.1 with numpy 1.23 (the CLIP-ReIdent authors' versions), ``sklearn-1.9`` scikit-learn
+    1.9 and later; they differ only in the order of equal-sized groups (see clipreid.folds). The row order and
+    the installed libraries do not matter.
     """
     n_groups = int(df[group_col].nunique())
     if n_folds < 2:
@@ -258,28 +260,24 @@ def assign_folds(df: pd.DataFrame, n_folds: int, group_col: str = "game") -> pd.
             f"there are only {n_groups} sequences ({group_col!r} groups) for n_folds={n_folds}: "
             f"lower n_folds to {n_groups} or fewer"
         )
-    sizes = Counter(df[group_col].tolist())
-    load = np.zeros(n_folds, dtype=np.int64)
-    fold_of = {}
-    for key, size in sorted(sizes.items(), key=lambda kv: (-kv[1], kv[0])):
-        k = int(np.argmin(load))  # the first minimum: the lowest index among equally light folds
-        fold_of[key] = k
-        load[k] += size
+    groups, folds = group_kfold(df[group_col].to_numpy(), n_folds, order)
+    fold_of = dict(zip(groups.tolist(), folds.tolist(), strict=True))
     return pd.Series(df[group_col].map(fold_of).to_numpy(np.int64), index=df.index, name="fold")
 
 
-def _sorted_with_folds(rows: list[dict], n_folds: int) -> pd.DataFrame:
+def _sorted_with_folds(rows: list[dict], n_folds: int, folds: str = "original") -> pd.DataFrame:
     """Rows sorted by (train before test, folder, img_id) with their fold, index 0..n-1."""
     df = pd.DataFrame(rows)
     df["_split"] = (df.split != "train").astype(int)
     df = df.sort_values(["_split", "folder", "img_id"], kind="stable").drop(columns="_split").reset_index(drop=True)
-    df["fold"] = assign_folds(df, n_folds)
+    df["fold"] = assign_folds(df, n_folds, order=folds)
     return df
 
 
 def _synergy_row(stem: str) -> dict:
-    player, sequence, frame = parse_player_name(stem)
-    return {"player": player, "sequence": sequence, "frame": frame}
+    player, _, frame = parse_player_name(stem)
+    # The sequence as written in the name ('07'): the original groups its folds by "train_07", not "train_7".
+    return {"player": player, "sequence": stem.split("_")[1], "frame": frame}
 
 
 def _challenge_row(stem: str) -> dict:
@@ -287,7 +285,7 @@ def _challenge_row(stem: str) -> dict:
 
 
 def build_synergy_frames(
-    data_dir: Path, n_folds: int = 10, check_images: bool = True, progress: bool = True
+    data_dir: Path, n_folds: int = 10, check_images: bool = True, progress: bool = True, folds: str = "original"
 ) -> PreprocessResult:
     """``train_df`` (reid_training + reid_test) and ``challenge_df`` (or None) for the DeepSportradar layout."""
     data_dir = Path(data_dir)
@@ -330,7 +328,7 @@ def build_synergy_frames(
                 "img_type": "q" if is_query else "g",
             }
         )
-    train_df = _sorted_with_folds(rows, n_folds)[TRAIN_COLUMNS]
+    train_df = _sorted_with_folds(rows, n_folds, folds)[TRAIN_COLUMNS]
 
     notes = []
     challenge_df = None
@@ -366,7 +364,7 @@ def _market_row(stem: str) -> dict:
 
 
 def build_market1501_frame(
-    data_dir: Path, n_folds: int = 10, check_images: bool = True, progress: bool = True
+    data_dir: Path, n_folds: int = 10, check_images: bool = True, progress: bool = True, folds: str = "original"
 ) -> PreprocessResult:
     """``train_df`` (with a ``camera`` column) for a folder in the Market-1501 layout; no challenge_df.
 
@@ -400,7 +398,7 @@ def build_market1501_frame(
         game = identity_group(row["player"])
         img_type = "q" if folder == "query" else "g"
         rows.append({"img_id": img_id, "folder": folder, **row, "game": game, "split": split, "img_type": img_type})
-    df = _sorted_with_folds(rows, n_folds)
+    df = _sorted_with_folds(rows, n_folds, folds)
     # One pseudo-query per (identity, camera) in train, as Market builds its query set, so fold validation can
     # use the camera-aware protocol. Rows are sorted by img_id, so the first one is the first name.
     train = df.split == "train"
@@ -537,6 +535,7 @@ def build_own_frame(
     progress: bool = True,
     skipped: list | None = None,
     notes: list | None = None,
+    folds: str = "original",
 ) -> PreprocessResult:
     """``train_df`` of a user's images: the same columns as the other layouts, folds grouped by identity.
 
@@ -591,7 +590,7 @@ def build_own_frame(
     df["game"] = identity_group(df.player)
     df["img_type"] = np.where(df.role == "query", "q", "g")
     n_folds = _folds_for(df.player.nunique(), n_folds, notes)
-    df = _sorted_with_folds(df.drop(columns=["role", "identity"]).to_dict("records"), n_folds)
+    df = _sorted_with_folds(df.drop(columns=["role", "identity"]).to_dict("records"), n_folds, folds)
     # Rows are sorted by (folder, img_id): the first image of an identity is the one with the smallest path.
     pseudo = ["player", "camera"] if has_cameras else ["player"]
     train = df.split == "train"
@@ -633,7 +632,7 @@ def _subfolders(path: Path) -> list[Path]:
 
 def build_folders_frame(
     data_dir: Path, n_folds: int = 10, holdout: float = 0.2, seed: int = 0, check_images: bool = True,
-    progress: bool = True,
+    progress: bool = True, folds: str = "original",
 ) -> PreprocessResult:
     """``train_df`` for one folder per identity: ``data_dir/<identity>/`` (split by identity, see ``holdout``),
     or ``data_dir/train/<identity>/`` with optional ``query/<identity>/`` and ``gallery/<identity>/``."""
@@ -666,7 +665,7 @@ def build_folders_frame(
     if not images:
         raise UserError(f"no .jpeg/.jpg/.png images in the identity folders of {data_dir}: {FOLDERS_HINT}")
     return build_own_frame(data_dir, images, "folders", n_folds, holdout, seed, check_images, progress, skipped,
-                           notes)
+                           notes, folds=folds)
 
 
 def _csv_error(csv_path: Path, rows: pd.Series, what: str) -> UserError:
@@ -741,14 +740,14 @@ def read_own_csv(csv_path: Path, data_dir: Path) -> list[OwnImage]:
 
 def build_csv_frame(
     data_dir: Path, csv_path: Path | None = None, n_folds: int = 10, holdout: float = 0.2, seed: int = 0,
-    check_images: bool = True, progress: bool = True,
+    check_images: bool = True, progress: bool = True, folds: str = "original",
 ) -> PreprocessResult:
     """``train_df`` for the images listed by a CSV (``path,id[,camera][,split]``; default ``data_dir/labels.csv``)."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise UserError(f"data folder {data_dir} not found: it is where the tables are written")
     images = read_own_csv(data_dir / DEFAULT_CSV if csv_path is None else Path(csv_path), data_dir)
-    return build_own_frame(data_dir, images, "csv", n_folds, holdout, seed, check_images, progress)
+    return build_own_frame(data_dir, images, "csv", n_folds, holdout, seed, check_images, progress, folds=folds)
 
 
 def preprocess(
@@ -760,6 +759,7 @@ def preprocess(
     csv: Path | None = None,
     holdout: float = 0.2,
     split_seed: int = 0,
+    folds: str = "original",  # whose GroupKFold folds: original or sklearn-1.9 (see assign_folds)
 ) -> PreprocessResult:
     """Build the tables for ``layout`` and write them into ``data_dir``; return them with the paths written.
 
@@ -771,8 +771,10 @@ def preprocess(
     """
     if layout not in LAYOUTS:
         raise UserError(f"unknown layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
+    if folds not in FOLD_ORDERS:
+        raise UserError(f"unknown folds {folds!r}: choose one of {', '.join(FOLD_ORDERS)}")
     data_dir = Path(data_dir)
-    common = dict(n_folds=n_folds, check_images=check_images, progress=progress)
+    common = dict(n_folds=n_folds, check_images=check_images, progress=progress, folds=folds)
     if layout == "synergyreid":
         result = build_synergy_frames(data_dir, **common)
     elif layout == "market1501":

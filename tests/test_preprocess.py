@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -99,7 +100,7 @@ def test_synergy_columns_dtypes_and_rows(tmp_path):
     assert len(df) == len(TRAIN_FILES) + len(TEST_QUERY) + len(TEST_GALLERY)
     assert set(df.folder) == {"reid_training", "reid_test/query", "reid_test/gallery"}
     row = df.set_index("img_id").loc["002_01_02.jpeg"]
-    assert (row.folder, row.player, row.game, row.split, row.img_type) == ("reid_training", 2, "train_1", "train", "g")
+    assert (row.folder, row.player, row.game, row.split, row.img_type) == ("reid_training", 2, "train_01", "train", "g")
     assert set(df[df.split == "test"].game) == {"test_10", "test_11"}
     assert result.skipped == []
     assert df.index.tolist() == list(range(len(df)))
@@ -163,12 +164,13 @@ def test_assign_folds_direct():
 
 
 def test_assign_folds_golden():
-    """Groups by (size descending, key ascending), each to the lightest fold (ties: lowest index); the folds are
-    pinned here so that no library version or row order can move them."""
+    """GroupKFold's folds as scikit-learn 1.1 with numpy 1.23 made them (the original's), whatever the row order:
+    groups numbered by sorted name, taken by size (ties in numpy 1.23's argsort order, here insertion-sorted:
+    by name descending), each to the first lightest fold. tests/test_folds.py pins larger tables."""
     sizes = {"s3": 4, "s1": 4, "s2": 3, "s5": 2, "s4": 2, "s0": 1, "s6": 1}
     df = pd.DataFrame({"game": [g for g, n in sizes.items() for _ in range(n)]})
-    # s1 -> 0, s3 -> 1, s2 -> 2 (loads 4 4 3), s4 -> 2 (4 4 5), s5 -> 0 (6 4 5), s0 -> 1 (6 5 5), s6 -> 1 (tie 1/2)
-    expected = {"s0": 1, "s1": 0, "s2": 2, "s3": 1, "s4": 2, "s5": 0, "s6": 1}
+    # s3 -> 0, s1 -> 1, s2 -> 2 (loads 4 4 3), s5 -> 2 (4 4 5), s4 -> 0 (6 4 5), s6 -> 1 (6 5 5), s0 -> 1 (tie 1/2)
+    expected = {"s0": 1, "s1": 1, "s2": 2, "s3": 0, "s4": 0, "s5": 2, "s6": 1}
     fold = assign_folds(df, 3)
     assert fold.name == "fold" and fold.index.equals(df.index)
     assert dict(zip(df.game, fold, strict=True)) == expected
@@ -177,6 +179,27 @@ def test_assign_folds_golden():
     assert again.index.equals(shuffled.index)
     assert dict(zip(shuffled.game, again, strict=True)) == expected
     assert np.bincount(fold).tolist() == [6, 6, 5]
+
+
+@pytest.mark.parametrize("folds", ["original", "sklearn-1.9"])
+def test_synergy_folds_are_group_kfolds_over_the_raw_sequence(tmp_path, folds):
+    """The original's folds: GroupKFold(10) grouped by ``<split>_<sequence as in the file name>``, golden folds
+    from the real scikit-learn (1.1.3 with numpy 1.23.5, and 1.9) in tests/data/fold_goldens.json."""
+    goldens = json.loads((Path(__file__).parent / "data" / "fold_goldens.json").read_text())
+    shape = next(s for s in goldens["shapes"] if s["name"] == "synergy-files")
+    data = tmp_path / "data_reid"
+    for i, (game, size) in enumerate(zip(shape["groups"], shape["sizes"], strict=True)):
+        split, sequence = game.split("_")
+        for frame in range(size):
+            folder = "reid_training" if split == "train" else "reid_test/" + ("query" if frame == 0 else "gallery")
+            write_image(data / folder / f"{i:03d}_{sequence}_{frame:02d}.jpeg", seed=i)
+    df = preprocess(data, n_folds=shape["n_folds"], folds=folds, check_images=False, progress=False).train_df
+    assert sorted(df.game.unique()) == sorted(shape["groups"])  # 'train_07' and 'train_100', as in the names
+    expected = dict(zip(shape["groups"], shape["folds"][folds], strict=True))
+    assert (df.fold == df.game.map(expected)).all()
+    assert pd.read_csv(data / TRAIN_DF).fold.tolist() == df.fold.tolist()
+    with pytest.raises(UserError, match="unknown folds 'sklearn-1.1': choose one of original, sklearn-1.9"):
+        preprocess(data, folds="sklearn-1.1", progress=False)
 
 
 def test_too_few_sequences_for_the_folds(tmp_path):
