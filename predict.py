@@ -57,7 +57,8 @@ class Config:
     topk_fusion: int = 15  # gallery items per query the dissimilarity fusion compares
     # running
     batch_size: int = 64  # images per inference batch
-    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 on GPUs that have it, fp32 on CPU
+    # fp32 as the original scores; bf16/fp16 autocast (auto: bf16 on GPUs that have it) only when asked
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "fp32"
     device: str = "auto"  # auto = cuda, then mps, then cpu
     cache_images: bool = True  # decode every image once into memory (all cores), shared by all checkpoints
     num_workers: int = 4  # DataLoader workers decoding images when cache_images is off

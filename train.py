@@ -87,7 +87,8 @@ class Config:
     # validation
     zero_shot: bool = True  # evaluate the model before training (logged as epoch 0)
     eval_batch_size: int = 64
-    eval_precision: Literal["auto", "bf16", "fp16", "fp32"] | None = None  # validation precision; none = precision's
+    # validation precision: fp32 as the original scores; none = the training precision
+    eval_precision: Literal["auto", "bf16", "fp16", "fp32"] | None = "fp32"
     val_flip: bool = False  # flip test-time augmentation in validation
     val_rerank: tuple[str, ...] = ()  # also log these re-rankings' mAP and rank-1 each epoch: k_reciprocal, hard
     # run

@@ -130,3 +130,40 @@ def test_readme_flags_exist():
     known = {script: set(build_parser(importlib.import_module(script[:-3]).Config).known_flags) for script in SCRIPTS}
     unknown = [(script, flag, line) for script, flag, line in flags if flag not in known[script]]
     assert not unknown, unknown
+
+
+# --------------------------------------------------------------------------------------------------------------
+# precision: scores in fp32 as the original extracts features; fp16 training's scaler starts where the original's does
+
+
+@pytest.fixture
+def a_cuda_device(monkeypatch) -> torch.device:
+    """A CUDA device with bf16 and AMP, as resolve_precision and GradScaler see it (no GPU needed)."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda.amp.common, "amp_definitely_not_available", lambda: False)
+    return torch.device("cuda")
+
+
+def test_every_scoring_path_defaults_to_fp32_on_a_gpu(a_cuda_device):
+    import inspect
+
+    import evaluate
+    import predict
+    from clipreid.features import embed
+    from clipreid.runtime import resolve_precision
+
+    assert resolve_precision(TrainConfig().precision, a_cuda_device) == torch.bfloat16  # training: bf16 (README)
+    scoring = {"evaluate.py": evaluate.Config().precision, "predict.py": predict.Config().precision,
+               "train.py validation": TrainConfig().eval_precision,
+               "embed()": inspect.signature(embed).parameters["precision"].default}
+    assert {k: resolve_precision(v, a_cuda_device) for k, v in scoring.items()} == dict.fromkeys(scoring, torch.float32)
+    assert resolve_precision("bf16", a_cuda_device) == torch.bfloat16  # reduced precision when asked
+
+
+def test_fp16_grad_scaler_starts_at_2_to_the_10(a_cuda_device):
+    from clipreid.trainer import grad_scaler
+
+    scaler = grad_scaler(torch.float16, a_cuda_device)
+    assert scaler.is_enabled() and scaler.get_scale() == 2.0**10  # the original's GradScaler(init_scale=2**10)
+    assert not grad_scaler(torch.bfloat16, a_cuda_device).is_enabled()
+    assert not grad_scaler(torch.float16, torch.device("cpu")).is_enabled()
