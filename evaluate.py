@@ -32,7 +32,9 @@ class Config:
     # a run folder's weights: last (the last epoch, what the original submits) or best (the epoch of the best
     # validation mAP: optimistic when scored on the split that chose it); a .pt file is used as given
     run_weights: Literal["last", "best"] = "last"
-    checkpoint_model: str | None = None  # timm model name for a 2023-code checkpoint
+    # the model of an original CLIP-ReIdent file (an open_clip name: ViT-L-14-quickgelu for OpenAI weights, ViT-L-14
+    # for LAION ones; a ResNet's is read from its tensors) or of a 2023-code file (a timm name)
+    checkpoint_model: str | None = None
     data_dir: Path = Path("data/data_reid")  # folder holding train_df.csv (written by preprocess_data.py)
     split: Literal["test", "fold", "folds"] = "test"  # test split, fold `fold`, or each checkpoint on its trained fold
     fold: int = 0  # the fold when split is fold
