@@ -4,11 +4,12 @@
     python train.py --validation fold --fold 3                   # validate on GroupKFold fold 3
     python train.py --model tiny-vit --pretrained none --data-dir data/synthetic_reid --epochs 6   # CPU demo
     python train.py --config configs/clip_reident_2022.json      # a preset (configs/); later flags override it
+    python train.py --config configs/eva02_l_448_2023.json --help   # what a preset is, its values as the defaults
     python train.py --resume model/<run>/last.pt                 # continue an interrupted run exactly
     torchrun --nproc_per_node 4 train.py                         # DistributedDataParallel, one process per GPU
 
-The defaults are the original recipe (README: the recipe table); bf16 instead of fp16 on GPUs is the one
-deviation (``--precision fp16`` reproduces it). Writes ``model/<run>/``: ``last.pt`` (the last epoch: what
+The defaults are the original recipe (README: the recipe table, and the differences on purpose): bf16 instead of
+fp16 on GPUs is one (``--precision fp16`` reproduces it; validation scores in fp32, as the original). Writes ``model/<run>/``: ``last.pt`` (the last epoch: what
 evaluate.py and predict.py score), ``best.pt`` (best validation mAP), ``log.jsonl``, ``curves.png`` and
 ``train_config.json``.
 """
