@@ -705,7 +705,7 @@ def _timm_2023_layout(state: Any, path: Path, model: str | None) -> EncoderFile 
         return None
     if not model:
         raise UserError(f"checkpoint {path} looks like one of the 2023 code (tensors under 'model.'): name its timm "
-                        "model with checkpoint_model (load_encoder(path, model=...))")
+                        "model with --checkpoint-model NAME (load_encoder(path, model=NAME))")
     import timm
 
     name = model.removeprefix("timm:")

@@ -241,7 +241,7 @@ def test_2023_timm_checkpoint_needs_and_uses_its_model_name(tmp_path):
     net = timm.create_model("mobilenetv3_small_050", pretrained=False)  # with its ImageNet head, as 2023 saved it
     state = {f"model.{k}": v for k, v in net.state_dict().items()}
     torch.save(state, tmp_path / "weights_e8.pth")
-    with pytest.raises(UserError, match="checkpoint_model"):
+    with pytest.raises(UserError, match="--checkpoint-model NAME"):
         load_encoder(tmp_path / "weights_e8.pth")
     enc = load_encoder(tmp_path / "weights_e8.pth", model="mobilenetv3_small_050")
     assert enc.mean == pytest.approx(IMAGENET_MEAN) and enc.interpolation == "bilinear"
