@@ -9,8 +9,8 @@
 A run folder is scored with its ``last.pt`` (the last epoch's weights, as the original submits); ``--run-weights
 best`` takes its ``best.pt``. Every table names the epoch of the weights and warns when a best.pt is scored on the
 split that selected it, and says how many queries were scored (those without a match in the gallery are not).
-``--no-camera-rule`` scores data with cameras without the same-camera rule. ``--precision fp32`` scores without
-reduced precision on a GPU.
+``--no-camera-rule`` scores data with cameras without the same-camera rule. Features are extracted in fp32, as the
+original does; ``--precision bf16`` is faster on a GPU and moves the scores slightly.
 
 Writes ``eval_results.csv`` (fractions), ``eval_results.md`` (%), ``evaluate_config.json`` and ``ranked_lists.png``
 (the best row's top-k for a few queries) into ``output_dir``, by default ``<run folder of the first checkpoint>/eval``.
@@ -33,7 +33,9 @@ class Config:
     # a run folder's weights: last (the last epoch, what the original submits) or best (the epoch of the best
     # validation mAP: optimistic when scored on the split that chose it); a .pt file is used as given
     run_weights: Literal["last", "best"] = "last"
-    checkpoint_model: str | None = None  # timm model name for a 2023-code checkpoint
+    # the model of an original CLIP-ReIdent file (an open_clip name: ViT-L-14-quickgelu for OpenAI weights, ViT-L-14
+    # for LAION ones; a ResNet's is read from its tensors) or of a 2023-code file (a timm name)
+    checkpoint_model: str | None = None
     data_dir: Path = Path("data/data_reid")  # folder holding train_df.csv (written by preprocess_data.py)
     split: Literal["test", "fold", "folds"] = "test"  # test split, fold `fold`, or each checkpoint on its trained fold
     fold: int = 0  # the fold when split is fold
@@ -49,7 +51,8 @@ class Config:
     hard_lambda: float = 0.7  # hard: weight of the Jaccard distance (the 2023 winners' 0.7)
     # running
     batch_size: int = 64  # images per inference batch
-    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 on GPUs that have it, fp32 on CPU
+    # fp32 as the original scores; bf16/fp16 autocast (auto: bf16 on GPUs that have it) only when asked
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "fp32"
     device: str = "auto"  # auto = cuda, then mps, then cpu
     cache_images: bool = True  # decode every image once into memory (all cores), shared by all checkpoints
     num_workers: int = 4  # DataLoader workers decoding images when cache_images is off

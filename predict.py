@@ -33,7 +33,9 @@ class Config:
     # a run folder's weights: last (the last epoch, what the original submits) or best (the epoch of the best
     # validation mAP); a .pt file is used as given
     run_weights: Literal["last", "best"] = "last"
-    checkpoint_model: str | None = None  # timm model name for a 2023-code checkpoint
+    # the model of an original CLIP-ReIdent file (an open_clip name: ViT-L-14-quickgelu for OpenAI weights, ViT-L-14
+    # for LAION ones; a ResNet's is read from its tensors) or of a 2023-code file (a timm name)
+    checkpoint_model: str | None = None
     # earlier submission CSVs to fuse; with several sets write {set} in the path: model/other/{set}_raw.csv
     submissions: tuple[Path, ...] = ()
     data_dir: Path = Path("data/data_reid")  # folder holding train_df.csv and challenge_df.csv
@@ -57,7 +59,8 @@ class Config:
     topk_fusion: int = 15  # gallery items per query the dissimilarity fusion compares
     # running
     batch_size: int = 64  # images per inference batch
-    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 on GPUs that have it, fp32 on CPU
+    # fp32 as the original scores; bf16/fp16 autocast (auto: bf16 on GPUs that have it) only when asked
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "fp32"
     device: str = "auto"  # auto = cuda, then mps, then cpu
     cache_images: bool = True  # decode every image once into memory (all cores), shared by all checkpoints
     num_workers: int = 4  # DataLoader workers decoding images when cache_images is off

@@ -4,13 +4,14 @@
     python train.py --validation fold --fold 3                   # validate on GroupKFold fold 3
     python train.py --model tiny-vit --pretrained none --data-dir data/synthetic_reid --epochs 6   # CPU demo
     python train.py --config configs/clip_reident_2022.json      # a preset (configs/); later flags override it
+    python train.py --config configs/eva02_l_448_2023.json --help   # what a preset is, its values as the defaults
     python train.py --resume model/<run>/last.pt                 # continue an interrupted run exactly
     torchrun --nproc_per_node 4 train.py                         # DistributedDataParallel, one process per GPU
 
-The defaults are the original recipe (README: the recipe table); bf16 instead of fp16 on GPUs is the one
-deviation (``--precision fp16`` reproduces it). Writes ``model/<run>/``: ``last.pt`` (the last epoch: what
-evaluate.py and predict.py score), ``best.pt`` (best validation mAP), ``log.jsonl``, ``curves.png`` and
-``train_config.json``.
+The defaults are the original recipe (README: the recipe table, and the differences on purpose): bf16 instead of
+fp16 on GPUs is one (``--precision fp16`` reproduces it; validation scores in fp32, as the original). Writes
+``model/<run>/``: ``last.pt`` (the last epoch: what evaluate.py and predict.py score), ``best.pt`` (best
+validation mAP), ``log.jsonl``, ``curves.png`` and ``train_config.json``.
 """
 
 from __future__ import annotations
@@ -87,7 +88,8 @@ class Config:
     # validation
     zero_shot: bool = True  # evaluate the model before training (logged as epoch 0)
     eval_batch_size: int = 64
-    eval_precision: Literal["auto", "bf16", "fp16", "fp32"] | None = None  # validation precision; none = precision's
+    # validation precision: fp32 as the original scores; none = the training precision
+    eval_precision: Literal["auto", "bf16", "fp16", "fp32"] | None = "fp32"
     val_flip: bool = False  # flip test-time augmentation in validation
     val_rerank: tuple[str, ...] = ()  # also log these re-rankings' mAP and rank-1 each epoch: k_reciprocal, hard
     # run

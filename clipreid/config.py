@@ -8,7 +8,8 @@ Every field becomes a flag (``batch_size`` -> ``--batch-size``), typed by its an
 - ``tuple[int, int]`` / ``tuple[str, ...]`` / ``list[...]``: values after the flag, or one comma-separated value
 - ``X | None``: ``none`` (any case) gives None
 - ``Literal["a", "b"]``: one of the listed values
-- ``--config run.json`` starts from a saved config; flags after it still override.
+- ``--config run.json`` starts from a saved config; flags after it still override. A preset's ``"description"``
+  says what it is; ``--config preset.json --help`` shows it, with the preset's values as the defaults.
 
 The comment after a field in the dataclass is its help text in ``--help``. Each stage saves its resolved
 config with :func:`save_config` beside its outputs; :func:`load_config` reads it back with the same checks.
@@ -26,6 +27,7 @@ import json
 import math
 import re
 import sys
+import textwrap
 import tokenize
 import types
 import typing
@@ -372,8 +374,10 @@ def _format_default(value: Any) -> str:
     return str(value)
 
 
-def build_parser(cls: type, prog: str | None = None, description: str | None = None) -> argparse.ArgumentParser:
-    """An argparse parser with one flag per field of the dataclass ``cls``."""
+def build_parser(cls: type, prog: str | None = None, description: str | None = None,
+                 defaults: Any = None) -> argparse.ArgumentParser:
+    """An argparse parser with one flag per field of the dataclass ``cls``; ``--help`` shows the values of
+    ``defaults`` (a ``cls`` instance: a preset's) as the defaults, else the fields' own."""
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{cls!r} is not a dataclass")
     hints = typing.get_type_hints(cls)
@@ -394,7 +398,7 @@ def build_parser(cls: type, prog: str | None = None, description: str | None = N
     flags = ["--config", "--help"]
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
-        default = _default_of(f)
+        default = _default_of(f) if defaults is None else getattr(defaults, f.name)
         help_text = comments.get(f.name, "")
         help_text = f"{help_text} " if help_text else ""
         # argparse %-formats help strings: a '%' anywhere (a comment's "2-33%" too) must be doubled
@@ -462,8 +466,9 @@ def parse_config(cls: type[T], argv: Sequence[str] | None = None, *, prog: str |
     Bad values, values that cannot work and unknown flags end the program with a one-line message (exit status
     2), like argparse.
     """
-    parser = build_parser(cls, prog=prog)
-    args = vars(parser.parse_args(sys.argv[1:] if argv is None else list(argv)))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(cls, prog=prog, **_preset_help(cls, argv))
+    args = vars(parser.parse_args(argv))
     values: dict[str, Any] = {}
     given: set[str] = set()
     config_file = args.pop("config", None)
@@ -489,6 +494,24 @@ def parse_config(cls: type[T], argv: Sequence[str] | None = None, *, prog: str |
     except AttributeError:  # a slotted dataclass: resume then compares every field
         pass
     return cfg
+
+
+def _preset_help(cls: type, argv: list[str]) -> dict[str, Any]:
+    """For ``--config FILE --help``: FILE's values as the defaults shown and its description above them."""
+    if not {"-h", "--help"} & set(argv):
+        return {}
+    given = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
+    given += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    if not given:
+        return {}
+    try:
+        preset = load_config(cls, given[-1], check=False)
+    except UserError:
+        return {}  # the parse reports it, unless --help ends it first
+    doc = inspect.getdoc(sys.modules.get(cls.__module__)) or ""
+    about = getattr(preset, "_description", None)
+    head = textwrap.fill(f"--config {given[-1]}" + (f": {about}" if about else ""), 100)
+    return {"defaults": preset, "description": f"{head}\n(the defaults below are this preset's values)\n\n{doc}"}
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
@@ -522,9 +545,11 @@ def load_config(cls: type[T], path: str | Path, *, check: bool = True) -> T:
         raise UserError(f"config file {path} is not valid JSON ({e}); fix or delete it") from None
     if not isinstance(values, dict):
         raise UserError(f"config file {path} must hold a JSON object of field values")
+    about = values.pop("description", None)  # a preset's description of itself, for --help: not a field
     cfg = config_from_dict(cls, values, source=str(path))
     try:
         object.__setattr__(cfg, "_given_fields", frozenset(values))
+        object.__setattr__(cfg, "_description", about)
     except AttributeError:
         pass
     return check_config(cfg, str(path)) if check else cfg

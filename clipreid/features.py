@@ -122,7 +122,7 @@ def _gather_inputs(inputs: Any) -> tuple[list[Any], list[str], bool]:
 @torch.no_grad()
 def embed(
     checkpoint: str | os.PathLike | ReIDEncoder, inputs: Any, *, batch_size: int = 64, device: str = "auto",
-    flip: bool = False, precision: str = "auto", num_workers: int = 0, progress: bool = True,
+    flip: bool = False, precision: str = "fp32", num_workers: int = 0, progress: bool = True,
     on_error: Literal["skip", "raise"] = "skip",
 ) -> tuple[torch.Tensor, list[str]]:
     """L2-normalised float32 features (N, D) on the CPU of some images, and the names of the embedded images.

@@ -3,7 +3,8 @@
     encoder = build_encoder(ModelSpec("ViT-L-14-quickgelu", "openai"))   # the CLIP-ReIdent recipe
     encoder = build_encoder(ModelSpec("eva02_large_patch14_448", "mim_m38m_ft_in22k_in1k"))   # a timm model
     encoder = build_encoder(ModelSpec("tiny-vit", "none"))               # CPU tests and the demo
-    encoder = load_encoder("model/<run>/best.pt")                        # or an original CLIP-ReIdent weights_e3.pth
+    encoder = load_encoder("model/<run>/best.pt")                        # a clipreid checkpoint
+    encoder = load_encoder("weights_e3.pth", model="ViT-L-14-quickgelu")  # the original CLIP-ReIdent's (OpenAI ViT-L)
 
 A checkpoint stores the ``ModelSpec``, the preprocessing used in training (input size, mean, std, resize
 interpolation) and what rebuilds the architecture offline (the open_clip model config, or the timm name with its
@@ -561,44 +562,134 @@ def _strip_module(state: dict[str, Any]) -> dict[str, Any]:
     return state
 
 
-def _infer_open_clip_vit(visual: dict[str, torch.Tensor], path: Path) -> tuple[str, dict[str, Any]]:
-    """(name, open_clip model config) of an OpenAI-style ViT visual tower, read from its tensor shapes."""
+def _resblock_count(keys: list[str], prefix: str) -> int:
+    """1 + the largest block index under ``prefix`` (``transformer.resblocks.`` or ``layer1.``), 0 if none."""
+    found = [int(k[len(prefix):].split(".")[0]) for k in keys if k.startswith(prefix)]
+    return 1 + max(found) if found else 0
+
+
+def _open_clip_shapes(visual: dict[str, torch.Tensor], path: Path) -> dict[str, Any]:
+    """What the tensors of an open_clip visual tower fix: the family (ViT or ModifiedResNet), input size, width,
+    depth, patch size and MLP width of a ViT, block counts of a ResNet, the output width of a kept projection."""
+    keys = list(visual)
+    try:
+        if "attnpool.positional_embedding" in visual:  # open_clip's ModifiedResNet (RN50, RN101, RN50x4, ...)
+            grid = math.isqrt(visual["attnpool.positional_embedding"].shape[0] - 1)
+            return {"family": "ResNet", "image_size": grid * 32, "width": int(visual["conv3.weight"].shape[0]),
+                    "layers": [_resblock_count(keys, f"layer{i}.") for i in range(1, 5)],
+                    "embed_dim": int(visual["attnpool.c_proj.weight"].shape[0])}
+        if "positional_embedding" in visual:
+            width, _, patch, _ = visual["conv1.weight"].shape
+            tokens = visual["positional_embedding"].shape[0]
+            grid = math.isqrt(tokens - 1)
+            if grid * grid + 1 != tokens:
+                raise UserError(f"checkpoint {path}: {tokens} position embeddings in model.visual.* are not a square "
+                                "grid plus a class token; expected an original CLIP-ReIdent open_clip ViT")
+            proj = visual.get("proj")
+            return {"family": "ViT", "image_size": grid * patch, "width": int(width), "patch_size": int(patch),
+                    "layers": _resblock_count(keys, "transformer.resblocks."),
+                    "mlp_width": int(visual["transformer.resblocks.0.mlp.c_fc.weight"].shape[0]),
+                    "embed_dim": int(proj.shape[1]) if proj is not None else None}
+    except (KeyError, ValueError, IndexError) as err:
+        raise UserError(f"checkpoint {path} looks like an original CLIP-ReIdent file (model.visual.*) but lacks its "
+                        f"{first_line(err)} tensor: is the file complete?") from err
+    raise UserError(f"checkpoint {path}: its model.visual.* tensors are neither an open_clip ViT nor an open_clip "
+                    "ResNet (no positional_embedding, no attnpool); expected an original CLIP-ReIdent file")
+
+
+def _shape_problem(model_cfg: dict[str, Any], shapes: dict[str, Any]) -> str | None:
+    """How the open_clip model config differs from the tensors' shapes (None: it fits; the input size is the
+    file's own either way, as the positional embedding fixes it)."""
+    vision = model_cfg.get("vision_cfg", {})
+    resnet = isinstance(vision.get("layers"), (list, tuple))
+    if vision.get("timm_model_name") or resnet != (shapes["family"] == "ResNet"):
+        return f"it is not an open_clip {shapes['family']}"
+    own = {"width": vision.get("width", 768), "layers": list(vision["layers"]) if shapes["family"] == "ResNet"
+           else vision.get("layers", 12)}
+    if shapes["family"] == "ViT":
+        own["patch_size"] = vision.get("patch_size", 16)
+        own["mlp_width"] = int(own["width"] * vision.get("mlp_ratio", 4.0))
+    if shapes.get("embed_dim") is not None:
+        own["embed_dim"] = model_cfg.get("embed_dim")
+    for key, value in own.items():
+        if value != shapes[key]:
+            return f"{key} {value} in its config, {shapes[key]} in the file"
+    return None
+
+
+def _describe_shapes(shapes: dict[str, Any]) -> str:
+    size = shapes["image_size"]
+    if shapes["family"] == "ResNet":
+        return f"open_clip ResNet, layers {shapes['layers']}, width {shapes['width']}, {size} px"
+    return f"open_clip ViT, width {shapes['width']}, {shapes['layers']} layers, patch {shapes['patch_size']}, {size} px"
+
+
+def _open_clip_names_of(shapes: dict[str, Any]) -> list[str]:
+    """The open_clip model names whose visual tower has these shapes, those of the same input size and the
+    shortest names (ViT-H-14 before mt5-xl-ViT-H-14) first."""
     import open_clip
 
-    try:
-        width, _, patch, _ = visual["conv1.weight"].shape
-        tokens = visual["positional_embedding"].shape[0]
-        layers = 1 + max(int(k.split(".")[2]) for k in visual if k.startswith("transformer.resblocks."))
-        mlp = visual["transformer.resblocks.0.mlp.c_fc.weight"].shape[0]
-    except (KeyError, ValueError, IndexError) as err:
-        raise UserError(f"checkpoint {path} looks like a CLIP-ReIdent ViT (model.visual.*) but lacks its "
-                        f"{err} tensor: is the file complete?") from err
-    grid = math.isqrt(tokens - 1)
-    if grid * grid + 1 != tokens or width % 64:
-        raise UserError(f"checkpoint {path}: cannot read a ViT from model.visual.* ({tokens} position embeddings, "
-                        f"width {width}); expected a CLIP-ReIdent open_clip ViT")
-    vision = {"image_size": grid * patch, "layers": layers, "width": width, "patch_size": patch, "head_width": 64,
-              "mlp_ratio": mlp / width}
-    proj = visual.get("proj")
-    cfg = {"embed_dim": int(proj.shape[1]) if proj is not None else width, "quick_gelu": True, "vision_cfg": vision}
+    found = []
     for name in open_clip.list_models():
-        known = open_clip.get_model_config(name) or {}
-        kv = known.get("vision_cfg", {})
-        if name.endswith("-quickgelu") and all(kv.get(k, d) == vision[k] for k, d in
-                                               (("image_size", None), ("layers", None), ("width", None),
-                                                ("patch_size", None), ("head_width", 64), ("mlp_ratio", 4.0))):
-            return name, cfg
-    return f"ViT-{width}w-{layers}l-{patch}p-quickgelu", cfg
+        cfg = open_clip.get_model_config(name) or {}
+        if _shape_problem(cfg, shapes) is None:
+            found.append((cfg["vision_cfg"].get("image_size", 224) != shapes["image_size"], len(name), name))
+    return [name for *_, name in sorted(found)]
+
+
+def _resolve_open_clip_tower(visual: dict[str, torch.Tensor], path: Path, model: str | None
+                             ) -> tuple[str, dict[str, Any]]:
+    """(name, open_clip model config) that rebuilds the original's visual tower of this file, or a one-line refusal.
+
+    The tensors fix the architecture's shapes but not everything the original took from the model name it passed
+    to ``open_clip.create_model``: a ViT's activation (QuickGELU for OpenAI weights, GELU for LAION and most
+    others) and its head width (64 for most, 80 for ViT-H, 88 for ViT-g, 104 for ViT-bigG: the packed q/k/v
+    projection is (3w, w) whatever the head count). So a ViT file needs ``checkpoint_model``. A ResNet's only
+    such choice, its attention pool's head width, is 64 in every open_clip config, so a ResNet file is read from
+    its tensors alone (``checkpoint_model`` may still name it).
+    """
+    import open_clip
+
+    shapes = _open_clip_shapes(visual, path)
+    names = _open_clip_names_of(shapes)
+    if model:
+        cfg = open_clip.get_model_config(model) if model in open_clip.list_models() else None
+        problem = "not an open_clip model name" if cfg is None else _shape_problem(cfg, shapes)
+        if problem:
+            hint = f"; names that fit: {', '.join(names[:6])}" if names else ""
+            raise UserError(f"--checkpoint-model {model} does not fit checkpoint {path} ({_describe_shapes(shapes)}): "
+                            f"{problem}{hint}")
+        name = model
+    elif shapes["family"] == "ResNet":
+        plain = [n for n in names if not n.endswith("-quickgelu")]
+        name = (plain or names or [None])[0]
+        cfg = open_clip.get_model_config(name) if name else {
+            "embed_dim": shapes["embed_dim"], "vision_cfg": {"layers": shapes["layers"], "width": shapes["width"]}}
+        name = name or f"RN-{'-'.join(map(str, shapes['layers']))}-w{shapes['width']}"
+    else:
+        quick = [n for n in names if n.endswith("-quickgelu")]
+        gelu = [n for n in names if not n.endswith("-quickgelu")]
+        if quick or gelu:
+            hint = (f"--checkpoint-model {(quick or ['<name>-quickgelu'])[0]} (QuickGELU: OpenAI weights, as the "
+                    f"authors' published file) or {(gelu or ['<name>'])[0]} (GELU: LAION and most others)")
+        else:
+            hint = "--checkpoint-model with the open_clip model name it was trained as (open_clip.add_model_config " \
+                   "registers a custom one)"
+        raise UserError(f"checkpoint {path} holds an {_describe_shapes(shapes)}, but its tensors do not say its "
+                        f"activation or head count, which the original took from the model name: pass {hint}")
+    cfg = copy.deepcopy(cfg)
+    cfg["vision_cfg"]["image_size"] = shapes["image_size"]  # the file's own, fixed by its positional embedding
+    return name, cfg
 
 
 def _clip_reident_layout(state: Any, path: Path, model: str | None) -> EncoderFile | None:
-    """The original CLIP-ReIdent weights_e{epoch}.pth: model.logit_scale and model.visual.<open_clip tower>."""
+    """The original CLIP-ReIdent weights_e{epoch}.pth: model.logit_scale and model.visual.<open_clip tower>
+    (a ViT with its projection removed, or a ModifiedResNet)."""
     if not isinstance(state, dict) or "model.visual.conv1.weight" not in state:
         return None
     visual = {k.removeprefix("model.visual."): v for k, v in state.items() if k.startswith("model.visual.")}
-    name, model_cfg = _infer_open_clip_vit(visual, path)
-    has_proj = "proj" in visual
-    spec = ModelSpec(name, "none", remove_proj=not has_proj, interpolation="bilinear")
+    name, model_cfg = _resolve_open_clip_tower(visual, path, model)
+    spec = ModelSpec(name, "none", remove_proj="proj" not in visual, interpolation="bilinear")
     weights = {f"backbone.{k}": v for k, v in visual.items()}
     weights["logit_scale"] = state.get("model.logit_scale", torch.tensor(math.log(DEFAULT_LOGIT_SCALE)))
     size = model_cfg["vision_cfg"]["image_size"]
@@ -614,7 +705,7 @@ def _timm_2023_layout(state: Any, path: Path, model: str | None) -> EncoderFile 
         return None
     if not model:
         raise UserError(f"checkpoint {path} looks like one of the 2023 code (tensors under 'model.'): name its timm "
-                        "model with checkpoint_model (load_encoder(path, model=...))")
+                        "model with --checkpoint-model NAME (load_encoder(path, model=NAME))")
     import timm
 
     name = model.removeprefix("timm:")
@@ -636,8 +727,8 @@ ENCODER_LAYOUTS = (_clipreid_layout, _clip_reident_layout, _timm_2023_layout)
 
 def read_encoder_file(path: str | Path, model: str | None = None) -> EncoderFile:
     """Read any supported weights file (a clipreid checkpoint or run folder, an original CLIP-ReIdent
-    ``weights_e{epoch}.pth``, a 2023-code timm checkpoint with ``model`` naming its timm model, a ``.safetensors``
-    export)."""
+    ``weights_e{epoch}.pth`` with ``model`` naming its open_clip model (a ViT's activation and head width are not in
+    its tensors), a 2023-code timm checkpoint with ``model`` naming its timm model, a ``.safetensors`` export)."""
     path = checkpoint_file(path)
     if path.suffix == ".safetensors":  # written by python -m clipreid.export
         from .export import read_safetensors
@@ -704,6 +795,7 @@ def rebuild_encoder(found: EncoderFile, path: str | Path, *, training: bool = Fa
 
 def load_encoder(path: str | Path, device: str | torch.device = "cpu", model: str | None = None) -> ReIDEncoder:
     """Rebuild an encoder from a checkpoint (see ``read_encoder_file``), in eval mode on ``device``: the stored
-    architecture and preprocessing, weights loaded strictly. ``model``: the timm name of a 2023-code checkpoint."""
+    architecture and preprocessing, weights loaded strictly. ``model``: the open_clip name of an original
+    CLIP-ReIdent ViT file (its activation and head width), the timm name of a 2023-code checkpoint."""
     found = read_encoder_file(path, model)
     return rebuild_encoder(found, checkpoint_file(path)).to(device).eval()

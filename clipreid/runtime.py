@@ -27,7 +27,8 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    """``auto``: bf16 on GPUs that have it, fp16 on other GPUs, fp32 on the CPU and MPS."""
+    """``auto``: bf16 on GPUs that have it, fp16 on other GPUs, fp32 on the CPU and MPS. Training's default;
+    every scoring path defaults to ``fp32``, as the original extracts features."""
     if precision == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

@@ -152,6 +152,11 @@ def selection_record(cfg: Any, weights: str, epoch: int) -> dict[str, Any]:
             "validation": cfg.validation, "fold": cfg.fold if cfg.validation == "fold" else None}
 
 
+def grad_scaler(dtype: torch.dtype, device: torch.device) -> torch.amp.GradScaler:
+    """The loss scaler of fp16 training on a GPU (disabled otherwise), starting at 2**10 as the original's."""
+    return torch.amp.GradScaler("cuda", init_scale=2.0**10, enabled=dtype == torch.float16 and device.type == "cuda")
+
+
 def load_scaler_state(scaler: torch.amp.GradScaler, state: dict[str, Any]) -> None:
     """Restore a GradScaler, unless the saved one was disabled (a bf16, fp32 or CPU run: an empty state) while
     this one is enabled (fp16 on a GPU): it then starts from a fresh scale instead of failing."""
@@ -294,7 +299,7 @@ def _train_into(cfg: Any, rt: Runtime, state: dict[str, Any] | None, folder: Sta
     schedule = _Schedule(total=total_steps, warmup=round(cfg.warmup_epochs * steps_per_epoch),
                          schedule=cfg.scheduler, lr=cfg.lr, lr_end=cfg.lr_end, power=cfg.poly_power)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16 and rt.device.type == "cuda")
+    scaler = grad_scaler(dtype, rt.device)
 
     start_epoch, best, history = 0, -1.0, []
     if state is not None:
@@ -318,7 +323,7 @@ def _train_into(cfg: Any, rt: Runtime, state: dict[str, Any] | None, folder: Sta
             folder.open()
         save_config(cfg, folder.path / CONFIG_NAME)
 
-    eval_precision = getattr(cfg, "eval_precision", None)
+    eval_precision = getattr(cfg, "eval_precision", "fp32")  # scores in fp32 as the original; None: as trained
     eval_dtype = resolve_precision(eval_precision, rt.device) if eval_precision else dtype
     held_out = fold_identity(cfg.data_dir, cfg.fold) if cfg.validation == "fold" else None
 

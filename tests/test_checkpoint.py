@@ -134,29 +134,104 @@ def test_local_dir_checkpoint_rebuilds_offline(tmp_path, monkeypatch):
     torch.testing.assert_close(loaded(x), enc.eval()(x))
 
 
-def test_clip_reident_weights_file_loads_as_it_is(tmp_path):
-    from open_clip.model import QuickGELU
-    from open_clip.transformer import VisionTransformer
+# Small open_clip configs with the families' rules: OpenAI weights (QuickGELU), LAION weights (GELU), ViT-H's
+# head width of 80 (width 320: 4 heads of 80, where the usual 64 would make 5), a ModifiedResNet.
+TINY_VIT = {"image_size": 64, "layers": 2, "width": 128, "patch_size": 16}
+TEXT = {"text_cfg": {"context_length": 8, "vocab_size": 32, "width": 32, "heads": 1, "layers": 1}}
+TOWERS = {
+    "ViT-T-16-quickgelu": {"embed_dim": 64, "quick_gelu": True, "vision_cfg": TINY_VIT, **TEXT},
+    "ViT-T-16": {"embed_dim": 64, "vision_cfg": TINY_VIT, **TEXT},
+    "ViT-T80-16": {"embed_dim": 64, "vision_cfg": {**TINY_VIT, "width": 320, "head_width": 80}, **TEXT},
+    "RN-T": {"embed_dim": 32, "vision_cfg": {"image_size": 64, "layers": [1, 2, 1, 1], "width": 16}, **TEXT},
+}
+
+
+@pytest.fixture
+def tiny_towers(monkeypatch):
+    """The TOWERS configs registered with open_clip, as open_clip.add_model_config would (undone after the test)."""
+    import open_clip.factory
+
+    for name, cfg in TOWERS.items():
+        monkeypatch.setitem(open_clip.factory._MODEL_CONFIGS, name, cfg)
+
+
+def _original_file(name: str, path) -> nn.Module:
+    """An original CLIP-ReIdent weights file of ``name`` with random weights: the tower the original builds
+    (open_clip.create_model(name).visual, projection removed), saved as its bare state dict under model."""
+    import open_clip
 
     torch.manual_seed(0)
-    visual = VisionTransformer(image_size=64, patch_size=16, width=64, layers=2, heads=1, mlp_ratio=4.0,
-                               output_dim=64, act_layer=QuickGELU)
-    visual.proj = None  # CLIP-ReIdent removes the projection
-    for p in visual.parameters():
-        nn.init.normal_(p, std=0.1)
+    visual = open_clip.create_model(name, pretrained=None).visual
+    if isinstance(getattr(visual, "proj", None), nn.Parameter):
+        visual.proj = None
+    with torch.no_grad():
+        for p in visual.parameters():
+            p.normal_(0, 0.1)
+        for b in visual.buffers():  # a ResNet's batch-norm statistics: not the identity
+            b.copy_(torch.rand_like(b.float()).to(b.dtype) + 0.5 if b.is_floating_point() else b)
     state = {"model.logit_scale": torch.tensor(math.log(42.0))}
     state.update({f"model.visual.{k}": v for k, v in visual.state_dict().items()})
-    torch.save(state, tmp_path / "weights_e3.pth")
-    enc = load_encoder(tmp_path / "weights_e3.pth")
-    assert enc.image_size == (64, 64) and enc.feature_dim == 64 and enc.interpolation == "bilinear"
+    torch.save(state, path)
+    return visual.eval()
+
+
+@pytest.mark.parametrize("name", ["ViT-T-16-quickgelu", "ViT-T-16", "ViT-T80-16", "RN-T"])
+def test_original_files_of_each_family_give_the_originals_features(tiny_towers, tmp_path, name):
+    original = _original_file(name, tmp_path / "weights_e3.pth")
+    enc = load_encoder(tmp_path / "weights_e3.pth", model=name)
+    assert enc.image_size == (64, 64) and enc.interpolation == "bilinear" and enc.spec.name == name
     assert enc.mean == pytest.approx(OPENAI_MEAN) and enc.scale().item() == pytest.approx(42.0, rel=1e-5)
     x = torch.randn(3, 3, 64, 64)
     with torch.no_grad():
-        torch.testing.assert_close(enc(x), visual.eval()(x), atol=1e-5, rtol=1e-4)
-    # a clipreid checkpoint of it round-trips
-    torch.save(encoder_checkpoint(enc), tmp_path / "again.pt")
-    with torch.no_grad():
+        torch.testing.assert_close(enc(x), original(x), atol=1e-4, rtol=0)
+        torch.save(encoder_checkpoint(enc), tmp_path / "again.pt")  # a clipreid checkpoint of it round-trips
         torch.testing.assert_close(load_encoder(tmp_path / "again.pt")(x), enc(x))
+
+
+def test_an_original_resnet_file_needs_no_name(tiny_towers, tmp_path):
+    original = _original_file("RN-T", tmp_path / "weights_e3.pth")
+    enc = load_encoder(tmp_path / "weights_e3.pth")  # a ResNet's pool heads are 64 wide in every open_clip config
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(enc(x), original(x), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name, model, message", [
+    ("ViT-T-16-quickgelu", None, "do not say its activation or head count.*--checkpoint-model ViT-T-16-quickgelu "
+                                 r"\(QuickGELU: OpenAI weights.* or ViT-T-16 \(GELU: LAION"),
+    ("ViT-T-16", None, "--checkpoint-model ViT-T-16-quickgelu"),
+    ("ViT-T80-16", "ViT-T-16", "does not fit .*width 128 in its config, 320 in the file; names that fit: ViT-T80-16"),
+    ("ViT-T-16", "RN-T", "does not fit .*it is not an open_clip ViT"),
+    ("RN-T", "ViT-T-16", "does not fit .*it is not an open_clip ResNet; names that fit: RN-T"),
+    ("ViT-T-16", "no-such-model", "not an open_clip model name; names that fit: ViT-T-16, ViT-T-16-quickgelu"),
+])
+def test_ambiguous_or_misnamed_original_files_are_refused_in_one_line(tiny_towers, tmp_path, name, model, message):
+    _original_file(name, tmp_path / "weights_e3.pth")
+    with pytest.raises(UserError, match=message) as err:
+        load_encoder(tmp_path / "weights_e3.pth", model=model)
+    assert "\n" not in str(err.value) and "weights_e3.pth" in str(err.value)
+
+
+def test_vit_h_and_l_files_say_which_names_fit():
+    """ViT-H-14's shapes (on the meta device: no memory) are rebuilt with its head width of 80 once named; ViT-L-14's
+    refusal names the OpenAI (QuickGELU) and the LAION (GELU) configs."""
+    import open_clip
+    from open_clip.model import _build_vision_tower
+
+    from clipreid.model import _resolve_open_clip_tower
+
+    for name, heads in (("ViT-H-14", 80), ("ViT-L-14", 64)):
+        cfg = open_clip.get_model_config(name)
+        with torch.device("meta"):
+            visual = _build_vision_tower(cfg["embed_dim"], cfg["vision_cfg"]).state_dict()
+        del visual["proj"]
+        named = f"--checkpoint-model {name}-quickgelu \\(QuickGELU: OpenAI.* or {name} \\(GELU"
+        with pytest.raises(UserError, match=named):
+            _resolve_open_clip_tower(visual, "weights_e3.pth", None)
+        _, cfg = _resolve_open_clip_tower(visual, "weights_e3.pth", name)
+        assert cfg["vision_cfg"].get("head_width", 64) == heads and not cfg.get("quick_gelu")
+        _, cfg = _resolve_open_clip_tower(visual, "weights_e3.pth", f"{name}-quickgelu")
+        assert cfg["vision_cfg"].get("head_width", 64) == heads and cfg["quick_gelu"]
 
 
 def test_2023_timm_checkpoint_needs_and_uses_its_model_name(tmp_path):
@@ -166,7 +241,7 @@ def test_2023_timm_checkpoint_needs_and_uses_its_model_name(tmp_path):
     net = timm.create_model("mobilenetv3_small_050", pretrained=False)  # with its ImageNet head, as 2023 saved it
     state = {f"model.{k}": v for k, v in net.state_dict().items()}
     torch.save(state, tmp_path / "weights_e8.pth")
-    with pytest.raises(UserError, match="checkpoint_model"):
+    with pytest.raises(UserError, match="--checkpoint-model NAME"):
         load_encoder(tmp_path / "weights_e8.pth")
     enc = load_encoder(tmp_path / "weights_e8.pth", model="mobilenetv3_small_050")
     assert enc.mean == pytest.approx(IMAGENET_MEAN) and enc.interpolation == "bilinear"

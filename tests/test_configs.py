@@ -23,7 +23,22 @@ IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 def test_presets_exist():
     assert {p.stem for p in PRESETS} >= {"clip_reident_2022", "clip_reident_2022_final", "eva_l_336_2023",
-                                         "eva02_l_448_2023", "beitv2_l_224_2023", "resnet50_scratch_2023"}
+                                         "eva02_l_448_2023", "beitv2_l_224_2023", "resnet50_scratch_2023",
+                                         "eva_giant_336_2023"}
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.stem)
+def test_preset_says_what_it_is_and_its_precision(path, monkeypatch, capsys):
+    given = json.loads(path.read_text())
+    assert isinstance(given.get("description"), str) and len(given["description"]) > 80
+    assert given["precision"] == "fp16"  # the original's fp16 with a GradScaler, not the bf16 default
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(SystemExit):  # --help after --config: the preset's description and values as the defaults
+        parse_config(TrainConfig, ["--config", f"configs/{path.name}", "--help"], prog="train.py")
+    shown = " ".join(capsys.readouterr().out.split())
+    assert " ".join(given["description"].split()[:12]) in shown
+    assert f"[int; default: {given['epochs']}]" in shown  # not train.py's 4 for the 2023 presets
+    assert "[auto|bf16|fp16|fp32; default: fp16]" in shown  # not train.py's auto
 
 
 @pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.stem)
@@ -63,14 +78,25 @@ def test_presets_say_the_published_settings(monkeypatch):
         ("ViT-L-14-quickgelu", "openai", "test", "none")
     assert (recipe.epochs, recipe.batch_size, recipe.lr, recipe.clip_grad, recipe.decay_all, recipe.precision) == \
         (4, 16, 4e-5, None, True, "fp16")
-    for stem in ("eva_l_336_2023", "eva02_l_448_2023", "beitv2_l_224_2023"):
+    for stem in ("eva_giant_336_2023", "eva_l_336_2023", "eva02_l_448_2023", "beitv2_l_224_2023"):
         cfg = load(stem)
         assert (cfg.epochs, cfg.batch_size, cfg.sharpen, cfg.random_erasing) == (8, 32, True, True), stem
         assert (cfg.mean, cfg.std) == IMAGENET, stem
+        assert cfg.validation == "test", stem  # the 2023 winners held the test split out and kept the best epoch
+    assert (load("eva_giant_336_2023").model, load("eva_giant_336_2023").pretrained) == \
+        ("eva_giant_patch14_336", "clip_ft_in1k")
     cnn = load("resnet50_scratch_2023")
     assert (cnn.model, cnn.pretrained, cnn.epochs, cnn.batch_size, cnn.lr, cnn.flip, cnn.img_size) == \
         ("resnet50", "none", 50, 64, 4e-4, False, (224, 224))
-    assert (cnn.mean, cnn.std) == IMAGENET
+    assert (cnn.mean, cnn.std, cnn.sharpen, cnn.random_erasing, cnn.validation) == (*IMAGENET, True, True, "test")
+
+    def about(stem: str) -> str:
+        return json.loads((ROOT / "configs" / f"{stem}.json").read_text())["description"]
+
+    assert '"4x8 or 4x4"' in about("beitv2_l_224_2023")  # where their report is ambiguous
+    assert "98.44" in about("clip_reident_2022_final") and "earlier code base (report, section 3.2.1)" in \
+        about("clip_reident_2022_final")
+    assert "--run-weights best" in about("eva02_l_448_2023")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -130,3 +156,40 @@ def test_readme_flags_exist():
     known = {script: set(build_parser(importlib.import_module(script[:-3]).Config).known_flags) for script in SCRIPTS}
     unknown = [(script, flag, line) for script, flag, line in flags if flag not in known[script]]
     assert not unknown, unknown
+
+
+# --------------------------------------------------------------------------------------------------------------
+# precision: scores in fp32 as the original extracts features; fp16 training's scaler starts where the original's does
+
+
+@pytest.fixture
+def a_cuda_device(monkeypatch) -> torch.device:
+    """A CUDA device with bf16 and AMP, as resolve_precision and GradScaler see it (no GPU needed)."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda.amp.common, "amp_definitely_not_available", lambda: False)
+    return torch.device("cuda")
+
+
+def test_every_scoring_path_defaults_to_fp32_on_a_gpu(a_cuda_device):
+    import inspect
+
+    import evaluate
+    import predict
+    from clipreid.features import embed
+    from clipreid.runtime import resolve_precision
+
+    assert resolve_precision(TrainConfig().precision, a_cuda_device) == torch.bfloat16  # training: bf16 (README)
+    scoring = {"evaluate.py": evaluate.Config().precision, "predict.py": predict.Config().precision,
+               "train.py validation": TrainConfig().eval_precision,
+               "embed()": inspect.signature(embed).parameters["precision"].default}
+    assert {k: resolve_precision(v, a_cuda_device) for k, v in scoring.items()} == dict.fromkeys(scoring, torch.float32)
+    assert resolve_precision("bf16", a_cuda_device) == torch.bfloat16  # reduced precision when asked
+
+
+def test_fp16_grad_scaler_starts_at_2_to_the_10(a_cuda_device):
+    from clipreid.trainer import grad_scaler
+
+    scaler = grad_scaler(torch.float16, a_cuda_device)
+    assert scaler.is_enabled() and scaler.get_scale() == 2.0**10  # the original's GradScaler(init_scale=2**10)
+    assert not grad_scaler(torch.bfloat16, a_cuda_device).is_enabled()
+    assert not grad_scaler(torch.float16, torch.device("cpu")).is_enabled()

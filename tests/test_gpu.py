@@ -95,6 +95,27 @@ def test_features_on_the_gpu_match_the_cpu(monkeypatch):
     assert torch.nn.functional.cosine_similarity(bf16, cpu).min().item() > 0.99
 
 
+def test_scoring_defaults_to_fp32_and_fp16_scales_from_2_to_the_10_on_the_gpu(monkeypatch):
+    """embed() with its default precision on a GPU gives the CPU's fp32 features; an fp16 run's scaler starts at
+    the original's 2**10."""
+    import evaluate
+    from clipreid.features import embed
+    from clipreid.runtime import resolve_precision
+    from clipreid.trainer import grad_scaler
+
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    torch.manual_seed(0)
+    encoder = build_encoder(ModelSpec("tiny-vit", "none"))
+    images = [np.random.default_rng(i).integers(0, 256, (90, 40, 3), dtype=np.uint8) for i in range(6)]
+    cpu, _ = embed(encoder, images, progress=False)
+    gpu, _ = embed(encoder, images, device="cuda", progress=False)
+    torch.testing.assert_close(gpu, cpu, atol=1e-4, rtol=1e-4)
+    assert resolve_precision(evaluate.Config().precision, torch.device("cuda")) == torch.float32
+    scaler = grad_scaler(torch.float16, torch.device("cuda"))
+    assert scaler.is_enabled() and scaler.scale(torch.ones((), device="cuda")).item() == 2.0**10
+
+
 @pytest.mark.parametrize("compile_model", [False, True])
 def test_training_on_the_gpu(synthetic_small, tmp_path, compile_model):
     run_dir = train(tiny_config(synthetic_small, tmp_path, epochs=2, device="cuda", precision="bf16",
