@@ -203,18 +203,19 @@ def check_rerank(methods: Sequence[str]) -> None:
 
 
 def rerank_distances(query: torch.Tensor, gallery: torch.Tensor, method: str, *, k1: int = 20, k2: int = 6,
-                     lambda_value: float = 0.3, hard_lambda: float = 0.7) -> torch.Tensor:
+                     lambda_value: float = 0.3, hard_lambda: float = 0.7, shared: int = 0) -> torch.Tensor:
     """The q x g distance matrix of L2-normalised features for a re-ranking ``method`` (see ``RERANKS``).
 
     ``none``: squared Euclidean; ``k_reciprocal``: Zhong et al. (k1, k2, lambda_value); ``hard``: the 2023
-    winners' hard-weight variant (k1, k2, hard_lambda). Runs on the features' device.
+    winners' hard-weight variant (k1, k2, hard_lambda). Runs on the features' device. ``shared``: the last
+    ``shared`` queries are the first ``shared`` gallery images, held once by the re-ranking (``clipreid.rerank``).
     """
     if method == "none":
         return squared_distances(query, gallery)
     if method == "k_reciprocal":
-        return k_reciprocal_features(query, gallery, k1, k2, lambda_value)
+        return k_reciprocal_features(query, gallery, k1, k2, lambda_value, shared=shared)
     if method == "hard":
-        return hard_k_reciprocal(query, gallery, k1, k2, hard_lambda)
+        return hard_k_reciprocal(query, gallery, k1, k2, hard_lambda, shared=shared)
     raise UserError(f"rerank: unknown re-ranking {method!r}; choose from {', '.join(RERANKS)}")
 
 
