@@ -81,8 +81,6 @@ def dissimilarity_weights(matrices: Sequence[Any], topk: int = 15) -> torch.Tens
     models' agreements. A model with no agreement gets share 0.1 instead of 0; when no model agrees at all,
     every share is 1/M. Weights are the inverse shares normalised to sum to 1, so the models that agree *least*
     with the majority weigh most (for 3 models with agreements 5, 5, 0: shares .5, .5, .1, weights 1/7, 1/7, 5/7).
-    Infinite distances mark pairs left out (an image and itself when a folder is ranked against itself): they are
-    in no top-k, so the weights are those of the matrices without them.
     """
     shape = _check_shapes(matrices)
     if int(topk) != topk or topk < 1:
@@ -95,8 +93,7 @@ def dissimilarity_weights(matrices: Sequence[Any], topk: int = 15) -> torch.Tens
             d = d.float()
         if torch.isnan(d).any():
             raise ValueError("dissimilarity fusion got a distance matrix with NaN values")
-        # an infinite distance is a left-out pair (an image and itself): never one of a model's top-k
-        masks.append((_topk_mask(d, k) & torch.isfinite(d)).cpu())
+        masks.append(_topk_mask(d, k).cpu())
     votes = torch.stack(masks).sum(dim=0)
     agreed = votes >= len(matrices) // 2 + 1
     agreement = torch.stack([(mask & agreed).sum(dim=1) for mask in masks]).double()  # models x queries
