@@ -149,8 +149,8 @@ def _check_names(names: Sequence[str], root: Path) -> None:
             raise UserError(f"{root / shown}: the file name is not valid UTF-8, so the ranking files cannot name "
                             "it; rename it (e.g. convmv -f latin1 -t utf8) or move it out of the folder") from None
         if "\n" in name or "\r" in name:
-            raise UserError(f"{root / name!r}: a file name with a line break cannot be listed one per line; rename "
-                            "it or move it out of the folder")
+            raise UserError(f"{str(root / name)!r}: a file name with a line break cannot be listed one per line; "
+                            "rename it or move it out of the folder")
 
 
 def _check_output(out: Path, roots: Sequence[Path]) -> None:
@@ -198,7 +198,7 @@ def _self_arrangement(query_items: np.ndarray, gallery_items: np.ndarray) -> tup
 
 
 def _distances(qf: torch.Tensor, gf: torch.Tensor, method: str, cfg: Any, arrangement: tuple[np.ndarray, np.ndarray,
-               int], is_self: torch.Tensor) -> torch.Tensor:
+               int], self_pairs: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """One model's q x g matrix for ``method`` (raw or a re-ranking), ``inf`` where a query meets itself."""
     if method == "raw":
         d = squared_distances(qf, gf)
@@ -208,7 +208,23 @@ def _distances(qf: torch.Tensor, gf: torch.Tensor, method: str, cfg: Any, arrang
                                   lambda_value=cfg.lambda_value, hard_lambda=cfg.hard_lambda, shared=shared)
         d = torch.empty_like(ranked)
         d[torch.as_tensor(q_order)[:, None], torch.as_tensor(g_order)[None, :]] = ranked
-    return d.float().cpu().masked_fill(is_self, math.inf)
+    return _exclude(d.float().cpu(), self_pairs)
+
+
+def _self_pairs(query_items: np.ndarray, gallery_items: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, columns) where a query meets its own image in the gallery (index pairs: no q x g mask in memory)."""
+    columns: dict[int, list[int]] = {}
+    for j, item in enumerate(gallery_items.tolist()):
+        columns.setdefault(item, []).append(j)
+    pairs = [(i, j) for i, item in enumerate(query_items.tolist()) for j in columns.get(item, ())]
+    rows, cols = zip(*pairs, strict=True) if pairs else ((), ())
+    return torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long)
+
+
+def _exclude(d: torch.Tensor, self_pairs: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """``d`` with ``inf`` where a query meets itself: an image is not its own match."""
+    d[self_pairs] = math.inf
+    return d
 
 
 def _kept(got: Embedded, items: Sequence[int], paths: Sequence[Path], root: Path, what: str) -> list[int]:
@@ -277,7 +293,7 @@ def rank_folders(cfg: Any) -> RankReport:
                 g_rows = torch.tensor([row_of[images.gallery[k]] for k in kg], dtype=torch.long)
                 q_items = np.array([images.query[k] for k in kq], dtype=np.int64)
                 g_items = np.array([images.gallery[k] for k in kg], dtype=np.int64)
-                is_self = torch.from_numpy(q_items[:, None] == g_items[None, :])
+                self_pairs = _self_pairs(q_items, g_items)
                 arrangement = _self_arrangement(q_items, g_items)
             elif got.kept != first.kept:  # a file changed while the run went on
                 changed = sorted(set(got.kept) ^ set(first.kept))[0]
@@ -285,7 +301,7 @@ def rank_folders(cfg: Any) -> RankReport:
                                 "did the folder change during the run? run again")
             qf, gf = got.features[q_rows].to(device), got.features[g_rows].to(device)
             for m in matrices:
-                matrices[m].append(_distances(qf, gf, m, cfg, arrangement, is_self))
+                matrices[m].append(_distances(qf, gf, m, cfg, arrangement, self_pairs))
             scale = math.sqrt(w / total_weight)
             query_parts.append(qf.float().cpu() * scale)
             gallery_parts.append(gf.float().cpu() * scale)
@@ -294,7 +310,7 @@ def rank_folders(cfg: Any) -> RankReport:
         gallery_names = [gallery_names[k] for k in kg]
         query_paths = [query_paths[k] for k in kq]
         gallery_paths = [gallery_paths[k] for k in kg]
-        n_self = int(is_self.any(1).sum())
+        n_self = len(set(self_pairs[0].tolist()))
         if self_mode:
             what = f"{len(query_paths)} images of {query_root} against each other"
         else:
@@ -316,7 +332,8 @@ def rank_folders(cfg: Any) -> RankReport:
         for m, mats in matrices.items():
             fused = mats[0] if len(mats) == 1 else fuse(mats, cfg.fusion, fusion_weights, cfg.topk_fusion).float()
             # again after the fusion: a model of weight 0 turns inf into NaN there
-            finals[m] = fused.masked_fill(is_self, math.inf).numpy().astype(np.float32, copy=False)
+            finals[m] = _exclude(fused.clone() if len(mats) == 1 else fused, self_pairs).numpy().astype(
+                np.float32, copy=False)
             write_ranking(stage / f"ranking_{m}.csv", finals[m], query_names, gallery_names, cfg.topk)
             np.save(stage / f"distances_{m}.npy", finals[m])
         np.save(stage / QUERY_FEATURES, torch.cat(query_parts, 1).numpy())
