@@ -35,7 +35,7 @@ from .checkpoint import checkpoint_file, load_checkpoint_file, run_dir_of
 from .config import save_config
 from .dataset import ImageSet, Split, load_split, read_train_df
 from .errors import UserError
-from .features import embed, extract_features, squared_distances
+from .features import ImageCache, extract_features, image_features, squared_distances
 from .fileio import check_writable, file_set, write_text
 from .fusion import dissimilarity_fusion, similarity_fusion, winners_fusion
 from .metrics import compute_scores
@@ -43,7 +43,6 @@ from .model import ReIDEncoder, load_encoder
 from .preprocess import TRAIN_DF
 from .rerank import hard_k_reciprocal, k_reciprocal_features
 from .runtime import pick_device, resolve_precision
-from .transforms import decode_images
 
 RERANKS = ("none", "k_reciprocal", "hard")
 FUSIONS = ("similarity", "dissimilarity", "winners")
@@ -60,7 +59,7 @@ FUSED = "fused"
 
 def checkpoint_labels(checkpoints: Sequence[Path]) -> list[str]:
     """Short unique names for table rows: the run folder's name, with ``/best`` (or the file's stem) for any file
-    but a last.pt."""
+    but a last.pt; the paths when two would be equal, and ``#2``, ``#3`` for a file given again."""
     labels = []
     for path in checkpoints:
         path = Path(path)
@@ -69,7 +68,12 @@ def checkpoint_labels(checkpoints: Sequence[Path]) -> list[str]:
             label += f"/{path.stem}"
         labels.append(label)
     if len(set(labels)) < len(labels):
-        return [str(p) for p in checkpoints]
+        labels = [str(p) for p in checkpoints]
+    seen: dict[str, int] = {}
+    for i, label in enumerate(labels):  # the same file given twice: still one row, one folder each
+        seen[label] = seen.get(label, 0) + 1
+        if seen[label] > 1:
+            labels[i] = f"{label} #{seen[label]}"
     return labels
 
 
@@ -199,18 +203,19 @@ def check_rerank(methods: Sequence[str]) -> None:
 
 
 def rerank_distances(query: torch.Tensor, gallery: torch.Tensor, method: str, *, k1: int = 20, k2: int = 6,
-                     lambda_value: float = 0.3, hard_lambda: float = 0.7) -> torch.Tensor:
+                     lambda_value: float = 0.3, hard_lambda: float = 0.7, shared: int = 0) -> torch.Tensor:
     """The q x g distance matrix of L2-normalised features for a re-ranking ``method`` (see ``RERANKS``).
 
     ``none``: squared Euclidean; ``k_reciprocal``: Zhong et al. (k1, k2, lambda_value); ``hard``: the 2023
-    winners' hard-weight variant (k1, k2, hard_lambda). Runs on the features' device.
+    winners' hard-weight variant (k1, k2, hard_lambda). Runs on the features' device. ``shared``: the last
+    ``shared`` queries are the first ``shared`` gallery images, held once by the re-ranking (``clipreid.rerank``).
     """
     if method == "none":
         return squared_distances(query, gallery)
     if method == "k_reciprocal":
-        return k_reciprocal_features(query, gallery, k1, k2, lambda_value)
+        return k_reciprocal_features(query, gallery, k1, k2, lambda_value, shared=shared)
     if method == "hard":
-        return hard_k_reciprocal(query, gallery, k1, k2, hard_lambda)
+        return hard_k_reciprocal(query, gallery, k1, k2, hard_lambda, shared=shared)
     raise UserError(f"rerank: unknown re-ranking {method!r}; choose from {', '.join(RERANKS)}")
 
 
@@ -244,45 +249,18 @@ def load_for_inference(checkpoint: Path, device: torch.device, model: str | None
     return load_encoder(checkpoint, device, model)
 
 
-class ImageCache:
-    """Letterboxed uint8 images decoded once per image size (on all cores) and reused by every checkpoint of a run.
-
-    Disabled, it keeps nothing and each checkpoint streams its images from disk through DataLoader workers. At
-    224 x 224 an image takes 150 KB: about 1.5 GB for the challenge set.
-    """
-
-    def __init__(self, enabled: bool = True, progress: bool = True) -> None:
-        self.enabled, self.progress = enabled, progress
-        self._images: dict[tuple[tuple[str, ...], tuple[int, int], str], torch.Tensor] = {}
-
-    def get(self, paths: Sequence[Path], size: tuple[int, int], interpolation: str = "bilinear"
-            ) -> torch.Tensor | None:
-        """The decoded images of ``paths`` at ``size`` (resized with ``interpolation``), or None when disabled."""
-        if not self.enabled:
-            return None
-        key = (tuple(str(p) for p in paths), tuple(size), interpolation)
-        if key not in self._images:
-            self._images[key] = decode_images(paths, size, progress=self.progress, desc="decode images",
-                                              interpolation=interpolation)
-        return self._images[key]
-
-
 def query_gallery_features(encoder: ReIDEncoder, query_paths: Sequence[Path], gallery_paths: Sequence[Path], *,
                            device: torch.device, cfg: Any, cache: ImageCache | None = None
                            ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features of the query and gallery images on ``device``, in one pass (``cfg``: batch_size, flip, precision,
-    num_workers, progress), from ``cache`` when it is enabled."""
+    """Features of the query and gallery images of a set that preprocess_data.py vetted, on ``device``, in one
+    pass (``cfg``: batch_size, flip, precision, num_workers, progress), from ``cache`` when it is enabled. An
+    image that cannot be read now ends the run with one line naming it: rows never shift onto other names."""
     paths = [*query_paths, *gallery_paths]
-    images = cache.get(paths, encoder.image_size, encoder.interpolation) if cache is not None else None
-    if images is None:
-        features, _ = embed(encoder, paths, batch_size=cfg.batch_size, device=str(device), flip=cfg.flip,
-                            precision=cfg.precision, num_workers=getattr(cfg, "num_workers", 0),
-                            progress=cfg.progress)
-    else:
-        features = extract_features(encoder, images, batch_size=cfg.batch_size, device=device,
-                                    dtype=resolve_precision(cfg.precision, device), flip=cfg.flip,
-                                    progress=cfg.progress, desc="features")
-    features = features.to(device)
+    got = image_features(encoder, paths, batch_size=cfg.batch_size, device=device,
+                         dtype=resolve_precision(cfg.precision, device), flip=cfg.flip,
+                         num_workers=getattr(cfg, "num_workers", 0), progress=cfg.progress, cache=cache,
+                         on_error="raise", hint="; re-run preprocess_data.py to leave it out")
+    features = got.features.to(device)
     return features[:len(query_paths)], features[len(query_paths):]
 
 

@@ -67,6 +67,23 @@ def _folder_name(label: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in label).strip("._") or "model"
 
 
+def model_folders(labels: list[str]) -> list[str]:
+    """One folder name per model label, all different: the label with characters other than letters, digits and
+    ``._-`` replaced by ``_``; a name already taken (``run/best`` and ``run_best``, or ``Run`` and ``run`` on a
+    case-insensitive disk) gets ``-2``, ``-3``, ... so no model's CSVs replace another's."""
+    names: list[str] = []
+    taken: set[str] = set()
+    for label in labels:
+        base = name = _folder_name(label)
+        k = 2
+        while name.lower() in taken:
+            name = f"{base}-{k}"
+            k += 1
+        taken.add(name.lower())
+        names.append(name)
+    return names
+
+
 @dataclass
 class QuerySet:
     """A query/gallery set to predict, with the ids its CSV is written with and, if known, its players."""
@@ -240,19 +257,21 @@ def predict(cfg: Any) -> PredictReport:
     if "test" in sets:
         report.lines += [w for w in warnings.values() if w]
     # each model's own CSVs beside the fused ones, when there is a fusion
-    targets = [("", "")] + ([(_folder_name(label), label) for label in labels] if n_inputs > 1 else [])
+    folders = model_folders(labels)
+    targets = [("", "", -1)] + ([(f, label, i) for i, (f, label) in enumerate(zip(folders, labels, strict=True))]
+                                if n_inputs > 1 else [])
     width = max(len(str(out / folder / f"{name}_{csv_suffix(m)}.csv")) for name in sets for m in reranks
-                for folder, _ in targets)
+                for folder, _, _ in targets)
     # the CSVs, the config and the log replace the previous ones as one set, or not at all (a full disk midway)
     with file_set(out) as stage:
         for name, qset in qsets.items():
             report.lines.append(f"{name}: {len(qset.query_ids)} queries x {len(qset.gallery_ids)} gallery images; "
                                 f"{how}")
             report.files[name] = []
-            for folder, label in targets:
+            for folder, label, index in targets:
                 for method in reranks:
                     if label:
-                        matrix = mats[name][method][labels.index(label)]
+                        matrix = mats[name][method][index]
                     else:
                         matrix = fuse([*mats[name][method], *given[name]], cfg.fusion, weights, cfg.topk_fusion)
                     rel = Path(folder) / f"{name}_{csv_suffix(method)}.csv"
@@ -274,8 +293,8 @@ def predict(cfg: Any) -> PredictReport:
         write_json(stage / LOG_NAME, {
             "checkpoints": [{"label": label, "given": str(c), "file": str(info.path), "epoch": info.epoch,
                              "weights": info.weights, "selection": info.selection, "description": info.describe(),
-                             "warning": warnings[label]}
-                            for c, info, label in zip(checkpoints, infos, labels, strict=True)],
+                             "warning": warnings[label], "folder": folder if n_inputs > 1 else None}
+                            for c, info, label, folder in zip(checkpoints, infos, labels, folders, strict=True)],
             "submissions": [str(s) for s in submissions],
             "fusion": cfg.fusion if n_inputs > 1 else None,
             "files": [{"set": name, "path": str(w.path), "model": w.model or None,

@@ -41,6 +41,12 @@ from clipreid.progress import progress_bar
 
 LAYOUTS = ("synergyreid", "market1501", "folders", "csv")
 IMAGE_SUFFIXES = (IMAGE_SUFFIX, ".jpg", ".png")  # compared lower-cased
+
+
+def is_hidden(path: Path, root: Path) -> bool:
+    """Whether ``path`` or a folder between ``root`` and it is hidden (name starting with "."): .DS_Store, the
+    ._x.jpg resource forks of macOS copies, .git/; never images. Every stage that lists images uses this rule."""
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
 TRAIN_DF = "train_df.csv"
 CHALLENGE_DF = "challenge_df.csv"
 SKIPPED_TXT = "preprocess_skipped.txt"
@@ -617,7 +623,7 @@ def _walk_images(data_dir: Path, folder: Path, skipped: list) -> list[str]:
     rels = []
     for p in sorted(folder.rglob("*")):
         rel = p.relative_to(data_dir).as_posix()
-        if any(part.startswith(".") for part in p.relative_to(folder).parts) or not p.is_file():
+        if is_hidden(p, folder) or not p.is_file():
             continue
         if p.suffix.lower() in IMAGE_SUFFIXES:
             rels.append(rel)

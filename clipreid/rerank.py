@@ -90,20 +90,25 @@ def k_reciprocal(q_g: Array, q_q: Array, g_g: Array, k1: int = 20, k2: int = 6, 
 
 
 def k_reciprocal_features(query_features: Array, gallery_features: Array, k1: int = 20, k2: int = 6,
-                          lambda_value: float = 0.3, *, chunk_size: int | None = None) -> Array:
+                          lambda_value: float = 0.3, *, chunk_size: int | None = None, shared: int = 0) -> Array:
     """:func:`k_reciprocal` on squared Euclidean distances of the features, without any N x N matrix.
 
     Gives the numbers ``k_reciprocal`` gives on ``pairwise_squared_euclidean`` matrices of the same features
     (pass L2-normalised features for the challenge protocol). Distances are computed ``chunk_size`` rows at a
     time (default: about 16M elements on the CPU, 64M on a GPU); at N = 100,000 the working memory is about
     1 GB besides the q x g output. Returns q x g, numpy or torch like ``query_features``.
+
+    ``shared``: the last ``shared`` queries are the first ``shared`` gallery items (the same images, as when a
+    folder is ranked against itself). The q+g set of the algorithm then holds each image once, as the reference
+    holds each query once: an image's neighbourhoods include itself, never a twin of it.
     """
     x, y = _as_tensor(query_features), _as_tensor(gallery_features)
     _check_features(x, y)
     _check_params(k1, k2, lambda_value)
+    _check_shared(shared, len(x), len(y))
     device = x.device
     dtype = _compute_dtype(x.dtype)
-    z = torch.cat([x.to(dtype), y.to(device=device, dtype=dtype)], 0)
+    z = torch.cat([x.to(dtype), y[shared:].to(device=device, dtype=dtype)], 0)
     z_sq = (z * z).sum(1)
 
     def rows(a: int, b: int, out: Tensor) -> None:
@@ -112,12 +117,13 @@ def k_reciprocal_features(query_features: Array, gallery_features: Array, k1: in
     def pairs(r: Tensor, c: Tensor) -> Tensor:
         return _pair_dist(z, z_sq, r, c)
 
-    out = _zhong(rows, pairs, len(x), len(z), k1, k2, lambda_value, chunk_size, device, dtype)
+    out = _zhong(rows, pairs, len(x), len(z), k1, k2, lambda_value, chunk_size, device, dtype,
+                 g_start=len(x) - shared)
     return _like(out, query_features)
 
 
 def hard_k_reciprocal(query_features: Array, gallery_features: Array, k1: int = 20, k2: int = 6,
-                      lambda_value: float = 0.7, *, chunk_size: int | None = None) -> Array:
+                      lambda_value: float = 0.7, *, chunk_size: int | None = None, shared: int = 0) -> Array:
     """The MMSports 2023 winners' hard-weight k-reciprocal re-ranking, vectorised and sparse.
 
     Source: ``postprocess_distance`` in ``clipreid/evaluator.py`` (the 2023 code) of
@@ -149,15 +155,21 @@ def hard_k_reciprocal(query_features: Array, gallery_features: Array, k1: int = 
     reads the unexpanded vectors and only R(p) supplies candidates. On clustered test data this moves single
     distances by up to about 0.2 (almost all of it from the in-place averaging) and mAP by under 0.01 either
     way. Returns m x n, numpy or torch like ``query_features``.
+
+    ``shared``: the last ``shared`` queries are the first ``shared`` gallery items (the same images), held once
+    among the m+n items, as for ``k_reciprocal_features``; such an item is a gallery item of R(p) and brings
+    its query vector to the query expansion.
     """
     x, y = _as_tensor(query_features), _as_tensor(gallery_features)
     _check_features(x, y)
     _check_params(k1, k2, lambda_value)
+    _check_shared(shared, len(x), len(y))
     device = x.device
     dtype = _compute_dtype(x.dtype)
     m, n = len(x), len(y)
-    t = m + n
-    z = torch.cat([x.to(dtype), y.to(device=device, dtype=dtype)], 0)
+    g0 = m - shared  # the items g0.. are the gallery
+    z = torch.cat([x.to(dtype), y[shared:].to(device=device, dtype=dtype)], 0)
+    t = len(z)
     z_sq = (z * z).sum(1)
     dense, sparse = _budgets(device)
     chunk = chunk_size or max(1, dense // t)
@@ -172,17 +184,17 @@ def hard_k_reciprocal(query_features: Array, gallery_features: Array, k1: int = 
         d = _sq_dist(z[a:b], z_sq[a:b], z, z_sq, out=buf[:b - a])
         near_all[a:b] = d.topk(kt, 1, largest=False, sorted=True).indices
         if a < m:
-            dq = d[:min(b, m) - a, m:]
+            dq = d[:min(b, m) - a, g0:]
             out[a:min(b, m)] = dq / dq.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        if b > m:
-            s = max(a, m)
-            near_gal[s - m:b - m] = d[s - a:, m:].topk(kg, 1, largest=False, sorted=True).indices
+        if b > g0:
+            s = max(a, g0)
+            near_gal[s - g0:b - g0] = d[s - a:, g0:].topk(kg, 1, largest=False, sorted=True).indices
     del buf
 
     ar_m, ar_n = torch.arange(m, device=device), torch.arange(n, device=device)
     fwd_q = near_all[:m]
-    gal_q = (fwd_q - m).clamp_min(0)
-    in_rp = (fwd_q >= m) & _reciprocal(gal_q, near_all[m:], ar_m)
+    gal_q = (fwd_q - g0).clamp_min(0)
+    in_rp = (fwd_q >= g0) & _reciprocal(gal_q, near_all[g0:], ar_m)
     in_rg = _reciprocal(near_gal, near_gal, ar_n)
     half = near_gal[:, :k1 // 2]
     in_half = _reciprocal(half, half, ar_n)
@@ -192,9 +204,11 @@ def hard_k_reciprocal(query_features: Array, gallery_features: Array, k1: int = 
                              budget=sparse)
     rows_v = torch.cat([rows_q, rows_g + m])
     cols_v = torch.cat([cols_q, cols_g])
-    raw = _from_coo(rows_v, cols_v, torch.ones(len(rows_v), dtype=dtype, device=device), t)
+    raw = _from_coo(rows_v, cols_v, torch.ones(len(rows_v), dtype=dtype, device=device), m + n)
 
-    vq = _neighbour_mean(raw, near_all[:m, :min(k2, kt)], n, sparse)
+    # rows of raw: the m query vectors, then the n gallery vectors; a shared item brings its query vector
+    near_q = near_all[:m, :min(k2, kt)]
+    vq = _neighbour_mean(raw, torch.where(near_q < m, near_q, near_q + shared), n, sparse)
     vg = _neighbour_mean(raw, near_gal[:, 1:min(k2 + 1, kg)] + m, n, sparse)
     sum_q, sum_g = _row_sums(vq), _row_sums(vg)
     for a, b, s in _min_join(vq, vg, n, sparse, chunk):
@@ -209,14 +223,16 @@ def hard_k_reciprocal(query_features: Array, gallery_features: Array, k1: int = 
 
 
 def _zhong(rows: _Rows, pairs: _Pairs, q: int, total: int, k1: int, k2: int, lambda_value: float,
-           chunk_size: int | None, device: torch.device, dtype: torch.dtype) -> Tensor:
-    """Re-ranked q x (total - q) distances from a row provider of the full (total x total) distance matrix."""
+           chunk_size: int | None, device: torch.device, dtype: torch.dtype, g_start: int | None = None) -> Tensor:
+    """Re-ranked q x (total - g_start) distances from a row provider of the full (total x total) distance
+    matrix: items 0..q-1 are the queries, g_start..total-1 the gallery (g_start < q: shared items)."""
+    g_start = q if g_start is None else g_start
     dense, sparse = _budgets(device)
     chunk = chunk_size or max(1, dense // total)
     k_all = min(max(k1 + 1, k2), total)
     near = torch.empty(total, k_all, dtype=torch.long, device=device)
     row_max = torch.empty(total, dtype=dtype, device=device)
-    out = torch.empty(q, total - q, dtype=dtype, device=device)
+    out = torch.empty(q, total - g_start, dtype=dtype, device=device)
     buf = torch.empty(min(chunk, total), total, dtype=dtype, device=device)  # reused: no page faults per chunk
     for a in range(0, total, chunk):
         b = min(a + chunk, total)
@@ -229,7 +245,7 @@ def _zhong(rows: _Rows, pairs: _Pairs, q: int, total: int, k1: int, k2: int, lam
         d.div_(mx[:, None])
         near[a:b] = d.topk(k_all, 1, largest=False, sorted=True).indices
         if a < q:
-            out[a:min(b, q)] = d[:min(b, q) - a, q:]
+            out[a:min(b, q)] = d[:min(b, q) - a, g_start:]
     del buf
 
     owner = torch.arange(total, device=device)
@@ -246,7 +262,7 @@ def _zhong(rows: _Rows, pairs: _Pairs, q: int, total: int, k1: int, k2: int, lam
     if k2 != 1:
         v = _neighbour_mean(v, near[:, :min(k2, k_all)], total, sparse)
 
-    for a, b, s in _min_join(_row_slice(v, 0, q), _row_slice(v, q, total), total, sparse, chunk):
+    for a, b, s in _min_join(_row_slice(v, 0, q), _row_slice(v, g_start, total), total, sparse, chunk):
         out[a:b] = (1 - lambda_value) * (1 - s / (2 - s)) + lambda_value * out[a:b]
     return out
 
@@ -453,6 +469,11 @@ def _check_params(k1: int, k2: int, lambda_value: float) -> None:
         raise ValueError(f"k1 and k2 must be at least 1, got k1={k1}, k2={k2}")
     if not 0 <= lambda_value <= 1:
         raise ValueError(f"lambda_value must be in [0, 1], got {lambda_value}")
+
+
+def _check_shared(shared: int, m: int, n: int) -> None:
+    if not 0 <= shared <= min(m, n):
+        raise ValueError(f"shared must be between 0 and min(queries, gallery) = {min(m, n)}, got {shared}")
 
 
 def _check_features(x: Tensor, y: Tensor) -> None:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .errors import UserError
+from .errors import UserError, first_line
 from .progress import progress_bar
 
 INTERPOLATIONS = ("bilinear", "bicubic")
@@ -71,14 +71,25 @@ def _to_tensor(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).contiguous()
 
 
-def load_image(path: str | Path, size: tuple[int, int], interpolation: str = "bilinear") -> torch.Tensor:
-    """Decode ``path`` and letterbox it to a ``uint8`` tensor of shape (3, height, width)."""
+def read_image(path: str | Path, size: tuple[int, int], interpolation: str = "bilinear"
+               ) -> tuple[torch.Tensor | None, str]:
+    """``(image, "")`` with ``path`` decoded and letterboxed to uint8 (3, height, width), or ``(None, reason)``
+    when it cannot be decoded: the one rule for an unreadable image, as preprocess_data.py applies it (whatever
+    Pillow raises, a decompression-bomb error for a 200-megapixel file included)."""
     try:
         with Image.open(path) as image:
             array = np.asarray(image.convert("RGB"))
-    except (OSError, ValueError) as err:
-        raise UserError(f"cannot read image {path}: {err}; re-run preprocess_data.py to leave it out") from err
-    return _to_tensor(letterbox_array(array, size, interpolation))
+    except Exception as err:  # noqa: BLE001  OSError, SyntaxError, ValueError, DecompressionBombError, ...
+        return None, first_line(err)
+    return _to_tensor(letterbox_array(array, size, interpolation)), ""
+
+
+def load_image(path: str | Path, size: tuple[int, int], interpolation: str = "bilinear") -> torch.Tensor:
+    """Decode ``path`` and letterbox it to a ``uint8`` tensor of shape (3, height, width)."""
+    image, reason = read_image(path, size, interpolation)
+    if image is None:
+        raise UserError(f"cannot read image {path}: {reason}; re-run preprocess_data.py to leave it out")
+    return image
 
 
 def to_uint8_tensor(image: Image.Image | np.ndarray | torch.Tensor, size: tuple[int, int],
@@ -97,17 +108,27 @@ def to_uint8_tensor(image: Image.Image | np.ndarray | torch.Tensor, size: tuple[
 
 def decode_images(
     paths: Sequence[str | Path], size: tuple[int, int], *, workers: int = 0, progress: bool = True,
-    desc: str = "decode", interpolation: str = "bilinear",
+    desc: str = "decode", interpolation: str = "bilinear", problems: dict[int, str] | None = None,
 ) -> torch.Tensor:
     """Decode and letterbox every image into one ``uint8`` tensor (N, 3, height, width), using a thread pool.
 
     Pillow releases the GIL while decoding, so threads scale; ``workers=0`` picks the number of CPU cores.
+    An unreadable image raises a UserError, or, with a ``problems`` dict, stays black and its index is recorded
+    there with the reason.
     """
     out = torch.empty((len(paths), 3, *size), dtype=torch.uint8)
     workers = workers or min(16, torch.get_num_threads() or 1, len(paths) or 1)
 
     def work(i: int) -> None:
-        out[i] = load_image(paths[i], size, interpolation)
+        if problems is None:
+            out[i] = load_image(paths[i], size, interpolation)
+            return
+        image, reason = read_image(paths[i], size, interpolation)
+        if image is None:
+            out[i] = 0
+            problems[i] = reason
+        else:
+            out[i] = image
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         for _ in progress_bar(pool.map(work, range(len(paths))), total=len(paths), desc=desc, disable=not progress,

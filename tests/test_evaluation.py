@@ -166,11 +166,11 @@ def test_evaluate_two_checkpoints_adds_the_fusion(synthetic_small, run_dir, tmp_
 
 def test_decoded_image_cache_gives_the_streamed_results_and_decodes_once(synthetic_small, run_dir, tmp_path,
                                                                            monkeypatch):
-    import clipreid.evaluation as evaluation
+    import clipreid.features as features
 
     decoded = []
-    real = evaluation.decode_images
-    monkeypatch.setattr(evaluation, "decode_images", lambda paths, *a, **k: decoded.append(len(paths)) or
+    real = features.decode_images
+    monkeypatch.setattr(features, "decode_images", lambda paths, *a, **k: decoded.append(len(paths)) or
                         real(paths, *a, **k))
     base = dict(checkpoints=(run_dir, run_dir / "best.pt"), data_dir=synthetic_small, rerank=("none",), device="cpu",
                 num_workers=0, output_dir=tmp_path, ranked_lists=0, progress=False)
