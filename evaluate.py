@@ -22,12 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from clipreid.config import Checks, at_least, available_device, between, non_negative, nonempty, one_of, run
-from clipreid.evaluation import RERANKS, evaluate
+from clipreid.config import Checks, at_least, non_negative, nonempty, run
+from clipreid.evaluation import EvaluateConfig, evaluate
+from clipreid.inference import INFERENCE_CHECKS, RERANK_CHECKS, Rerank
 
 
 @dataclass
-class Config:
+class Config(EvaluateConfig):
     # what to score
     checkpoints: tuple[Path, ...] = (Path("model/ViT-L-14-quickgelu_test_seed1"),)  # run folders or .pt files
     # a run folder's weights: last (the last epoch, what the original submits) or best (the epoch of the best
@@ -44,7 +45,7 @@ class Config:
     # when train_df.csv has cameras (a camera column), off otherwise
     camera_rule: bool | None = None
     # re-ranking
-    rerank: tuple[str, ...] = ("none", "k_reciprocal", "hard")  # methods to score: none, k_reciprocal, hard
+    rerank: tuple[Rerank, ...] = ("none", "k_reciprocal", "hard")  # methods to score: none, k_reciprocal, hard
     k1: int = 20  # k-reciprocal neighbours
     k2: int = 6  # query expansion neighbours
     lambda_value: float = 0.3  # k_reciprocal: weight of the original distance
@@ -64,16 +65,10 @@ class Config:
 
     # what can work, per field: checked before any work starts (one line per field; see clipreid.config)
     checks: ClassVar[Checks] = {
+        **INFERENCE_CHECKS,
+        **RERANK_CHECKS,
         "checkpoints": nonempty,
         "fold": at_least(0),
-        "rerank": (nonempty, one_of(*RERANKS)),
-        "k1": at_least(1),
-        "k2": at_least(1),
-        "lambda_value": between(0, 1),
-        "hard_lambda": between(0, 1),
-        "batch_size": at_least(1),
-        "device": available_device,
-        "num_workers": non_negative,
         "ranked_lists": non_negative,
         "topk": at_least(1),
     }

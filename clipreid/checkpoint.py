@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from .errors import UserError
 from .fileio import atomic_path
+
+LAST_PT, BEST_PT = "last.pt", "best.pt"  # a run folder's checkpoints: the last epoch's (and resume), the best epoch's
+RunWeights = Literal["last", "best"]  # which of them a run folder gives
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -26,7 +29,7 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
         torch.save(state, tmp)
 
 
-def checkpoint_file(path: str | Path, weights: str = "last") -> Path:
+def checkpoint_file(path: str | Path, weights: RunWeights = "last") -> Path:
     """The checkpoint file a path names; UserError if there is none.
 
     A run folder gives its ``last.pt`` (the last epoch's weights, what the original submits), else its best.pt;
@@ -35,7 +38,7 @@ def checkpoint_file(path: str | Path, weights: str = "last") -> Path:
     """
     path = Path(path)
     if path.is_dir():
-        names = ("best.pt", "last.pt") if weights == "best" else ("last.pt", "best.pt")
+        names = (BEST_PT, LAST_PT) if weights == "best" else (LAST_PT, BEST_PT)
         for name in names:
             if (path / name).is_file():
                 return path / name

@@ -1,6 +1,6 @@
 """Evaluation of trained checkpoints: mAP, rank-1/5/10 and mINP with and without re-ranking, and their fusion.
 
-``evaluate(cfg)`` takes the config dataclass of ``evaluate.py`` (any object with its fields) and returns an
+``evaluate(cfg)`` takes an :class:`EvaluateConfig` (``evaluate.py``'s Config inherits it) and returns an
 :class:`EvalReport`. Three splits:
 
 - ``test``: the test split's queries against its gallery;
@@ -25,32 +25,48 @@ import gc
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 import torch
 
-from .checkpoint import checkpoint_file, load_checkpoint_file, run_dir_of
+from .checkpoint import RunWeights, checkpoint_file, load_checkpoint_file, run_dir_of
 from .config import save_config
 from .dataset import ImageSet, Split, load_split, read_train_df
 from .errors import UserError
 from .features import ImageCache, extract_features, image_features, squared_distances
 from .fileio import check_writable, file_set, write_text
 from .fusion import dissimilarity_fusion, similarity_fusion, winners_fusion
+from .inference import FUSIONS, RERANKS, Fusion, InferenceOptions, Rerank, RerankOptions
 from .metrics import compute_scores
 from .model import ReIDEncoder, load_encoder
 from .preprocess import TRAIN_DF
 from .rerank import hard_k_reciprocal, k_reciprocal_features
 from .runtime import pick_device, resolve_precision
 
-RERANKS = ("none", "k_reciprocal", "hard")
-FUSIONS = ("similarity", "dissimilarity", "winners")
 METRICS = (("mAP", "mAP"), ("rank1", "rank-1"), ("rank5", "rank-5"), ("rank10", "rank-10"), ("mINP", "mINP"))
 ALLSHOTS = ("rank1_allshots", "rank-1 allshots")  # the toolkit's allshots CMC, shown when the metrics give it
 RESULTS_CSV, RESULTS_MD, CONFIG_NAME, RANKED_PNG = ("eval_results.csv", "eval_results.md", "evaluate_config.json",
                                                    "ranked_lists.png")
 FUSED = "fused"
+EvalSplit = Literal["test", "fold", "folds"]
+
+
+@dataclass
+class EvaluateConfig(InferenceOptions, RerankOptions):
+    """What ``evaluate`` reads: ``evaluate.py``'s Config inherits it and gives the defaults and the help."""
+
+    checkpoints: tuple[Path, ...]  # run folders or .pt files, at least one
+    run_weights: RunWeights
+    checkpoint_model: str | None
+    data_dir: Path
+    split: EvalSplit
+    fold: int
+    camera_rule: bool | None  # None: on when train_df.csv has cameras
+    output_dir: Path | None  # None: <run folder of the first checkpoint>/eval
+    ranked_lists: int
+    topk: int
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -181,13 +197,13 @@ def trained_on_warning(info: CheckpointInfo, label: str, fold: int) -> str | Non
 
 
 def validate_reranked(encoder: ReIDEncoder, query: ImageSet | torch.Tensor, gallery: ImageSet | torch.Tensor,
-                      split: Split, reranks: Sequence[str] = (), **kwargs: Any) -> dict[str, float]:
+                      split: Split, reranks: Sequence[Rerank], *, batch_size: int, dtype: torch.dtype | None,
+                      flip: bool, num_workers: int, progress: bool) -> dict[str, float]:
     """The training's per-epoch validation: mAP, rank-k and mINP of raw distances, plus ``mAP_<method>`` and
-    ``rank1_<method>`` for each re-ranking of ``reranks`` (the original logs raw and re-ranked scores).
-    ``kwargs`` go to ``extract_features`` (batch_size, dtype, flip, num_workers, progress)."""
-    check_rerank(reranks)
-    qf = extract_features(encoder, query, desc="query features", **kwargs)
-    gf = extract_features(encoder, gallery, desc="gallery features", **kwargs)
+    ``rank1_<method>`` for each re-ranking of ``reranks`` (the original logs raw and re-ranked scores)."""
+    run = dict(batch_size=batch_size, dtype=dtype, flip=flip, num_workers=num_workers, progress=progress)
+    qf = extract_features(encoder, query, desc="query features", **run)
+    gf = extract_features(encoder, gallery, desc="gallery features", **run)
     record = {k: float(v) for k, v in _scores(squared_distances(qf, gf), split).items()}
     for method in dict.fromkeys(m for m in reranks if m != "none"):
         scores = _scores(rerank_distances(qf, gf, method), split)
@@ -195,14 +211,7 @@ def validate_reranked(encoder: ReIDEncoder, query: ImageSet | torch.Tensor, gall
     return record
 
 
-def check_rerank(methods: Sequence[str]) -> None:
-    """UserError for a re-ranking method that is not one of ``RERANKS``."""
-    bad = [m for m in methods if m not in RERANKS]
-    if bad:
-        raise UserError(f"rerank: unknown re-ranking {bad[0]!r}; choose from {', '.join(RERANKS)}")
-
-
-def rerank_distances(query: torch.Tensor, gallery: torch.Tensor, method: str, *, k1: int = 20, k2: int = 6,
+def rerank_distances(query: torch.Tensor, gallery: torch.Tensor, method: Rerank, *, k1: int = 20, k2: int = 6,
                      lambda_value: float = 0.3, hard_lambda: float = 0.7, shared: int = 0) -> torch.Tensor:
     """The q x g distance matrix of L2-normalised features for a re-ranking ``method`` (see ``RERANKS``).
 
@@ -216,29 +225,26 @@ def rerank_distances(query: torch.Tensor, gallery: torch.Tensor, method: str, *,
         return k_reciprocal_features(query, gallery, k1, k2, lambda_value, shared=shared)
     if method == "hard":
         return hard_k_reciprocal(query, gallery, k1, k2, hard_lambda, shared=shared)
-    raise UserError(f"rerank: unknown re-ranking {method!r}; choose from {', '.join(RERANKS)}")
+    raise ValueError(f"unknown re-ranking {method!r}; choose from {', '.join(RERANKS)}")
 
 
-def fuse(matrices: Sequence[torch.Tensor], method: str = "similarity", weights: Sequence[float] | None = None,
+def fuse(matrices: Sequence[torch.Tensor], method: Fusion = "similarity", weights: Sequence[float] | None = None,
          topk: int = 15) -> torch.Tensor:
-    """Fuse same-shape distance matrices by ``similarity``, ``dissimilarity`` or ``winners`` fusion (float64)."""
+    """Fuse same-shape distance matrices by ``similarity``, ``dissimilarity`` or ``winners`` fusion (float64).
+
+    The weights were checked where they entered (``FUSION_CHECKS``); ``clipreid.fusion`` raises ValueError for
+    misuse (a weight count that does not match, weights with dissimilarity fusion).
+    """
     mats = [torch.as_tensor(m, dtype=torch.float64).cpu() for m in matrices]
-    if weights is not None and len(weights) != len(mats):
-        raise UserError(f"weights: got {len(weights)} weights for {len(mats)} distance matrices (one per checkpoint, "
-                        "then one per submission CSV)")
-    try:
-        if method == "similarity":
-            return similarity_fusion(mats, weights)
-        if method == "dissimilarity":
-            if weights is not None:
-                raise UserError("weights: dissimilarity fusion weighs the models itself; use similarity or winners "
-                                "fusion, or leave weights out")
-            return dissimilarity_fusion(mats, topk)
-        if method == "winners":
-            return winners_fusion(mats, topk, weights)
-    except ValueError as err:
-        raise UserError(f"fusion: {err}") from None
-    raise UserError(f"fusion: unknown method {method!r}; choose from {', '.join(FUSIONS)}")
+    if method == "similarity":
+        return similarity_fusion(mats, weights)
+    if method == "dissimilarity":
+        if weights is not None:
+            raise ValueError("dissimilarity fusion weighs the models itself: it takes no weights")
+        return dissimilarity_fusion(mats, topk)
+    if method == "winners":
+        return winners_fusion(mats, topk, weights)
+    raise ValueError(f"unknown fusion {method!r}; choose from {', '.join(FUSIONS)}")
 
 
 def load_for_inference(checkpoint: Path, device: torch.device, model: str | None = None) -> ReIDEncoder:
@@ -250,7 +256,7 @@ def load_for_inference(checkpoint: Path, device: torch.device, model: str | None
 
 
 def query_gallery_features(encoder: ReIDEncoder, query_paths: Sequence[Path], gallery_paths: Sequence[Path], *,
-                           device: torch.device, cfg: Any, cache: ImageCache | None = None
+                           device: torch.device, cfg: InferenceOptions, cache: ImageCache | None = None
                            ) -> tuple[torch.Tensor, torch.Tensor]:
     """Features of the query and gallery images of a set that preprocess_data.py vetted, on ``device``, in one
     pass (``cfg``: batch_size, flip, precision, num_workers, progress), from ``cache`` when it is enabled. An
@@ -258,7 +264,7 @@ def query_gallery_features(encoder: ReIDEncoder, query_paths: Sequence[Path], ga
     paths = [*query_paths, *gallery_paths]
     got = image_features(encoder, paths, batch_size=cfg.batch_size, device=device,
                          dtype=resolve_precision(cfg.precision, device), flip=cfg.flip,
-                         num_workers=getattr(cfg, "num_workers", 0), progress=cfg.progress, cache=cache,
+                         num_workers=cfg.num_workers, progress=cfg.progress, cache=cache,
                          on_error="raise", hint="; re-run preprocess_data.py to leave it out")
     features = got.features.to(device)
     return features[:len(query_paths)], features[len(query_paths):]
@@ -386,8 +392,8 @@ def scored_line(split: Split, scores: dict[str, float]) -> str:
     return f"scored {scored} of {n} queries{skipped}; same-camera rule {rule}"
 
 
-def _matrices(encoder: ReIDEncoder, split: Split, device: torch.device, cfg: Any,
-              cache: ImageCache | None = None) -> dict[str, Any]:
+def _matrices(encoder: ReIDEncoder, split: Split, device: torch.device, cfg: EvaluateConfig,
+              cache: ImageCache | None = None) -> dict[str, torch.Tensor]:
     """Distance matrices (on the CPU) of one encoder on a split, one per re-ranking method of ``cfg.rerank``."""
     qf, gf = query_gallery_features(encoder, split.query_paths, split.gallery_paths, device=device, cfg=cfg,
                                     cache=cache)
@@ -410,7 +416,7 @@ def _weights_lines(infos: Sequence[CheckpointInfo], labels: Sequence[str]) -> li
     return [f"weights: {label} = {info.path}, {info.describe()}" for info, label in zip(infos, labels, strict=True)]
 
 
-def _write_results(report: EvalReport, split: str, cfg: Any, stage: Path) -> None:
+def _write_results(report: EvalReport, split: str, cfg: EvaluateConfig, stage: Path) -> None:
     """The tables and the config into the staging folder ``stage`` of ``report.output_dir``'s file set."""
     write_text(stage / RESULTS_CSV, results_frame(report.rows, split).to_csv(index=False))
     table = format_table(report.rows, markdown=True, folds=report.folds)
@@ -419,7 +425,7 @@ def _write_results(report: EvalReport, split: str, cfg: Any, stage: Path) -> Non
     report.files += [report.output_dir / name for name in (RESULTS_CSV, RESULTS_MD, CONFIG_NAME)]
 
 
-def evaluate(cfg: Any) -> EvalReport:
+def evaluate(cfg: EvaluateConfig) -> EvalReport:
     """Score every checkpoint of ``cfg.checkpoints`` on ``cfg.split`` with each ``cfg.rerank`` method.
 
     Writes eval_results.csv (fractions), eval_results.md (%), evaluate_config.json and, for the test and fold
@@ -427,21 +433,13 @@ def evaluate(cfg: Any) -> EvalReport:
     folder / eval).
     """
     checkpoints = [Path(c) for c in cfg.checkpoints]
-    if not checkpoints:
-        raise UserError("checkpoints: give at least one checkpoint (a best.pt / last.pt, or its run folder)")
-    if not cfg.rerank:
-        raise UserError("rerank: give at least one of " + ", ".join(RERANKS))
-    check_rerank(cfg.rerank)
-    # a missing file fails now, not after the first model's work; a run folder gives its last.pt unless asked
-    files = [checkpoint_file(c, getattr(cfg, "run_weights", "last")) for c in checkpoints]
+    files = [checkpoint_file(c, cfg.run_weights) for c in checkpoints]  # a missing file fails before any work
     device = pick_device(cfg.device)
     out = Path(cfg.output_dir) if cfg.output_dir is not None else run_dir_of(checkpoints[0]) / "eval"
     check_writable(out, "--output-dir")  # before any image is decoded, not after all the work
     infos = [checkpoint_info(f) for f in files]
-    cfg = dataclasses.replace(cfg, output_dir=out) if dataclasses.is_dataclass(cfg) else cfg
+    cfg = dataclasses.replace(cfg, output_dir=out)
     labels = checkpoint_labels(files)
-    if cfg.split not in ("test", "fold", "folds"):
-        raise UserError(f"split must be test, fold or folds, not {cfg.split!r}")
     # tables, picture and config replace the previous ones as one set, or not at all
     with file_set(out, members=(RESULTS_CSV, RESULTS_MD, CONFIG_NAME, RANKED_PNG)) as stage:
         if cfg.split == "folds":
@@ -452,7 +450,7 @@ def evaluate(cfg: Any) -> EvalReport:
     return report
 
 
-def _evaluate_split(cfg: Any, infos: list[CheckpointInfo], labels: list[str], device: torch.device,
+def _evaluate_split(cfg: EvaluateConfig, infos: list[CheckpointInfo], labels: list[str], device: torch.device,
                     out: Path, stage: Path | None = None) -> EvalReport:
     warnings = []
     for info, label in zip(infos, labels, strict=True):  # every checkpoint is checked before any work
@@ -461,15 +459,15 @@ def _evaluate_split(cfg: Any, infos: list[CheckpointInfo], labels: list[str], de
             warnings.append(trained_on_warning(info, label, cfg.fold))
         warnings.append(selection_warning(info, label, cfg.split, cfg.fold))
     split = load_split(cfg.data_dir, "test" if cfg.split == "test" else "fold", cfg.fold)
-    split = _camera_rule(split, getattr(cfg, "camera_rule", None), cfg.data_dir)
+    split = _camera_rule(split, cfg.camera_rule, cfg.data_dir)
     where = "test split" if cfg.split == "test" else f"fold {cfg.fold}"
     title = f"{where} of {cfg.data_dir}: {len(split.query_paths)} queries, {len(split.gallery_paths)} gallery images"
     lines = [*_weights_lines(infos, labels), *filter(None, warnings)]
     results: list[tuple[Row, torch.Tensor]] = []  # every row with its distance matrix
     per_model = []
-    cache = ImageCache(getattr(cfg, "cache_images", False), cfg.progress)
+    cache = ImageCache(cfg.cache_images, cfg.progress)
     for info, label in zip(infos, labels, strict=True):
-        encoder = load_for_inference(info.path, device, getattr(cfg, "checkpoint_model", None))
+        encoder = load_for_inference(info.path, device, cfg.checkpoint_model)
         mats = _matrices(encoder, split, device, cfg, cache)
         del encoder
         per_model.append(mats)
@@ -494,7 +492,7 @@ def _evaluate_split(cfg: Any, infos: list[CheckpointInfo], labels: list[str], de
     return report
 
 
-def _evaluate_folds(cfg: Any, infos: list[CheckpointInfo], labels: list[str], device: torch.device,
+def _evaluate_folds(cfg: EvaluateConfig, infos: list[CheckpointInfo], labels: list[str], device: torch.device,
                     out: Path) -> EvalReport:
     folds = [_fold_of(info) for info in infos]  # every checkpoint is checked before any work
     for info, fold in zip(infos, folds, strict=True):
@@ -502,16 +500,16 @@ def _evaluate_folds(cfg: Any, infos: list[CheckpointInfo], labels: list[str], de
     warnings = [selection_warning(info, label, "folds") for info, label in zip(infos, labels, strict=True)]
     splits: dict[int, Split] = {}
     rows, scored = [], []
-    cache = ImageCache(getattr(cfg, "cache_images", False), cfg.progress)
+    cache = ImageCache(cfg.cache_images, cfg.progress)
     for info, label, fold in zip(infos, labels, folds, strict=True):
         path = info.path
         if fold not in splits:
-            splits[fold] = _camera_rule(load_split(cfg.data_dir, "fold", fold), getattr(cfg, "camera_rule", None),
+            splits[fold] = _camera_rule(load_split(cfg.data_dir, "fold", fold), cfg.camera_rule,
                                         cfg.data_dir)
         split = splits[fold]
         print(f"{label}: fold {fold} of {cfg.data_dir}, {len(split.query_paths)} queries, "
               f"{len(split.gallery_paths)} gallery images", flush=True)
-        encoder = load_for_inference(path, device, getattr(cfg, "checkpoint_model", None))
+        encoder = load_for_inference(path, device, cfg.checkpoint_model)
         mats = _matrices(encoder, split, device, cfg, cache)
         del encoder
         rows += [Row(label, m, _scores(d, split), str(path), fold, weights=info.describe(), epoch=info.epoch)

@@ -1,6 +1,6 @@
 """Submission distance matrices for the test and challenge sets, from checkpoints and/or earlier submissions, fused.
 
-``predict(cfg)`` takes the config dataclass of ``predict.py`` (any object with its fields) and returns a
+``predict(cfg)`` takes a :class:`PredictConfig` (``predict.py``'s Config inherits it) and returns a
 :class:`PredictReport`. For each set it writes, in the challenge's CSV format (``clipreid.submission``):
 
 - ``<set>_<rerank>.csv`` for every re-ranking of ``cfg.rerank`` (``<set>_raw.csv`` for ``none``): each checkpoint
@@ -23,18 +23,17 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Literal
 
 import numpy as np
 import torch
 
+from .checkpoint import RunWeights, checkpoint_file
 from .config import save_config
 from .dataset import load_split, read_table
 from .errors import UserError
 from .evaluation import (
-    FUSIONS,
     ImageCache,
-    check_rerank,
     checkpoint_info,
     checkpoint_labels,
     fuse,
@@ -44,23 +43,31 @@ from .evaluation import (
     selection_warning,
 )
 from .fileio import check_writable, file_set, write_json
+from .inference import FusionOptions, InferenceOptions, RerankOptions, csv_suffix
 from .layout import CHALLENGE_GALLERY_DIR, CHALLENGE_QUERY_DIR
 from .metrics import compute_scores
-from .model import checkpoint_file
 from .preprocess import CHALLENGE_COLUMNS, CHALLENGE_DF
 from .runtime import pick_device
 from .submission import align_to, read_distance_matrix, write_distance_matrix
 from .synthetic import INFO_NAME
 
-SETS = ("test", "challenge")
+SetName = Literal["test", "challenge"]
 SET_PLACEHOLDER = "{set}"
 CONFIG_NAME = "predict_config.json"
 LOG_NAME = "predict_log.json"
 
 
-def csv_suffix(rerank: str) -> str:
-    """The file-name part of a re-ranking method: ``raw`` for none, else its name."""
-    return "raw" if rerank == "none" else rerank
+@dataclass
+class PredictConfig(InferenceOptions, RerankOptions, FusionOptions):
+    """What ``predict`` reads: ``predict.py``'s Config inherits it and gives the defaults and the help."""
+
+    checkpoints: tuple[Path, ...] | None  # None or empty: submission CSVs only
+    run_weights: RunWeights
+    checkpoint_model: str | None
+    submissions: tuple[Path, ...]  # with several sets, {set} in the path stands for the set's name
+    data_dir: Path
+    sets: tuple[SetName, ...]
+    output_dir: Path
 
 
 def _folder_name(label: str) -> str:
@@ -130,15 +137,13 @@ def _challenge_truth(data_dir: Path, query_ids: np.ndarray, gallery_ids: np.ndar
     return q, g
 
 
-def load_set(data_dir: str | Path, name: str) -> QuerySet:
+def load_set(data_dir: str | Path, name: SetName) -> QuerySet:
     """The ``test`` split (from train_df.csv) or the ``challenge`` set (from challenge_df.csv) of a data folder."""
     data_dir = Path(data_dir)
     if name == "test":
         split = load_split(data_dir, "test")
         return QuerySet(name, split.query_paths, split.gallery_paths, split.query_players, split.gallery_players,
                         truth_source="test split ids", query_cams=split.query_cams, gallery_cams=split.gallery_cams)
-    if name != "challenge":
-        raise UserError(f"sets: unknown set {name!r}; choose from {', '.join(SETS)}")
     path = data_dir / CHALLENGE_DF
     if not path.is_file():
         raise UserError(f"{path} not found: preprocess_data.py writes it when {data_dir}/reid_challenge/ exists; "
@@ -187,33 +192,14 @@ class PredictReport:
         return "\n".join(lines)
 
 
-def predict(cfg: Any) -> PredictReport:
+def predict(cfg: PredictConfig) -> PredictReport:
     """Write the fused (and re-ranked) submission CSVs of every set of ``cfg.sets`` into ``cfg.output_dir``."""
     checkpoints = [Path(c) for c in (cfg.checkpoints or ())]
     submissions = [Path(s) for s in cfg.submissions]
-    if not checkpoints and not submissions:
-        raise UserError("nothing to predict with: give --checkpoints and/or --submissions")
     sets = list(dict.fromkeys(cfg.sets))
-    if not sets:
-        raise UserError(f"sets: give at least one of {', '.join(SETS)}")
-    for name in sets:
-        if name not in SETS:
-            raise UserError(f"sets: unknown set {name!r}; choose from {', '.join(SETS)}")
-    reranks = list(dict.fromkeys([cfg.rerank] if isinstance(cfg.rerank, str) else cfg.rerank))
-    if not reranks:
-        raise UserError("rerank: give at least one of none, k_reciprocal, hard")
-    check_rerank(reranks)
-    if cfg.fusion not in FUSIONS:
-        raise UserError(f"fusion: unknown method {cfg.fusion!r}; choose from {', '.join(FUSIONS)}")
-    if cfg.weights is not None and cfg.fusion == "dissimilarity":
-        raise UserError("weights: dissimilarity fusion weighs the models itself; use similarity or winners fusion, "
-                        "or leave weights out")
+    reranks = list(dict.fromkeys(cfg.rerank))
     n_inputs = len(checkpoints) + len(submissions)
-    if cfg.weights is not None and len(cfg.weights) != n_inputs:
-        raise UserError(f"weights: got {len(cfg.weights)} weights for {n_inputs} inputs (one per checkpoint, then "
-                        "one per submission CSV)")
-    # a run folder gives its last.pt (the last epoch), or its best.pt with run_weights best
-    files = [checkpoint_file(c, getattr(cfg, "run_weights", "last")) for c in checkpoints]
+    files = [checkpoint_file(c, cfg.run_weights) for c in checkpoints]
     out = check_writable(Path(cfg.output_dir), "--output-dir")  # before any work, not after all of it
     infos = [checkpoint_info(f) for f in files]
 
@@ -233,9 +219,9 @@ def predict(cfg: Any) -> PredictReport:
     mats: dict[str, dict[str, list[torch.Tensor]]] = {name: {m: [] for m in reranks} for name in sets}
     if checkpoints:
         device = pick_device(cfg.device)
-        cache = ImageCache(getattr(cfg, "cache_images", False), cfg.progress)
+        cache = ImageCache(cfg.cache_images, cfg.progress)
         for info in infos:
-            encoder = load_for_inference(info.path, device, getattr(cfg, "checkpoint_model", None))
+            encoder = load_for_inference(info.path, device, cfg.checkpoint_model)
             for name, qset in qsets.items():
                 qf, gf = query_gallery_features(encoder, qset.query_paths, qset.gallery_paths, device=device, cfg=cfg,
                                                 cache=cache)

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -23,7 +24,8 @@ from PIL import Image
 from .errors import UserError, first_line
 from .progress import progress_bar
 
-INTERPOLATIONS = ("bilinear", "bicubic")
+Interpolation = Literal["bilinear", "bicubic"]  # bilinear: OpenCV's INTER_LINEAR_EXACT, as the original
+INTERPOLATIONS: tuple[str, ...] = get_args(Interpolation)
 
 
 def resize_uint8(image: np.ndarray, size: tuple[int, int], interpolation: str = "bilinear") -> np.ndarray:
