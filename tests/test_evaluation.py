@@ -341,7 +341,7 @@ def test_predict_writes_every_reranking_and_each_models_own_csvs(synthetic_small
 def test_fusing_a_checkpoint_with_its_own_csv(synthetic_small, run_dir, predicted, tmp_path):
     out, _ = predicted
     predict(predict_config(synthetic_small, tmp_path, checkpoints=(run_dir,), submissions=(out / "{set}_raw.csv",),
-                           rerank="none"))
+                           rerank=("none",)))
     assert {p.name for p in tmp_path.glob("*.csv")} == {"test_raw.csv", "challenge_raw.csv"}
     for name in ("test_raw.csv", "challenge_raw.csv"):
         fused, q, g = read_distance_matrix(tmp_path / name)
