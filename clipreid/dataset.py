@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -94,6 +94,14 @@ def read_identities(data_dir: str | Path) -> pd.DataFrame:
     """``identities.csv`` of an own-data folder: ``player`` (int64), ``identity`` (the name as written), ``images``."""
     return read_table(Path(data_dir) / IDENTITIES_CSV, ("player", "identity", "images"),
                       integer_columns=("player", "images"))
+
+
+def fold_identity(data_dir: str | Path, fold: int) -> dict[str, Any]:
+    """Which groups (sequences, or identities in the Market-1501 layout) fold ``fold`` of a data folder's
+    train_df.csv holds, and of how many folds: what a fold checkpoint records as its held-out set."""
+    df = read_train_df(data_dir)
+    return {"fold": int(fold), "n_folds": int(df.fold.nunique()),
+            "groups": sorted(str(g) for g in df.loc[df.fold == fold, "game"].unique())}
 
 
 def load_split(data_dir: str | Path, validation: Validation = "test", fold: int = 0) -> Split:

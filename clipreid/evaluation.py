@@ -25,15 +25,26 @@ import gc
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 import torch
 
-from .checkpoint import RunWeights, checkpoint_file, load_checkpoint_file, run_dir_of
+from .checkpoint import (
+    CheckpointInfo,
+    RunWeights,
+    check_fold_identity,
+    checkpoint_file,
+    checkpoint_info,
+    checkpoint_labels,
+    run_dir_of,
+    selection_warning,
+    trained_on_warning,
+    weights_lines,
+)
 from .config import save_config
-from .dataset import ImageSet, Split, load_split, read_train_df
+from .dataset import ImageSet, Split, load_split
 from .errors import UserError
 from .features import ImageCache, extract_features, image_features, squared_distances
 from .fileio import check_writable, file_set, write_text
@@ -70,130 +81,7 @@ class EvaluateConfig(InferenceOptions, RerankOptions):
 
 
 # --------------------------------------------------------------------------------------------------------------
-# shared helpers: checkpoints, features, re-ranking and fusion by name
-
-
-def checkpoint_labels(checkpoints: Sequence[Path]) -> list[str]:
-    """Short unique names for table rows: the run folder's name, with ``/best`` (or the file's stem) for any file
-    but a last.pt; the paths when two would be equal, and ``#2``, ``#3`` for a file given again."""
-    labels = []
-    for path in checkpoints:
-        path = Path(path)
-        label = run_dir_of(path).name or str(path)
-        if path.suffix == ".pt" and path.name != "last.pt":
-            label += f"/{path.stem}"
-        labels.append(label)
-    if len(set(labels)) < len(labels):
-        labels = [str(p) for p in checkpoints]
-    seen: dict[str, int] = {}
-    for i, label in enumerate(labels):  # the same file given twice: still one row, one folder each
-        seen[label] = seen.get(label, 0) + 1
-        if seen[label] > 1:
-            labels[i] = f"{label} #{seen[label]}"
-    return labels
-
-
-# --------------------------------------------------------------------------------------------------------------
-# which weights a checkpoint holds, and on which images they may be scored
-
-
-@dataclass
-class CheckpointInfo:
-    """What a checkpoint file says about its weights: the epoch, how they were selected, the fold held out."""
-
-    path: Path
-    epoch: int | None = None
-    weights: str = "file"  # last, best, or file (any other file)
-    selection: dict[str, Any] | None = None  # best.pt: {"metric": "mAP", "validation": ..., "fold": ...}
-    config: dict[str, Any] = field(default_factory=dict)
-    held_out: dict[str, Any] | None = None  # fold runs: {"fold", "n_folds", "groups"}
-
-    def describe(self) -> str:
-        """``epoch 4 (last)``, ``epoch 2 (best mAP on the test split)``; what a log names the weights by."""
-        epoch = f"epoch {self.epoch}" if self.epoch is not None else "epoch unknown"
-        if self.selected_by_split:
-            return f"{epoch} (best {self.selection['metric']} on {_split_name(self.selection)})"
-        return f"{epoch} ({self.weights})"
-
-    @property
-    def selected_by_split(self) -> bool:
-        return bool(self.selection) and self.selection.get("metric") == "mAP"
-
-
-def _split_name(selection: dict[str, Any]) -> str:
-    if selection.get("validation") == "fold":
-        return f"fold {selection.get('fold')}"
-    return f"the {selection.get('validation')} split"
-
-
-def checkpoint_info(path: str | Path) -> CheckpointInfo:
-    """Read a checkpoint file's epoch, selection and held-out fold (tensors memory-mapped, not read)."""
-    path = Path(path)
-    state = load_checkpoint_file(path, mmap=True)
-    if not isinstance(state, dict):
-        raise UserError(f"{path} is not a clipreid checkpoint (no 'model' and 'model_spec' entries)")
-    config = state.get("config") or {}
-    selection = state.get("selection")
-    weights = {"last.pt": "last", "best.pt": "best"}.get(path.name, "file")
-    if selection is None and weights == "best" and config.get("validation") not in (None, "none"):
-        # written before checkpoints recorded their selection: best.pt was chosen by validation mAP
-        selection = {"weights": "best", "metric": "mAP", "validation": config["validation"],
-                     "fold": config.get("fold") if config.get("validation") == "fold" else None}
-    if selection is not None:
-        weights = selection.get("weights", weights)
-    epoch = state.get("epoch")
-    return CheckpointInfo(path, int(epoch) if epoch is not None else None, weights, selection, config,
-                          state.get("held_out"))
-
-
-def selection_warning(info: CheckpointInfo, label: str, split: str, fold: int | None = None) -> str | None:
-    """A warning line when a best.pt is scored on the split whose mAP selected it (``split``: test, fold, folds;
-    ``folds`` is each checkpoint's own fold), else None."""
-    if not info.selected_by_split:
-        return None
-    sel = info.selection
-    same = (split == "test" and sel.get("validation") == "test") or (
-        sel.get("validation") == "fold" and (split == "folds" or (split == "fold" and sel.get("fold") == fold)))
-    if not same:
-        return None
-    return (f"warning: {label} holds the epoch ({info.epoch}) of the best mAP on {_split_name(sel)}, the split "
-            "scored here: its scores are optimistic; score last.pt (--run-weights last) for an unbiased figure")
-
-
-def fold_identity(data_dir: str | Path, fold: int) -> dict[str, Any]:
-    """Which groups (sequences, or identities in the Market-1501 layout) fold ``fold`` of a data folder's
-    train_df.csv holds, and of how many folds: what a fold checkpoint records as its held-out set."""
-    df = read_train_df(data_dir)
-    return {"fold": int(fold), "n_folds": int(df.fold.nunique()),
-            "groups": sorted(str(g) for g in df.loc[df.fold == fold, "game"].unique())}
-
-
-def check_fold_identity(info: CheckpointInfo, data_dir: str | Path, fold: int) -> None:
-    """UserError when ``info`` held out fold ``fold`` in training but train_df.csv's fold ``fold`` is now other
-    groups (the table was re-folded): the model would be scored on images it trained on. Checkpoints written
-    before fold identities were recorded are not checked."""
-    held = info.held_out
-    if not held or int(held.get("fold", -1)) != int(fold):
-        return
-    now = fold_identity(data_dir, fold)
-    if now["groups"] != list(held["groups"]) or now["n_folds"] != held["n_folds"]:
-        common = len(set(now["groups"]) & set(held["groups"]))
-        raise UserError(f"{info.path} held out fold {fold} of {held['n_folds']} folds ({len(held['groups'])} "
-                        f"sequences) in training, but fold {fold} of {Path(data_dir) / TRAIN_DF} is another set "
-                        f"({len(now['groups'])} sequences, {common} in common; {now['n_folds']} folds): scoring it "
-                        f"there would use images it trained on; re-run preprocess_data.py --n-folds "
-                        f"{held['n_folds']} (the folding it was trained with) or use --split test")
-
-
-def trained_on_warning(info: CheckpointInfo, label: str, fold: int) -> str | None:
-    """A warning line when a checkpoint scored on fold ``fold`` trained on images of that fold."""
-    config = info.config
-    if not config or (config.get("validation") == "fold" and int(config.get("fold", -1)) == int(fold)):
-        return None
-    held = (f"fold {config.get('fold')}" if config.get("validation") == "fold"
-            else f"the {config.get('validation')} split")
-    return (f"warning: {label} was trained holding out {held}, not fold {fold}: it trained on images of fold "
-            f"{fold}, so these are not held-out scores")
+# shared helpers: features, re-ranking and fusion by name
 
 
 def validate_reranked(encoder: ReIDEncoder, query: ImageSet | torch.Tensor, gallery: ImageSet | torch.Tensor,
@@ -411,11 +299,6 @@ def _fold_of(info: CheckpointInfo) -> int:
     return int(config["fold"])
 
 
-def _weights_lines(infos: Sequence[CheckpointInfo], labels: Sequence[str]) -> list[str]:
-    """One line per checkpoint naming the file and the epoch of its weights, for the heading of a table."""
-    return [f"weights: {label} = {info.path}, {info.describe()}" for info, label in zip(infos, labels, strict=True)]
-
-
 def _write_results(report: EvalReport, split: str, cfg: EvaluateConfig, stage: Path) -> None:
     """The tables and the config into the staging folder ``stage`` of ``report.output_dir``'s file set."""
     write_text(stage / RESULTS_CSV, results_frame(report.rows, split).to_csv(index=False))
@@ -462,7 +345,7 @@ def _evaluate_split(cfg: EvaluateConfig, infos: list[CheckpointInfo], labels: li
     split = _camera_rule(split, cfg.camera_rule, cfg.data_dir)
     where = "test split" if cfg.split == "test" else f"fold {cfg.fold}"
     title = f"{where} of {cfg.data_dir}: {len(split.query_paths)} queries, {len(split.gallery_paths)} gallery images"
-    lines = [*_weights_lines(infos, labels), *filter(None, warnings)]
+    lines = [*weights_lines(infos, labels), *filter(None, warnings)]
     results: list[tuple[Row, torch.Tensor]] = []  # every row with its distance matrix
     per_model = []
     cache = ImageCache(cfg.cache_images, cfg.progress)
@@ -523,5 +406,5 @@ def _evaluate_folds(cfg: EvaluateConfig, infos: list[CheckpointInfo], labels: li
         rows.append(Row(f"mean ± std ({n})", m, mean, std=std))
     title = (f"{n} checkpoint(s), each on its held-out fold of {cfg.data_dir}; mean ± std (sample standard "
              "deviation) over the checkpoints")
-    title = "\n".join([title, *scored, *_weights_lines(infos, labels), *filter(None, warnings)])
+    title = "\n".join([title, *scored, *weights_lines(infos, labels), *filter(None, warnings)])
     return EvalReport(title, rows, True, out)

@@ -28,19 +28,23 @@ from typing import Literal
 import numpy as np
 import torch
 
-from .checkpoint import RunWeights, checkpoint_file
+from .checkpoint import (
+    RunWeights,
+    checkpoint_file,
+    checkpoint_info,
+    checkpoint_labels,
+    selection_warning,
+    weights_lines,
+)
 from .config import save_config
 from .dataset import load_split, read_table
 from .errors import UserError
 from .evaluation import (
     ImageCache,
-    checkpoint_info,
-    checkpoint_labels,
     fuse,
     load_for_inference,
     query_gallery_features,
     rerank_distances,
-    selection_warning,
 )
 from .fileio import check_writable, file_set, write_json
 from .inference import FusionOptions, InferenceOptions, RerankOptions, csv_suffix
@@ -237,8 +241,7 @@ def predict(cfg: PredictConfig) -> PredictReport:
     weights = tuple(cfg.weights) if cfg.weights is not None else None
     inputs = ", ".join(names) if n_inputs <= 4 else f"{n_inputs} inputs"
     how = f"{cfg.fusion} fusion of {inputs}" if n_inputs > 1 else inputs
-    for info, label in zip(infos, labels, strict=True):
-        report.lines.append(f"weights: {label} = {info.path}, {info.describe()}")
+    report.lines += weights_lines(infos, labels)
     warnings = {label: selection_warning(info, label, "test") for info, label in zip(infos, labels, strict=True)}
     if "test" in sets:
         report.lines += [w for w in warnings.values() if w]

@@ -39,10 +39,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import RunWeights, checkpoint_file
+from .checkpoint import RunWeights, checkpoint_file, checkpoint_labels
 from .config import save_config
 from .errors import UserError
-from .evaluation import checkpoint_labels, fuse, load_for_inference, rerank_distances
+from .evaluation import fuse, load_for_inference, rerank_distances
 from .features import Embedded, ImageCache, image_features, list_images, squared_distances
 from .fileio import file_set
 from .inference import FusionOptions, InferenceOptions, Rerank, RerankOptions

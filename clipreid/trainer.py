@@ -32,11 +32,20 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .checkpoint import read_checkpoint, run_dir_of, save_checkpoint
+from .checkpoint import BEST_PT, LAST_PT, read_checkpoint, run_dir_of, save_checkpoint, selection_record
 from .config import config_from_dict, config_to_dict, given_fields, save_config
-from .dataset import ImageSet, PairBatchSampler, PairDataset, Split, Validation, contiguous_labels, load_split
+from .dataset import (
+    ImageSet,
+    PairBatchSampler,
+    PairDataset,
+    Split,
+    Validation,
+    contiguous_labels,
+    fold_identity,
+    load_split,
+)
 from .errors import UserError
-from .evaluation import fold_identity, validate_reranked
+from .evaluation import validate_reranked
 from .fileio import StagedFolder, check_writable, write_text
 from .inference import Rerank
 from .loss import ReIDLoss
@@ -204,14 +213,6 @@ def _format_metrics(record: dict[str, Any]) -> str:
     return "  ".join(fmt.format(record[k]) for k, fmt in keys if record.get(k) is not None)
 
 
-def selection_record(cfg: TrainConfig, weights: str, epoch: int) -> dict[str, Any]:
-    """How a checkpoint's weights were chosen: ``best`` by validation mAP on a split (none: the last epoch), or
-    ``last``; evaluate.py and predict.py warn when a best.pt is scored on the split that selected it."""
-    chose_by_split = weights == "best" and cfg.validation != "none"
-    return {"weights": weights, "epoch": epoch, "metric": "mAP" if chose_by_split else "last epoch",
-            "validation": cfg.validation, "fold": cfg.fold if cfg.validation == "fold" else None}
-
-
 def grad_scaler(dtype: torch.dtype, device: torch.device) -> torch.amp.GradScaler:
     """The loss scaler of fp16 training on a GPU (disabled otherwise), starting at 2**10 as the original's."""
     return torch.amp.GradScaler("cuda", init_scale=2.0**10, enabled=dtype == torch.float16 and device.type == "cuda")
@@ -258,7 +259,7 @@ def _resolve_resume(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any] | Non
         return cfg, None
     path = Path(cfg.resume)
     if path.is_dir():
-        path = path / "last.pt"
+        path = path / LAST_PT
     state = read_checkpoint(path)
     if "optimizer" not in state:
         raise UserError(f"{path} holds weights only (best.pt); resume from the run's last.pt")
@@ -278,7 +279,7 @@ def train(cfg: TrainConfig) -> Path:
     try:
         return _train(cfg, rt)
     except KeyboardInterrupt:
-        last = (run_dir_of(cfg.resume) if cfg.resume else _run_dir(cfg)) / "last.pt"
+        last = (run_dir_of(cfg.resume) if cfg.resume else _run_dir(cfg)) / LAST_PT
         raise KeyboardInterrupt(f"continue with --resume {last}" if last.is_file() else "") from None
     finally:
         if rt.distributed and dist.is_initialized():
@@ -288,8 +289,8 @@ def train(cfg: TrainConfig) -> Path:
 def _train(cfg: TrainConfig, rt: Runtime) -> Path:
     cfg, state = _resolve_resume(cfg)
     run_dir = _run_dir(cfg) if state is None else run_dir_of(cfg.resume)
-    if state is None and (run_dir / "last.pt").exists() and not cfg.overwrite:
-        raise UserError(f"{run_dir} already holds a run; --resume {run_dir / 'last.pt'} continues it, "
+    if state is None and (run_dir / LAST_PT).exists() and not cfg.overwrite:
+        raise UserError(f"{run_dir} already holds a run; --resume {run_dir / LAST_PT} continues it, "
                         "--overwrite replaces it, --run-name NAME starts another")
     if state is None and run_dir.exists() and not cfg.overwrite and (not run_dir.is_dir() or any(run_dir.iterdir())):
         raise UserError(f"{run_dir} exists and is not a finished run (no last.pt); --overwrite replaces it, "
@@ -416,11 +417,11 @@ def _train_into(cfg: TrainConfig, rt: Runtime, state: dict[str, Any] | None, fol
             # best.pt first: a kill between the two leaves the previous last.pt, whose resume redoes this epoch and
             # writes both; the other order would leave a resumable run that never rewrites the better best.pt
             if improved:
-                save_checkpoint(folder.path / "best.pt",
-                                {**common, "selection": selection_record(cfg, "best", epoch + 1)})
-            save_checkpoint(folder.path / "last.pt", {
-                **common, "selection": selection_record(cfg, "last", epoch + 1), "loss": loss_fn.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                save_checkpoint(folder.path / BEST_PT,
+                                {**common, "selection": selection_record("best", epoch + 1, cfg.validation, cfg.fold)})
+            save_checkpoint(folder.path / LAST_PT, {
+                **common, "selection": selection_record("last", epoch + 1, cfg.validation, cfg.fold),
+                "loss": loss_fn.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(), "rng": _rng_state(), "best": best, "history": history})
             _write_log(folder.path, history)
             if not folder.committed:
@@ -430,7 +431,7 @@ def _train_into(cfg: TrainConfig, rt: Runtime, state: dict[str, Any] | None, fol
             say(f"epoch {epoch + 1}/{cfg.epochs}: {_format_metrics(record)}" + ("  (best)" if improved else ""))
         _barrier(rt)
         if cfg.stop_after is not None and epoch + 1 >= cfg.stop_after and epoch + 1 < cfg.epochs:
-            say(f"stopping after epoch {epoch + 1} as asked; continue with --resume {run_dir / 'last.pt'}")
+            say(f"stopping after epoch {epoch + 1} as asked; continue with --resume {run_dir / LAST_PT}")
             break
     tracker.close()
     return run_dir
