@@ -21,7 +21,7 @@ import torch
 from .dataset import fold_identity
 from .errors import UserError
 from .fileio import atomic_path
-from .preprocess import TRAIN_DF
+from .layout import TRAIN_DF
 
 LAST_PT, BEST_PT = "last.pt", "best.pt"  # a run folder's checkpoints: the last epoch's (and resume), the best epoch's
 RunWeights = Literal["last", "best"]  # which of them a run folder gives

@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .errors import UserError
-from .preprocess import IDENTITIES_CSV, TRAIN_COLUMNS, TRAIN_DF
+from .layout import GALLERY, IDENTITIES_CSV, QUERY, TRAIN_COLUMNS, TRAIN_DF
 from .transforms import load_image
 
 Validation = Literal["test", "fold", "none"]
@@ -127,7 +127,7 @@ def load_split(data_dir: str | Path, validation: Validation = "test", fold: int 
         raise UserError(f"validation must be test, fold or none, not {validation!r}")
     if train.empty:
         raise UserError(f"no training rows in {data_dir / TRAIN_DF} for validation={validation}")
-    query, gallery = val[val.img_type == "q"], val[val.img_type == "g"]
+    query, gallery = val[val.img_type == QUERY], val[val.img_type == GALLERY]
     if validation == "test" and val.empty:
         raise UserError(f"{data_dir / TRAIN_DF} has no test split (no query/gallery images): "
                         "validate on a fold instead (train.py --validation fold, evaluate.py --split fold)")
@@ -147,10 +147,10 @@ def load_split(data_dir: str | Path, validation: Validation = "test", fold: int 
     )
 
 
-def _epoch_generator(seed: int, epoch: int, salt: int = 0) -> torch.Generator:
+def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     # A fresh generator per (seed, epoch): the batches of an epoch do not depend on what ran before it,
     # which is what makes resuming exact.
-    return torch.Generator().manual_seed(seed * 1_000_003 + epoch * 7_919 + salt)
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch * 7_919)
 
 
 class PairBatchSampler:

@@ -50,16 +50,16 @@ from .features import ImageCache, extract_features, image_features, squared_dist
 from .fileio import check_writable, file_set, write_text
 from .fusion import dissimilarity_fusion, similarity_fusion, winners_fusion
 from .inference import FUSIONS, RERANKS, Fusion, InferenceOptions, Rerank, RerankOptions
+from .layout import TRAIN_DF
 from .metrics import compute_scores
 from .model import ReIDEncoder, load_encoder
-from .preprocess import TRAIN_DF
 from .rerank import hard_k_reciprocal, k_reciprocal_features
 from .runtime import pick_device, resolve_precision
+from .visualize import RANKED_PNG, save_ranked_lists
 
 METRICS = (("mAP", "mAP"), ("rank1", "rank-1"), ("rank5", "rank-5"), ("rank10", "rank-10"), ("mINP", "mINP"))
 ALLSHOTS = ("rank1_allshots", "rank-1 allshots")  # the toolkit's allshots CMC, shown when the metrics give it
-RESULTS_CSV, RESULTS_MD, CONFIG_NAME, RANKED_PNG = ("eval_results.csv", "eval_results.md", "evaluate_config.json",
-                                                   "ranked_lists.png")
+RESULTS_CSV, RESULTS_MD, CONFIG_NAME = "eval_results.csv", "eval_results.md", "evaluate_config.json"
 FUSED = "fused"
 EvalSplit = Literal["test", "fold", "folds"]
 
@@ -334,7 +334,7 @@ def evaluate(cfg: EvaluateConfig) -> EvalReport:
 
 
 def _evaluate_split(cfg: EvaluateConfig, infos: list[CheckpointInfo], labels: list[str], device: torch.device,
-                    out: Path, stage: Path | None = None) -> EvalReport:
+                    out: Path, stage: Path) -> EvalReport:
     warnings = []
     for info, label in zip(infos, labels, strict=True):  # every checkpoint is checked before any work
         if cfg.split == "fold":
@@ -365,9 +365,7 @@ def _evaluate_split(cfg: EvaluateConfig, infos: list[CheckpointInfo], labels: li
     if cfg.ranked_lists > 0:
         best, distmat = max(results, key=lambda rd: rd[0].scores["mAP"])  # the first of equal rows
         path = out / RANKED_PNG
-        from .visualize import save_ranked_lists
-
-        save_ranked_lists((stage or out) / RANKED_PNG, split.query_paths, split.gallery_paths, distmat,
+        save_ranked_lists(stage / RANKED_PNG, split.query_paths, split.gallery_paths, distmat,
                           split.query_players, split.gallery_players, topk=cfg.topk, num_queries=cfg.ranked_lists,
                           query_cams=split.query_cams, gallery_cams=split.gallery_cams,
                           title=f"{best.model}, re-ranking {best.rerank}: {title.splitlines()[0]}")

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from .blocks import speed_up_blocks
-from .checkpoint import checkpoint_file, load_checkpoint_file, read_checkpoint, run_dir_of  # noqa: F401 (re-exported)
+from .checkpoint import checkpoint_file, load_checkpoint_file
 from .errors import UserError, first_line
 from .transforms import INTERPOLATIONS
 
@@ -744,11 +744,6 @@ def read_encoder_file(path: str | Path, model: str | None = None) -> EncoderFile
     raise UserError(f"{path} is neither a clipreid checkpoint (a dict with 'model' and 'model_spec', written by "
                     "train.py) nor an original CLIP-ReIdent / 2023-code weights file ('model.visual.*' or 'model.*' "
                     "tensors); give a best.pt / last.pt or its run folder")
-
-
-def checkpoint_spec(path: str | Path) -> ModelSpec:
-    """Read only the ModelSpec stored in a checkpoint."""
-    return read_encoder_file(path).spec
 
 
 def _load_weights(encoder: ReIDEncoder, found: EncoderFile, path: Path) -> None:

@@ -48,12 +48,19 @@ from .evaluation import (
 )
 from .fileio import check_writable, file_set, write_json
 from .inference import FusionOptions, InferenceOptions, RerankOptions, csv_suffix
-from .layout import CHALLENGE_GALLERY_DIR, CHALLENGE_QUERY_DIR
+from .layout import (
+    CHALLENGE_COLUMNS,
+    CHALLENGE_DF,
+    CHALLENGE_GALLERY_DIR,
+    CHALLENGE_PLAYERS,
+    CHALLENGE_QUERY_DIR,
+    GALLERY,
+    QUERY,
+    SYNTHETIC_INFO,
+)
 from .metrics import compute_scores
-from .preprocess import CHALLENGE_COLUMNS, CHALLENGE_DF
 from .runtime import pick_device
 from .submission import align_to, read_distance_matrix, write_distance_matrix
-from .synthetic import INFO_NAME
 
 SetName = Literal["test", "challenge"]
 SET_PLACEHOLDER = "{set}"
@@ -127,11 +134,11 @@ class QuerySet:
 
 def _challenge_truth(data_dir: Path, query_ids: np.ndarray, gallery_ids: np.ndarray) -> tuple[dict, dict] | None:
     """The file id -> player maps of ``synthetic.json`` when it covers every challenge image."""
-    path = data_dir / INFO_NAME
+    path = data_dir / SYNTHETIC_INFO
     if not path.is_file():
         return None
     try:
-        players = json.loads(path.read_text(encoding="utf-8"))["challenge_players"]
+        players = json.loads(path.read_text(encoding="utf-8"))[CHALLENGE_PLAYERS]
         q = {int(k): int(v) for k, v in players[CHALLENGE_QUERY_DIR].items()}
         g = {int(k): int(v) for k, v in players[CHALLENGE_GALLERY_DIR].items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
@@ -150,16 +157,17 @@ def load_set(data_dir: str | Path, name: SetName) -> QuerySet:
                         truth_source="test split ids", query_cams=split.query_cams, gallery_cams=split.gallery_cams)
     path = data_dir / CHALLENGE_DF
     if not path.is_file():
-        raise UserError(f"{path} not found: preprocess_data.py writes it when {data_dir}/reid_challenge/ exists; "
-                        "or leave the challenge out with --sets test")
+        raise UserError(f"{path} not found: preprocess_data.py writes it when "
+                        f"{data_dir / Path(CHALLENGE_QUERY_DIR).parent}/ exists; or leave the challenge out with "
+                        "--sets test")
     df = read_table(path, CHALLENGE_COLUMNS, integer_columns=("player",))
-    query, gallery = df[df.img_type == "q"], df[df.img_type == "g"]
+    query, gallery = df[df.img_type == QUERY], df[df.img_type == GALLERY]
     if query.empty or gallery.empty:
         raise UserError(f"{path} has no queries or no gallery images; re-run preprocess_data.py")
     q_ids, g_ids = query.player.to_numpy(np.int64), gallery.player.to_numpy(np.int64)
     truth = _challenge_truth(data_dir, q_ids, g_ids)
     return QuerySet(name, [data_dir / p for p in query.img_id], [data_dir / p for p in gallery.img_id], q_ids, g_ids,
-                    truth, f"ground truth of {data_dir / INFO_NAME}" if truth else "")
+                    truth, f"ground truth of {data_dir / SYNTHETIC_INFO}" if truth else "")
 
 
 def _submission_for(path: Path, set_name: str, n_sets: int) -> Path:

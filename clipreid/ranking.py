@@ -47,9 +47,9 @@ from .features import Embedded, ImageCache, image_features, list_images, squared
 from .fileio import file_set
 from .inference import FusionOptions, InferenceOptions, Rerank, RerankOptions
 from .runtime import pick_device, resolve_precision
+from .visualize import RANKED_PNG, save_ranked_lists
 
 CONFIG_NAME = "predict_config.json"
-RANKED_PNG = "ranked_lists.png"
 QUERY_FILES, GALLERY_FILES = "query_files.txt", "gallery_files.txt"
 QUERY_FEATURES, GALLERY_FEATURES = "query_features.npy", "gallery_features.npy"
 SKIPPED_FILES = "skipped_files.txt"
@@ -323,8 +323,6 @@ def rank_folders(cfg: RankConfig) -> RankReport:
         _write_lines(stage / QUERY_FILES, query_names)
         _write_lines(stage / GALLERY_FILES, gallery_names)
         if cfg.ranked_lists > 0:
-            from .visualize import save_ranked_lists
-
             shown = methods[-1] if methods else "raw"
             save_ranked_lists(stage / RANKED_PNG, query_paths, gallery_paths, finals[shown], None, None,
                               topk=cfg.topk, num_queries=cfg.ranked_lists,

@@ -54,6 +54,7 @@ from .progress import progress_bar
 from .runtime import Precision, Runtime, autocast, resolve_precision, setup_runtime
 from .tracking import Tracker, open_tracker
 from .transforms import AugmentConfig, Interpolation, augment_pairs, decode_images, to_device
+from .visualize import save_training_curves
 
 LOG_NAME = "log.jsonl"
 CURVES_NAME = "curves.png"
@@ -200,8 +201,6 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 def _write_log(run_dir: Path, records: list[dict[str, Any]]) -> None:
     write_text(run_dir / LOG_NAME, "".join(json.dumps(r) + "\n" for r in records))
-    from .visualize import save_training_curves
-
     save_training_curves(run_dir / CURVES_NAME, records)
 
 

@@ -191,9 +191,10 @@ def _sharpen(images: torch.Tensor, apply: torch.Tensor, alpha: torch.Tensor, lig
     return F.conv2d(padded, kernel, groups=b * c).reshape(b, c, h, w).clamp_(0.0, 1.0)
 
 
-def _erasing_boxes(n: int, h: int, w: int, generator: torch.Generator, attempts: int = 10,
-                   scale: tuple[float, float] = (0.02, 0.33), ratio: tuple[float, float] = (0.3, 3.3)) -> torch.Tensor:
-    """(n, 4) boxes (top, left, height, width) as torchvision's RandomErasing draws them; height 0 = no box."""
+def _erasing_boxes(n: int, h: int, w: int, generator: torch.Generator) -> torch.Tensor:
+    """(n, 4) boxes (top, left, height, width) as torchvision's RandomErasing draws them (its defaults: 10
+    attempts, area 2-33%, aspect 0.3-3.3); height 0 = no box."""
+    attempts, scale, ratio = 10, (0.02, 0.33), (0.3, 3.3)
     area = h * w * (scale[0] + (scale[1] - scale[0]) * torch.rand(n, attempts, generator=generator))
     lo, hi = math.log(ratio[0]), math.log(ratio[1])
     aspect = torch.exp(lo + (hi - lo) * torch.rand(n, attempts, generator=generator))
@@ -227,7 +228,7 @@ def _erase(images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
 
 def augment_pairs(
     anchors: torch.Tensor, positives: torch.Tensor, cfg: AugmentConfig, mean: Sequence[float], std: Sequence[float],
-    generator: torch.Generator, dtype: torch.dtype = torch.float32, *, rank: int = 0, world_size: int = 1,
+    generator: torch.Generator, *, rank: int = 0, world_size: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Augment and normalise a batch of uint8 pairs (B, 3, H, W) on their device; returns float tensors.
 
@@ -259,5 +260,4 @@ def augment_pairs(
         boxes = _erasing_boxes(2 * n, images.shape[-2], images.shape[-1], generator)
         boxes[~apply, 2:] = 0
         images = _erase(images, boxes[take])
-    images = images.to(dtype)
     return images[:b], images[b:]

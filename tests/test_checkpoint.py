@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 import train
+from clipreid.checkpoint import read_checkpoint
 from clipreid.errors import UserError
 from clipreid.features import embed
 from clipreid.model import (
@@ -22,7 +23,6 @@ from clipreid.model import (
     build_encoder,
     encoder_checkpoint,
     load_encoder,
-    read_checkpoint,
 )
 from clipreid.trainer import train as run_training
 from clipreid.transforms import normalize, to_uint8_tensor

@@ -15,13 +15,14 @@ import pytest
 import torch
 from PIL import Image
 
+from clipreid.checkpoint import read_checkpoint
 from clipreid.config import parse_config
 from clipreid.dataset import read_train_df
 from clipreid.errors import UserError
 from clipreid.evaluation import evaluate
 from clipreid.features import embed, squared_distances
 from clipreid.metrics import compute_scores
-from clipreid.model import load_encoder, read_checkpoint
+from clipreid.model import load_encoder
 from clipreid.predict import predict
 from clipreid.submission import read_distance_matrix
 from clipreid.trainer import train
