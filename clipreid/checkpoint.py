@@ -1,11 +1,16 @@
-"""Checkpoint files: where a run keeps them, and reading and writing them safely.
+"""Checkpoint files: where a run keeps them, reading and writing them safely, and what their weights are.
 
 A clipreid checkpoint is a ``torch.save`` dict with at least ``model`` (the encoder's state dict) and
-``model_spec``, and since the preprocessing travels with the weights, ``preprocess`` (image_size, mean, std,
-interpolation as used in training) and ``arch`` (what rebuilds the architecture offline); ``last.pt`` adds what
-resuming needs. Files are read with ``weights_only=True`` (no pickled code)
-and written to a temporary name renamed into place. ``clipreid.model.read_encoder_file`` reads the other
-layouts (the original CLIP-ReIdent and 2023 weights files).
+``model_spec``, ``preprocess`` (image_size, mean, std, interpolation as used in training) and ``arch`` (what
+rebuilds the architecture offline); ``last.pt`` adds what resuming needs. Every checkpoint the trainer writes
+also records its provenance: ``epoch``, ``selection`` (how its weights were chosen, ``selection_record``), the
+training ``config`` and, for a fold run, ``held_out`` (the groups of the fold it never trained on).
+``checkpoint_info`` reads these back so that evaluate and predict say which weights they score and warn, or
+refuse, when the images scored are not held out from them.
+
+Invariants: files are read with ``weights_only=True`` (no pickled code) and written to a temporary name renamed
+into place; a run folder gives its ``last.pt`` or ``best.pt`` (``checkpoint_file``), never anything else.
+``clipreid.model.read_encoder_file`` reads the other weights formats (the original CLIP-ReIdent and 2023 files).
 """
 
 from __future__ import annotations

@@ -10,12 +10,11 @@
 
 For several checkpoints on the test or fold split, a ``fused`` row is the similarity fusion (element-wise mean)
 of their distance matrices, per re-ranking method. The helpers here (features of a checkpoint, re-ranking by
-name, fusion by name, which weights a checkpoint holds) are shared with ``clipreid.predict`` and the trainer.
+name, fusion by name) are shared with ``clipreid.predict`` and the trainer.
 
-Which weights are scored is said out loud: a run folder gives its ``last.pt`` (the last epoch, what the original
-submits) unless ``run_weights`` is ``best``; every row names its epoch, and scoring a ``best.pt`` on the split
-that selected it (its validation split) adds a warning line, as its scores are optimistic. A fold checkpoint
-records the sequences it held out, and is refused on a ``train_df.csv`` whose fold differs.
+Which weights are scored is said out loud (README: "Which weights"; ``clipreid.checkpoint`` reads them): every row
+names its epoch, scoring a ``best.pt`` on the split that selected it adds a warning line, and a fold checkpoint is
+refused on a ``train_df.csv`` whose fold is no longer the one it held out.
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@
 - ``predict_log.json``: the inputs (file, epoch and selection of each checkpoint's weights) and every CSV written,
   with its scores where the set has ground truth.
 
-A run folder gives its ``last.pt`` (the last epoch, what the original submits) unless ``cfg.run_weights`` is
-``best``; a best.pt selected on the test split and scored on the test set gets a warning line.
+A run folder gives the weights ``cfg.run_weights`` names (README: "Which weights"); a best.pt selected on the
+test split and scored on the test set gets a warning line.
 
 A submission CSV given as input is an already final matrix: it joins every fusion as it is, after its rows and
 columns are matched to the set's ids (``align_to``). Ids are the true player ids for the test set (the file then

@@ -2,11 +2,9 @@
 
 ``train(cfg)`` takes a :class:`TrainConfig` (``train.py``'s Config inherits it) and returns the run folder.
 A run folder holds ``train_config.json``, ``log.jsonl`` (one line per epoch; epoch 0 is the model before
-training), ``curves.png``, ``last.pt`` (the last epoch's weights and everything needed to resume: what
-evaluate.py and predict.py score by default, as the original submitted) and ``best.pt`` (the weights of the best
-validation mAP, or of the last epoch without validation). Both record in ``selection`` how their weights were
-chosen and on which split, and a fold run records in ``held_out`` which sequences (groups) it never trained on,
-so that scoring a checkpoint on the split that chose it, or on a re-folded table, can be said out loud.
+training), ``curves.png``, ``last.pt`` (the last epoch's weights and everything needed to resume) and
+``best.pt`` (the weights of the best validation mAP, or of the last epoch without validation), each with its
+provenance (``clipreid.checkpoint``: selection, and for a fold run the groups it never trained on).
 
 Exact resume: the batches of an epoch and the augmentation of each step come from generators seeded by
 (seed, epoch, step), not from a running random state, so a run resumed from ``last.pt`` computes the same
