@@ -124,7 +124,7 @@ def load_split(data_dir: str | Path, validation: Validation = "test", fold: int 
     elif validation == "none":
         train, val = df, df.iloc[:0]
     else:
-        raise UserError(f"validation must be test, fold or none, not {validation!r}")
+        raise ValueError(f"validation must be test, fold or none, not {validation!r}")  # a Literal: checked at parse
     if train.empty:
         raise UserError(f"no training rows in {data_dir / TRAIN_DF} for validation={validation}")
     query, gallery = val[val.img_type == QUERY], val[val.img_type == GALLERY]
@@ -181,7 +181,7 @@ class PairBatchSampler:
         self.global_batch = self.batch_size * self.world_size
         unique, inverse = np.unique(self.players, return_inverse=True)
         if self.batch_size < 1:
-            raise UserError(f"batch_size must be at least 1, got {batch_size}")
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")  # train.py checks it at parse
         if len(unique) < self.global_batch:
             raise UserError(f"a batch of {self.global_batch} pairs needs {self.global_batch} different players, but "
                             f"the training set has {len(unique)}: lower batch_size")

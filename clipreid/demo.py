@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from .checkpoint import read_checkpoint, run_dir_of
-from .config import run
+from .config import Checks, available_device, run
 from .dataset import load_split
 from .errors import UserError
 from .evaluation import load_for_inference, query_gallery_features, rerank_distances
@@ -70,6 +70,8 @@ class Config:
     checkpoint: Path = Path("model/demo")  # the trained run folder (or its best.pt / last.pt)
     data_dir: Path = Path("data/synthetic_reid")  # folder holding train_df.csv, with a test split
     device: str = "cpu"  # auto = cuda, then mps, then cpu
+
+    checks: ClassVar[Checks] = {"device": available_device}
 
 
 def main(cfg: Config) -> Any:
