@@ -18,8 +18,8 @@ from .checkpoint import read_checkpoint, run_dir_of
 from .config import Checks, available_device, run
 from .dataset import load_split
 from .errors import UserError
-from .evaluation import load_for_inference, query_gallery_features, rerank_distances
-from .inference import InferenceOptions
+from .evaluation import load_for_inference, query_gallery_features
+from .inference import InferenceOptions, rerank_distances
 from .metrics import compute_scores
 from .model import ModelSpec, ReIDEncoder, build_encoder
 from .runtime import pick_device

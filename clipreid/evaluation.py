@@ -43,16 +43,13 @@ from .checkpoint import (
     weights_lines,
 )
 from .config import save_config
-from .dataset import ImageSet, Split, load_split
+from .dataset import Split, load_split
 from .errors import UserError
-from .features import ImageCache, extract_features, image_features, squared_distances
+from .features import ImageCache, image_features
 from .fileio import check_writable, file_set, write_text
-from .fusion import dissimilarity_fusion, similarity_fusion, winners_fusion
-from .inference import FUSIONS, RERANKS, Fusion, InferenceOptions, Rerank, RerankOptions
+from .inference import InferenceOptions, RerankOptions, fuse, rerank_all, split_scores
 from .layout import TRAIN_DF
-from .metrics import compute_scores
 from .model import ReIDEncoder, load_encoder
-from .rerank import hard_k_reciprocal, k_reciprocal_features
 from .runtime import pick_device, resolve_precision
 from .visualize import RANKED_PNG, save_ranked_lists
 
@@ -81,57 +78,6 @@ class EvaluateConfig(InferenceOptions, RerankOptions):
 
 # --------------------------------------------------------------------------------------------------------------
 # shared helpers: features, re-ranking and fusion by name
-
-
-def validate_reranked(encoder: ReIDEncoder, query: ImageSet | torch.Tensor, gallery: ImageSet | torch.Tensor,
-                      split: Split, reranks: Sequence[Rerank], *, batch_size: int, dtype: torch.dtype | None,
-                      flip: bool, num_workers: int, progress: bool) -> dict[str, float]:
-    """The training's per-epoch validation: mAP, rank-k and mINP of raw distances, plus ``mAP_<method>`` and
-    ``rank1_<method>`` for each re-ranking of ``reranks`` (the original logs raw and re-ranked scores)."""
-    run = dict(batch_size=batch_size, dtype=dtype, flip=flip, num_workers=num_workers, progress=progress)
-    qf = extract_features(encoder, query, desc="query features", **run)
-    gf = extract_features(encoder, gallery, desc="gallery features", **run)
-    record = {k: float(v) for k, v in _scores(squared_distances(qf, gf), split).items()}
-    for method in dict.fromkeys(m for m in reranks if m != "none"):
-        scores = _scores(rerank_distances(qf, gf, method), split)
-        record[f"mAP_{method}"], record[f"rank1_{method}"] = float(scores["mAP"]), float(scores["rank1"])
-    return record
-
-
-def rerank_distances(query: torch.Tensor, gallery: torch.Tensor, method: Rerank, *, k1: int = 20, k2: int = 6,
-                     lambda_value: float = 0.3, hard_lambda: float = 0.7, shared: int = 0) -> torch.Tensor:
-    """The q x g distance matrix of L2-normalised features for a re-ranking ``method`` (see ``RERANKS``).
-
-    ``none``: squared Euclidean; ``k_reciprocal``: Zhong et al. (k1, k2, lambda_value); ``hard``: the 2023
-    winners' hard-weight variant (k1, k2, hard_lambda). Runs on the features' device. ``shared``: the last
-    ``shared`` queries are the first ``shared`` gallery images, held once by the re-ranking (``clipreid.rerank``).
-    """
-    if method == "none":
-        return squared_distances(query, gallery)
-    if method == "k_reciprocal":
-        return k_reciprocal_features(query, gallery, k1, k2, lambda_value, shared=shared)
-    if method == "hard":
-        return hard_k_reciprocal(query, gallery, k1, k2, hard_lambda, shared=shared)
-    raise ValueError(f"unknown re-ranking {method!r}; choose from {', '.join(RERANKS)}")
-
-
-def fuse(matrices: Sequence[torch.Tensor], method: Fusion = "similarity", weights: Sequence[float] | None = None,
-         topk: int = 15) -> torch.Tensor:
-    """Fuse same-shape distance matrices by ``similarity``, ``dissimilarity`` or ``winners`` fusion (float64).
-
-    The weights were checked where they entered (``FUSION_CHECKS``); ``clipreid.fusion`` raises ValueError for
-    misuse (a weight count that does not match, weights with dissimilarity fusion).
-    """
-    mats = [torch.as_tensor(m, dtype=torch.float64).cpu() for m in matrices]
-    if method == "similarity":
-        return similarity_fusion(mats, weights)
-    if method == "dissimilarity":
-        if weights is not None:
-            raise ValueError("dissimilarity fusion weighs the models itself: it takes no weights")
-        return dissimilarity_fusion(mats, topk)
-    if method == "winners":
-        return winners_fusion(mats, topk, weights)
-    raise ValueError(f"unknown fusion {method!r}; choose from {', '.join(FUSIONS)}")
 
 
 def load_for_inference(checkpoint: Path, device: torch.device, model: str | None = None) -> ReIDEncoder:
@@ -254,10 +200,6 @@ class EvalReport:
 # evaluate
 
 
-def _scores(distmat: torch.Tensor, split: Split) -> dict[str, float]:
-    return compute_scores(distmat, split.query_players, split.gallery_players, split.query_cams, split.gallery_cams)
-
-
 def _camera_rule(split: Split, rule: bool | None, data_dir: Path) -> Split:
     """``split`` with its cameras for the same-camera rule, or without them when ``rule`` is off (None: on when
     the data has cameras); UserError when the rule is asked for on data without cameras."""
@@ -284,8 +226,7 @@ def _matrices(encoder: ReIDEncoder, split: Split, device: torch.device, cfg: Eva
     """Distance matrices (on the CPU) of one encoder on a split, one per re-ranking method of ``cfg.rerank``."""
     qf, gf = query_gallery_features(encoder, split.query_paths, split.gallery_paths, device=device, cfg=cfg,
                                     cache=cache)
-    return {m: rerank_distances(qf, gf, m, k1=cfg.k1, k2=cfg.k2, lambda_value=cfg.lambda_value,
-                                hard_lambda=cfg.hard_lambda).float().cpu() for m in dict.fromkeys(cfg.rerank)}
+    return {m: d.float().cpu() for m, d in rerank_all(qf, gf, cfg).items()}
 
 
 def _fold_of(info: CheckpointInfo) -> int:
@@ -353,12 +294,12 @@ def _evaluate_split(cfg: EvaluateConfig, infos: list[CheckpointInfo], labels: li
         mats = _matrices(encoder, split, device, cfg, cache)
         del encoder
         per_model.append(mats)
-        results += [(Row(label, m, _scores(d, split), str(info.path), weights=info.describe(), epoch=info.epoch), d)
-                    for m, d in mats.items()]
+        results += [(Row(label, m, split_scores(d, split), str(info.path), weights=info.describe(),
+                         epoch=info.epoch), d) for m, d in mats.items()]
     if len(infos) > 1:
         for m in per_model[0]:
             fused = fuse([mats[m] for mats in per_model], "similarity")
-            results.append((Row(FUSED, m, _scores(fused, split)), fused))
+            results.append((Row(FUSED, m, split_scores(fused, split)), fused))
     title = "\n".join([title, scored_line(split, results[0][0].scores), *lines])
     report = EvalReport(title, [r for r, _ in results], False, out)
     if cfg.ranked_lists > 0:
@@ -392,7 +333,7 @@ def _evaluate_folds(cfg: EvaluateConfig, infos: list[CheckpointInfo], labels: li
         encoder = load_for_inference(path, device, cfg.checkpoint_model)
         mats = _matrices(encoder, split, device, cfg, cache)
         del encoder
-        rows += [Row(label, m, _scores(d, split), str(path), fold, weights=info.describe(), epoch=info.epoch)
+        rows += [Row(label, m, split_scores(d, split), str(path), fold, weights=info.describe(), epoch=info.epoch)
                  for m, d in mats.items()]
         scored.append(f"{label}: {scored_line(split, rows[-1].scores)}")
     n = len(infos)

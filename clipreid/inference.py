@@ -1,5 +1,9 @@
 """The inference floor: what evaluate, predict, folder rankings, the trainer's validation and the demo share.
 
+Re-ranking and fusion by name (``rerank_distances``, ``rerank_all``, ``fuse``), scores of a validation split
+(``split_scores``) and the training's per-epoch validation with re-ranking (``validate_reranked``) live here,
+below every stage: a stage imports this module, never another stage.
+
 The options every inference stage takes are typed here, once: ``InferenceOptions`` (how features are computed),
 ``RerankOptions`` (which re-rankings, with which parameters) and ``FusionOptions`` (how several models' distances
 are fused). They have no defaults on purpose: a script's ``Config`` inherits them and redeclares every field with
@@ -10,10 +14,19 @@ run once, where a config enters (``clipreid.config.parse_config`` / ``load_confi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
 
+import torch
+
 from .config import Checks, at_least, available_device, between, each, non_negative, nonempty, rule
+from .dataset import ImageSet, Split
+from .features import extract_features, squared_distances
+from .fusion import dissimilarity_fusion, similarity_fusion, winners_fusion
+from .metrics import compute_scores
+from .model import ReIDEncoder
+from .rerank import hard_k_reciprocal, k_reciprocal_features
 from .runtime import Precision
 
 Rerank = Literal["none", "k_reciprocal", "hard"]  # none: squared Euclidean distances
@@ -82,3 +95,69 @@ FUSION_CHECKS: Checks = {
 def csv_suffix(rerank: str) -> str:
     """The file-name part of a re-ranking method: ``raw`` for none, else its name."""
     return "raw" if rerank == "none" else rerank
+
+
+# --------------------------------------------------------------------------------------------------------------
+# re-ranking and fusion by name, scores of a split
+
+
+def split_scores(distmat: torch.Tensor, split: Split) -> dict[str, float]:
+    """``compute_scores`` of a query x gallery matrix of ``split`` (its players, and its cameras when it has them)."""
+    return compute_scores(distmat, split.query_players, split.gallery_players, split.query_cams, split.gallery_cams)
+
+
+def validate_reranked(encoder: ReIDEncoder, query: ImageSet | torch.Tensor, gallery: ImageSet | torch.Tensor,
+                      split: Split, reranks: Sequence[Rerank], *, batch_size: int, dtype: torch.dtype | None,
+                      flip: bool, num_workers: int, progress: bool) -> dict[str, float]:
+    """The training's per-epoch validation: mAP, rank-k and mINP of raw distances, plus ``mAP_<method>`` and
+    ``rank1_<method>`` for each re-ranking of ``reranks`` (the original logs raw and re-ranked scores)."""
+    run = dict(batch_size=batch_size, dtype=dtype, flip=flip, num_workers=num_workers, progress=progress)
+    qf = extract_features(encoder, query, desc="query features", **run)
+    gf = extract_features(encoder, gallery, desc="gallery features", **run)
+    record = {k: float(v) for k, v in split_scores(squared_distances(qf, gf), split).items()}
+    for method in dict.fromkeys(m for m in reranks if m != "none"):
+        scores = split_scores(rerank_distances(qf, gf, method), split)
+        record[f"mAP_{method}"], record[f"rank1_{method}"] = float(scores["mAP"]), float(scores["rank1"])
+    return record
+
+
+def rerank_distances(query: torch.Tensor, gallery: torch.Tensor, method: Rerank, *, k1: int = 20, k2: int = 6,
+                     lambda_value: float = 0.3, hard_lambda: float = 0.7, shared: int = 0) -> torch.Tensor:
+    """The q x g distance matrix of L2-normalised features for a re-ranking ``method`` (see ``RERANKS``).
+
+    ``none``: squared Euclidean; ``k_reciprocal``: Zhong et al. (k1, k2, lambda_value); ``hard``: the 2023
+    winners' hard-weight variant (k1, k2, hard_lambda). Runs on the features' device. ``shared``: the last
+    ``shared`` queries are the first ``shared`` gallery images, held once by the re-ranking (``clipreid.rerank``).
+    """
+    if method == "none":
+        return squared_distances(query, gallery)
+    if method == "k_reciprocal":
+        return k_reciprocal_features(query, gallery, k1, k2, lambda_value, shared=shared)
+    if method == "hard":
+        return hard_k_reciprocal(query, gallery, k1, k2, hard_lambda, shared=shared)
+    raise ValueError(f"unknown re-ranking {method!r}; choose from {', '.join(RERANKS)}")
+
+
+def fuse(matrices: Sequence[torch.Tensor], method: Fusion = "similarity", weights: Sequence[float] | None = None,
+         topk: int = 15) -> torch.Tensor:
+    """Fuse same-shape distance matrices by ``similarity``, ``dissimilarity`` or ``winners`` fusion (float64).
+
+    The weights were checked where they entered (``FUSION_CHECKS``); ``clipreid.fusion`` raises ValueError for
+    misuse (a weight count that does not match, weights with dissimilarity fusion).
+    """
+    mats = [torch.as_tensor(m, dtype=torch.float64).cpu() for m in matrices]
+    if method == "similarity":
+        return similarity_fusion(mats, weights)
+    if method == "dissimilarity":
+        if weights is not None:
+            raise ValueError("dissimilarity fusion weighs the models itself: it takes no weights")
+        return dissimilarity_fusion(mats, topk)
+    if method == "winners":
+        return winners_fusion(mats, topk, weights)
+    raise ValueError(f"unknown fusion {method!r}; choose from {', '.join(FUSIONS)}")
+
+
+def rerank_all(query: torch.Tensor, gallery: torch.Tensor, opts: RerankOptions) -> dict[Rerank, torch.Tensor]:
+    """The distance matrix of every re-ranking of ``opts.rerank`` (each once, in order), on the features' device."""
+    return {m: rerank_distances(query, gallery, m, k1=opts.k1, k2=opts.k2, lambda_value=opts.lambda_value,
+                                hard_lambda=opts.hard_lambda) for m in dict.fromkeys(opts.rerank)}

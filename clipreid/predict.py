@@ -39,15 +39,9 @@ from .checkpoint import (
 from .config import save_config
 from .dataset import load_split, read_table
 from .errors import UserError
-from .evaluation import (
-    ImageCache,
-    fuse,
-    load_for_inference,
-    query_gallery_features,
-    rerank_distances,
-)
+from .evaluation import ImageCache, load_for_inference, query_gallery_features
 from .fileio import check_writable, file_set, write_json
-from .inference import FusionOptions, InferenceOptions, RerankOptions, csv_suffix
+from .inference import FusionOptions, InferenceOptions, RerankOptions, csv_suffix, fuse, rerank_all
 from .layout import (
     CHALLENGE_COLUMNS,
     CHALLENGE_DF,
@@ -237,10 +231,8 @@ def predict(cfg: PredictConfig) -> PredictReport:
             for name, qset in qsets.items():
                 qf, gf = query_gallery_features(encoder, qset.query_paths, qset.gallery_paths, device=device, cfg=cfg,
                                                 cache=cache)
-                for method in reranks:
-                    mats[name][method].append(rerank_distances(qf, gf, method, k1=cfg.k1, k2=cfg.k2,
-                                                               lambda_value=cfg.lambda_value,
-                                                               hard_lambda=cfg.hard_lambda).cpu())
+                for method, distmat in rerank_all(qf, gf, cfg).items():
+                    mats[name][method].append(distmat.cpu())
             del encoder
 
     report = PredictReport()

@@ -42,10 +42,10 @@ import torch
 from .checkpoint import RunWeights, checkpoint_file, checkpoint_labels
 from .config import save_config
 from .errors import UserError
-from .evaluation import fuse, load_for_inference, rerank_distances
+from .evaluation import load_for_inference
 from .features import Embedded, ImageCache, image_features, list_images, squared_distances
 from .fileio import file_set
-from .inference import FusionOptions, InferenceOptions, Rerank, RerankOptions
+from .inference import FusionOptions, InferenceOptions, Rerank, RerankOptions, fuse, rerank_distances
 from .runtime import pick_device, resolve_precision
 from .visualize import RANKED_PNG, save_ranked_lists
 

@@ -43,9 +43,8 @@ from .dataset import (
     load_split,
 )
 from .errors import UserError
-from .evaluation import validate_reranked
 from .fileio import StagedFolder, check_writable, write_text
-from .inference import Rerank
+from .inference import Rerank, validate_reranked
 from .loss import ReIDLoss
 from .model import ModelSpec, ReIDEncoder, build_encoder, encoder_checkpoint, encoder_file_of, rebuild_encoder
 from .progress import progress_bar

@@ -17,8 +17,8 @@ from PIL import Image
 
 from clipreid.checkpoint import save_checkpoint
 from clipreid.errors import UserError
-from clipreid.evaluation import rerank_distances
 from clipreid.features import embed, squared_distances
+from clipreid.inference import rerank_distances
 from clipreid.model import ModelSpec, build_encoder
 from clipreid.ranking import rank_folders
 from predict import Config as PredictConfig
