@@ -89,8 +89,8 @@ def no_hidden(folder: Path) -> bool:
     (train_script, ["--run-name", "a/b"], "--run-name a/b: expected a plain folder name"),
     (evaluate_script, ["--k1", "0"], "--k1 0: expected a number of at least 1"),
     (evaluate_script, ["--lambda-value", "1.5"], "--lambda-value 1.5: expected a number from 0 to 1"),
-    (evaluate_script, ["--rerank", "none", "fast"], "--rerank none fast: expected values among none, "
-                                                    "k_reciprocal, hard"),
+    (evaluate_script, ["--rerank", "none", "fast"], "--rerank: expected one of none, k_reciprocal, hard, got "
+                                                    "'fast'"),
     (evaluate_script, ["--topk", "0"], "--topk 0: expected a number of at least 1"),
     (predict_script, ["--weights", "1", "2"], "--weights 1.0 2.0: expected one weight per checkpoint, then one per "
                                               "submission CSV (1 in all)"),
@@ -98,7 +98,7 @@ def no_hidden(folder: Path) -> bool:
      "--submissions (empty): expected at least one CSV when --checkpoints is none"),
     (predict_script, ["--fusion", "dissimilarity", "--weights", "1"], "--weights 1.0: expected none with --fusion "
                                                                       "dissimilarity"),
-    (predict_script, ["--sets", "val"], "--sets val: expected values among test, challenge"),
+    (predict_script, ["--sets", "val"], "--sets: expected one of test, challenge, got 'val'"),
     (preprocess_data, ["--n-folds", "1"], "--n-folds 1: expected a number of at least 2"),
     (download_data, ["--synthetic-train-players", "0"], "--synthetic-train-players 0: expected a number of at "
                                                         "least 2"),

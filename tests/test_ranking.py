@@ -154,7 +154,7 @@ def test_a_failure_leaves_no_partial_set(folders, tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("clipreid.visualize.save_ranked_lists", boom)
+    monkeypatch.setattr("clipreid.ranking.save_ranked_lists", boom)  # as ranking looks it up
     with pytest.raises(OSError, match="disk full"):
         rank_folders(_cfg([one], query, out, gallery_dir=gallery))
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt", "ranking_raw.csv"]
