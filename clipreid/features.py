@@ -25,8 +25,8 @@ from PIL import Image
 
 from .dataset import ImageSet
 from .errors import UserError
+from .layout import image_files
 from .model import ReIDEncoder, load_encoder
-from .preprocess import IMAGE_SUFFIXES, is_hidden
 from .progress import progress_bar
 from .rerank import pairwise_squared_euclidean as squared_distances  # noqa: F401 (public name)
 from .runtime import autocast, pick_device, resolve_precision
@@ -203,14 +203,13 @@ def _checked(loader: Any, problems: dict[int, str], paths: list[Path], on_error:
 def list_images(folder: str | os.PathLike) -> list[Path]:
     """Every .jpg/.jpeg/.png file under ``folder`` (recursively), sorted by path; UserError if there is none.
 
-    Hidden files and everything inside hidden folders are not images (``preprocess.is_hidden``: the ``._x.jpg``
-    files of macOS copies, .git/, ...), as preprocess_data.py treats them.
+    Hidden files and everything inside hidden folders are not images (the ``._x.jpg`` files of macOS copies,
+    .git/, ...): ``layout.image_files``, the one scanner, as preprocess_data.py lists them.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"image folder {folder} not found")
-    paths = sorted(p for p in folder.rglob("*")
-                   if p.suffix.lower() in IMAGE_SUFFIXES and not is_hidden(p, folder) and p.is_file())
+    paths = image_files(folder, recursive=True)[0]
     if not paths:
         raise UserError(f"no .jpg/.jpeg/.png images under {folder}")
     return paths

@@ -21,6 +21,8 @@ Frame ``00`` is the first frame of a sequence: the query frame. ``preprocess_dat
 
 from __future__ import annotations
 
+from pathlib import Path
+
 DATASET_DIRNAME = "data_reid"
 TRAIN_DIR = "reid_training"
 TEST_QUERY_DIR = "reid_test/query"
@@ -40,6 +42,23 @@ CHALLENGE_COLUMNS = ["img_id", "player", "img_type"]
 QUERY, GALLERY = "q", "g"  # img_type values
 SYNTHETIC_INFO = "synthetic.json"
 CHALLENGE_PLAYERS = "challenge_players"  # its key: {challenge query or gallery dir: {image id: player}}
+
+
+def is_hidden(path: Path, root: Path) -> bool:
+    """Whether ``path`` or a folder between ``root`` and it is hidden (its name starts with "."): .DS_Store, the
+    ._x.jpg resource forks of macOS copies, .git/. Never an image, for every stage."""
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def image_files(folder: Path, *, recursive: bool) -> tuple[list[Path], list[Path]]:
+    """The one folder scanner: ``(images, others)``, the files in ``folder`` (and, ``recursive``, in its
+    subfolders) sorted by path, hidden ones left out; images are those with a suffix of ``IMAGE_SUFFIXES``."""
+    images, others = [], []
+    for p in sorted(folder.rglob("*") if recursive else folder.iterdir()):
+        if is_hidden(p, folder) or not p.is_file():
+            continue
+        (images if p.suffix.lower() in IMAGE_SUFFIXES else others).append(p)
+    return images, others
 
 
 def player_image_name(player: int, sequence: int, frame: int) -> str:

@@ -33,7 +33,6 @@ from clipreid.layout import (
     CHALLENGE_QUERY_DIR,
     GALLERY,
     IDENTITIES_CSV,
-    IMAGE_SUFFIXES,
     QUERY,
     QUERY_FRAME,
     TEST_GALLERY_DIR,
@@ -41,18 +40,13 @@ from clipreid.layout import (
     TRAIN_COLUMNS,
     TRAIN_DF,
     TRAIN_DIR,
+    image_files,
     parse_challenge_name,
     parse_player_name,
 )
 from clipreid.progress import progress_bar
 
 LAYOUTS = ("synergyreid", "market1501", "folders", "csv")
-
-
-def is_hidden(path: Path, root: Path) -> bool:
-    """Whether ``path`` or a folder between ``root`` and it is hidden (name starting with "."): .DS_Store, the
-    ._x.jpg resource forks of macOS copies, .git/; never images. Every stage that lists images uses this rule."""
-    return any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
 SKIPPED_TXT = "preprocess_skipped.txt"
@@ -186,14 +180,8 @@ def _image_files(data_dir: Path, folder: str, hint: str, skipped: list) -> list[
     path = data_dir / folder
     if not path.is_dir():
         raise UserError(f"folder {path} not found: {hint}")
-    files = []
-    for p in sorted(path.iterdir()):
-        if p.name.startswith(".") or not p.is_file():  # .DS_Store, ._ resource forks, sub-folders
-            continue
-        if p.suffix.lower() in IMAGE_SUFFIXES:
-            files.append(p)
-        else:
-            skipped.append((f"{folder}/{p.name}", f"{NOT_IMAGE}: suffix {p.suffix or '(none)'!r}"))
+    files, others = image_files(path, recursive=False)
+    skipped += [(f"{folder}/{p.name}", f"{NOT_IMAGE}: suffix {p.suffix or '(none)'!r}") for p in others]
     if not files:
         raise UserError(f"no .jpeg/.jpg/.png images in {path}: {hint}")
     return files
@@ -623,16 +611,9 @@ def build_own_frame(
 
 def _walk_images(data_dir: Path, folder: Path, skipped: list) -> list[str]:
     """Image paths under ``folder`` (any depth, hidden entries ignored), relative to data_dir, sorted."""
-    rels = []
-    for p in sorted(folder.rglob("*")):
-        rel = p.relative_to(data_dir).as_posix()
-        if is_hidden(p, folder) or not p.is_file():
-            continue
-        if p.suffix.lower() in IMAGE_SUFFIXES:
-            rels.append(rel)
-        else:
-            skipped.append((rel, f"{NOT_IMAGE}: suffix {p.suffix or '(none)'!r}"))
-    return rels
+    images, others = image_files(folder, recursive=True)
+    skipped += [(p.relative_to(data_dir).as_posix(), f"{NOT_IMAGE}: suffix {p.suffix or '(none)'!r}") for p in others]
+    return [p.relative_to(data_dir).as_posix() for p in images]
 
 
 def _subfolders(path: Path) -> list[Path]:

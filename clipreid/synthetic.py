@@ -635,7 +635,7 @@ def save_contact_sheet(root: str | os.PathLike, path: str | os.PathLike, players
     """
     train_dir = Path(root) / layout.TRAIN_DIR
     by_player: dict[int, list[Path]] = {}
-    for file in sorted(train_dir.glob(f"*{layout.IMAGE_SUFFIX}")):
+    for file in layout.image_files(train_dir, recursive=False)[0] if train_dir.is_dir() else []:
         try:
             player, _, _ = layout.parse_player_name(file.stem)
         except ValueError:
