@@ -92,6 +92,12 @@ FUSION_CHECKS: Checks = {
 }
 
 
+def fusion_description(names: Sequence[str], fusion: Fusion, noun: str = "inputs") -> str:
+    """What a result is made of: the one input's name, or ``<fusion> fusion of <names>`` (their count past four)."""
+    listed = ", ".join(names) if len(names) <= 4 else f"{len(names)} {noun}"
+    return f"{fusion} fusion of {listed}" if len(names) > 1 else listed
+
+
 def csv_suffix(rerank: str) -> str:
     """The file-name part of a re-ranking method: ``raw`` for none, else its name."""
     return "raw" if rerank == "none" else rerank

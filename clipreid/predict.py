@@ -41,7 +41,7 @@ from .dataset import load_split, read_table
 from .errors import UserError
 from .evaluation import ImageCache, load_for_inference, query_gallery_features
 from .fileio import check_writable, file_set, write_json
-from .inference import FusionOptions, InferenceOptions, RerankOptions, csv_suffix, fuse, rerank_all
+from .inference import FusionOptions, InferenceOptions, RerankOptions, csv_suffix, fuse, fusion_description, rerank_all
 from .layout import (
     CHALLENGE_COLUMNS,
     CHALLENGE_DF,
@@ -239,8 +239,7 @@ def predict(cfg: PredictConfig) -> PredictReport:
     labels = checkpoint_labels(files)
     names = labels + [str(s) for s in submissions]
     weights = tuple(cfg.weights) if cfg.weights is not None else None
-    inputs = ", ".join(names) if n_inputs <= 4 else f"{n_inputs} inputs"
-    how = f"{cfg.fusion} fusion of {inputs}" if n_inputs > 1 else inputs
+    how = fusion_description(names, cfg.fusion)
     report.lines += weights_lines(infos, labels)
     warnings = {label: selection_warning(info, label, "test") for info, label in zip(infos, labels, strict=True)}
     if "test" in sets:

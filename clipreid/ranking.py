@@ -45,7 +45,15 @@ from .errors import UserError
 from .evaluation import load_for_inference
 from .features import Embedded, ImageCache, image_features, list_images, squared_distances
 from .fileio import file_set
-from .inference import FusionOptions, InferenceOptions, Rerank, RerankOptions, fuse, rerank_distances
+from .inference import (
+    FusionOptions,
+    InferenceOptions,
+    Rerank,
+    RerankOptions,
+    fuse,
+    fusion_description,
+    rerank_distances,
+)
 from .runtime import pick_device, resolve_precision
 from .visualize import RANKED_PNG, save_ranked_lists
 
@@ -238,9 +246,7 @@ def rank_folders(cfg: RankConfig) -> RankReport:
     images = _items(query_paths, gallery_paths)
     report = RankReport()
     labels = checkpoint_labels(files)
-    how = ", ".join(labels) if len(labels) <= 4 else f"{len(labels)} checkpoints"
-    if len(labels) > 1:
-        how = f"{cfg.fusion} fusion of {how}"
+    how = fusion_description(labels, cfg.fusion, "checkpoints")
 
     weights = [float(w) for w in cfg.weights] if cfg.weights is not None else [1.0] * len(files)
     total_weight = sum(weights)
