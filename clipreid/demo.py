@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 
@@ -74,7 +74,7 @@ class Config:
     checks: ClassVar[Checks] = {"device": available_device}
 
 
-def main(cfg: Config) -> Any:
+def main(cfg: Config) -> None:
     results = before_after(cfg.checkpoint, cfg.data_dir, cfg.device)
     split = load_split(cfg.data_dir, "test")
     title = (f"before / after training ({run_dir_of(cfg.checkpoint)}), test split of {cfg.data_dir}: "

@@ -162,14 +162,19 @@ def lr_factor(step: int, total: int, warmup: int, schedule: Schedule, lr: float,
     return end + (1 - end) * (1 - progress) ** power
 
 
+@dataclass
 class _Schedule:
     """A picklable lr lambda (so LambdaLR's state_dict keeps it out, and resume rebuilds it from the config)."""
 
-    def __init__(self, **kwargs: Any):
-        self.kwargs = kwargs
+    total: int
+    warmup: int
+    schedule: Schedule
+    lr: float
+    lr_end: float
+    power: float
 
     def __call__(self, step: int) -> float:
-        return lr_factor(step, **self.kwargs)
+        return lr_factor(step, self.total, self.warmup, self.schedule, self.lr, self.lr_end, self.power)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -495,7 +500,8 @@ def _step_generator(seed: int, epoch: int, step: int) -> torch.Generator:
 
 
 def _train_epoch(cfg: TrainConfig, rt: Runtime, model: nn.Module, encoder: ReIDEncoder, loss_fn: ReIDLoss,
-                 optimizer: torch.optim.Optimizer, scheduler: Any, scaler: torch.amp.GradScaler,
+                 optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
+                 scaler: torch.amp.GradScaler,
                  sampler: PairBatchSampler, pairs: PairDataset, augment: AugmentConfig, dtype: torch.dtype,
                  epoch: int, tracker: Tracker | None = None) -> dict[str, Any]:
     model.train()
