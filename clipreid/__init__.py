@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _API = {
     "embed": "features",
-    "squared_distances": "features",
+    "squared_distances": "rerank",
     "load_encoder": "model",
     "build_encoder": "model",
     "ModelSpec": "model",

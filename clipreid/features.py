@@ -7,7 +7,7 @@ given another image's row: the result says which inputs its rows belong to (``Em
 caller either leaves the others out with their names or stops (``on_error="raise"``).
 
 Distances are squared Euclidean between L2-normalised features (= 2 - 2 cos), the challenge's definition:
-``squared_distances`` is the re-ranking module's ``pairwise_squared_euclidean``, so both use one formula.
+``clipreid.rerank.squared_distances`` is their one formula, which re-ranking uses too.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from .errors import UserError
 from .layout import image_files
 from .model import ReIDEncoder, load_encoder
 from .progress import progress_bar
-from .rerank import pairwise_squared_euclidean as squared_distances  # noqa: F401 (public name)
 from .runtime import autocast, pick_device, resolve_precision
 from .transforms import decode_images, normalize, read_image, to_device, to_uint8_tensor
 

@@ -22,11 +22,11 @@ import torch
 
 from .config import Checks, at_least, available_device, between, each, non_negative, nonempty, rule
 from .dataset import ImageSet, Split
-from .features import extract_features, squared_distances
+from .features import extract_features
 from .fusion import dissimilarity_fusion, similarity_fusion, winners_fusion
 from .metrics import compute_scores
 from .model import ReIDEncoder
-from .rerank import hard_k_reciprocal, k_reciprocal_features
+from .rerank import hard_k_reciprocal, k_reciprocal_features, squared_distances
 from .runtime import Precision
 
 Rerank = Literal["none", "k_reciprocal", "hard"]  # none: squared Euclidean distances

@@ -43,7 +43,7 @@ from .checkpoint import RunWeights, checkpoint_file, checkpoint_labels
 from .config import save_config
 from .errors import UserError
 from .evaluation import load_for_inference
-from .features import Embedded, ImageCache, image_features, list_images, squared_distances
+from .features import Embedded, ImageCache, image_features, list_images
 from .fileio import file_set
 from .inference import (
     FusionOptions,
@@ -54,6 +54,7 @@ from .inference import (
     fusion_description,
     rerank_distances,
 )
+from .rerank import squared_distances
 from .runtime import pick_device, resolve_precision
 from .visualize import RANKED_PNG, save_ranked_lists
 

@@ -20,10 +20,11 @@ from clipreid.config import parse_config
 from clipreid.dataset import read_train_df
 from clipreid.errors import UserError
 from clipreid.evaluation import evaluate
-from clipreid.features import embed, squared_distances
+from clipreid.features import embed
 from clipreid.metrics import compute_scores
 from clipreid.model import load_encoder
 from clipreid.predict import predict
+from clipreid.rerank import squared_distances
 from clipreid.submission import read_distance_matrix
 from clipreid.trainer import train
 from evaluate import Config as EvalConfig

@@ -17,12 +17,12 @@ from PIL import Image
 from clipreid.checkpoint import save_checkpoint
 from clipreid.errors import UserError
 from clipreid.evaluation import checkpoint_labels, evaluate
-from clipreid.features import embed, image_features, list_images, squared_distances
+from clipreid.features import embed, image_features, list_images
 from clipreid.fusion import dissimilarity_fusion, dissimilarity_weights
 from clipreid.model import ModelSpec, build_encoder, load_encoder
 from clipreid.predict import model_folders, predict
 from clipreid.ranking import rank_folders
-from clipreid.rerank import hard_k_reciprocal, k_reciprocal_features
+from clipreid.rerank import hard_k_reciprocal, k_reciprocal_features, squared_distances
 from clipreid.transforms import load_image
 from evaluate import Config as EvalConfig
 from predict import Config as PredictConfig

@@ -17,10 +17,11 @@ from PIL import Image
 
 from clipreid.checkpoint import save_checkpoint
 from clipreid.errors import UserError
-from clipreid.features import embed, squared_distances
+from clipreid.features import embed
 from clipreid.inference import rerank_distances
 from clipreid.model import ModelSpec, build_encoder
 from clipreid.ranking import rank_folders
+from clipreid.rerank import squared_distances
 from predict import Config as PredictConfig
 
 ROOT = Path(__file__).resolve().parents[1]
