@@ -18,8 +18,7 @@ from .checkpoint import read_checkpoint, run_dir_of
 from .config import Checks, available_device, run
 from .dataset import load_split
 from .errors import UserError
-from .evaluation import load_for_inference, query_gallery_features
-from .inference import InferenceOptions, rerank_distances
+from .inference import InferenceOptions, load_for_inference, query_gallery_features, rerank_distances
 from .metrics import compute_scores
 from .model import ModelSpec, ReIDEncoder, build_encoder
 from .runtime import pick_device
@@ -47,7 +46,7 @@ def before_after(checkpoint: str | Path, data_dir: str | Path, device: str = "cp
     results = {}
     for name, encoder in (("untrained", untrained_encoder(checkpoint).to(dev)),
                           ("trained", load_for_inference(Path(checkpoint), dev))):
-        qf, gf = query_gallery_features(encoder, split.query_paths, split.gallery_paths, device=dev, cfg=opts)
+        qf, gf = query_gallery_features(encoder, split.query_paths, split.gallery_paths, device=dev, opts=opts)
         results[name] = {method: compute_scores(rerank_distances(qf, gf, method).float().cpu(), split.query_players,
                                                 split.gallery_players, split.query_cams, split.gallery_cams)
                          for method, _ in SHOWN}

@@ -20,7 +20,6 @@ refused on a ``train_df.csv`` whose fold is no longer the one it held out.
 from __future__ import annotations
 
 import dataclasses
-import gc
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,12 +44,20 @@ from .checkpoint import (
 from .config import save_config
 from .dataset import Split, load_split
 from .errors import UserError
-from .features import ImageCache, image_features
+from .features import ImageCache
 from .fileio import check_writable, file_set, write_text
-from .inference import InferenceOptions, RerankOptions, fuse, rerank_all, split_scores
+from .inference import (
+    InferenceOptions,
+    RerankOptions,
+    fuse,
+    load_for_inference,
+    query_gallery_features,
+    rerank_all,
+    split_scores,
+)
 from .layout import TRAIN_DF
-from .model import ReIDEncoder, load_encoder
-from .runtime import pick_device, resolve_precision
+from .model import ReIDEncoder
+from .runtime import pick_device
 from .visualize import RANKED_PNG, save_ranked_lists
 
 METRICS = (("mAP", "mAP"), ("rank1", "rank-1"), ("rank5", "rank-5"), ("rank10", "rank-10"), ("mINP", "mINP"))
@@ -78,29 +85,6 @@ class EvaluateConfig(InferenceOptions, RerankOptions):
 
 # --------------------------------------------------------------------------------------------------------------
 # shared helpers: features, re-ranking and fusion by name
-
-
-def load_for_inference(checkpoint: Path, device: torch.device, model: str | None = None) -> ReIDEncoder:
-    """``load_encoder`` after freeing the previous model's memory (several large checkpoints in a row)."""
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    return load_encoder(checkpoint, device, model)
-
-
-def query_gallery_features(encoder: ReIDEncoder, query_paths: Sequence[Path], gallery_paths: Sequence[Path], *,
-                           device: torch.device, cfg: InferenceOptions, cache: ImageCache | None = None
-                           ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features of the query and gallery images of a set that preprocess_data.py vetted, on ``device``, in one
-    pass (``cfg``: batch_size, flip, precision, num_workers, progress), from ``cache`` when it is enabled. An
-    image that cannot be read now ends the run with one line naming it: rows never shift onto other names."""
-    paths = [*query_paths, *gallery_paths]
-    got = image_features(encoder, paths, batch_size=cfg.batch_size, device=device,
-                         dtype=resolve_precision(cfg.precision, device), flip=cfg.flip,
-                         num_workers=cfg.num_workers, progress=cfg.progress, cache=cache,
-                         on_error="raise", hint="; re-run preprocess_data.py to leave it out")
-    features = got.features.to(device)
-    return features[:len(query_paths)], features[len(query_paths):]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -224,7 +208,7 @@ def scored_line(split: Split, scores: dict[str, float]) -> str:
 def _matrices(encoder: ReIDEncoder, split: Split, device: torch.device, cfg: EvaluateConfig,
               cache: ImageCache | None = None) -> dict[str, torch.Tensor]:
     """Distance matrices (on the CPU) of one encoder on a split, one per re-ranking method of ``cfg.rerank``."""
-    qf, gf = query_gallery_features(encoder, split.query_paths, split.gallery_paths, device=device, cfg=cfg,
+    qf, gf = query_gallery_features(encoder, split.query_paths, split.gallery_paths, device=device, opts=cfg,
                                     cache=cache)
     return {m: d.float().cpu() for m, d in rerank_all(qf, gf, cfg).items()}
 

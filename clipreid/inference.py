@@ -1,8 +1,10 @@
 """The inference floor: what evaluate, predict, folder rankings, the trainer's validation and the demo share.
 
-Re-ranking and fusion by name (``rerank_distances``, ``rerank_all``, ``fuse``), scores of a validation split
-(``split_scores``) and the training's per-epoch validation with re-ranking (``validate_reranked``) live here,
-below every stage: a stage imports this module, never another stage.
+A checkpoint's features (``load_for_inference``, ``query_gallery_features`` on ``features.image_features``, the
+one image path), re-ranking and fusion by name (``rerank_distances``, ``rerank_all``, ``fuse``), scores of a
+validation split (``split_scores``) and the training's per-epoch validation with re-ranking
+(``validate_reranked``) live here, below every stage: a stage imports this module, never another stage, so a
+query image goes straight down from ``predict`` to the submission CSV.
 
 The options every inference stage takes are typed here, once: ``InferenceOptions`` (how features are computed),
 ``RerankOptions`` (which re-rankings, with which parameters) and ``FusionOptions`` (how several models' distances
@@ -14,20 +16,22 @@ run once, where a config enters (``clipreid.config.parse_config`` / ``load_confi
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, get_args
 
 import torch
 
 from .config import Checks, at_least, available_device, between, each, non_negative, nonempty, rule
 from .dataset import ImageSet, Split
-from .features import extract_features
+from .features import ImageCache, extract_features, image_features
 from .fusion import dissimilarity_fusion, similarity_fusion, winners_fusion
 from .metrics import compute_scores
-from .model import ReIDEncoder
+from .model import ReIDEncoder, load_encoder
 from .rerank import hard_k_reciprocal, k_reciprocal_features, squared_distances
-from .runtime import Precision
+from .runtime import Precision, resolve_precision
 
 Rerank = Literal["none", "k_reciprocal", "hard"]  # none: squared Euclidean distances
 Fusion = Literal["similarity", "dissimilarity", "winners"]
@@ -101,6 +105,33 @@ def fusion_description(names: Sequence[str], fusion: Fusion, noun: str = "inputs
 def csv_suffix(rerank: str) -> str:
     """The file-name part of a re-ranking method: ``raw`` for none, else its name."""
     return "raw" if rerank == "none" else rerank
+
+
+# --------------------------------------------------------------------------------------------------------------
+# a checkpoint's features
+
+
+def load_for_inference(checkpoint: Path, device: torch.device, model: str | None = None) -> ReIDEncoder:
+    """``load_encoder`` after freeing the previous model's memory (several large checkpoints in a row)."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return load_encoder(checkpoint, device, model)
+
+
+def query_gallery_features(encoder: ReIDEncoder, query_paths: Sequence[Path], gallery_paths: Sequence[Path], *,
+                           device: torch.device, opts: InferenceOptions, cache: ImageCache | None = None
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features of the query and gallery images of a set that preprocess_data.py vetted, on ``device``, in one
+    pass (as ``opts`` say), from ``cache`` when it is enabled. An
+    image that cannot be read now ends the run with one line naming it: rows never shift onto other names."""
+    paths = [*query_paths, *gallery_paths]
+    got = image_features(encoder, paths, batch_size=opts.batch_size, device=device,
+                         dtype=resolve_precision(opts.precision, device), flip=opts.flip,
+                         num_workers=opts.num_workers, progress=opts.progress, cache=cache,
+                         on_error="raise", hint="; re-run preprocess_data.py to leave it out")
+    features = got.features.to(device)
+    return features[:len(query_paths)], features[len(query_paths):]
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -39,9 +39,19 @@ from .checkpoint import (
 from .config import save_config
 from .dataset import load_split, read_table
 from .errors import UserError
-from .evaluation import ImageCache, load_for_inference, query_gallery_features
+from .features import ImageCache
 from .fileio import check_writable, file_set, write_json
-from .inference import FusionOptions, InferenceOptions, RerankOptions, csv_suffix, fuse, fusion_description, rerank_all
+from .inference import (
+    FusionOptions,
+    InferenceOptions,
+    RerankOptions,
+    csv_suffix,
+    fuse,
+    fusion_description,
+    load_for_inference,
+    query_gallery_features,
+    rerank_all,
+)
 from .layout import (
     CHALLENGE_COLUMNS,
     CHALLENGE_DF,
@@ -229,7 +239,7 @@ def predict(cfg: PredictConfig) -> PredictReport:
         for info in infos:
             encoder = load_for_inference(info.path, device, cfg.checkpoint_model)
             for name, qset in qsets.items():
-                qf, gf = query_gallery_features(encoder, qset.query_paths, qset.gallery_paths, device=device, cfg=cfg,
+                qf, gf = query_gallery_features(encoder, qset.query_paths, qset.gallery_paths, device=device, opts=cfg,
                                                 cache=cache)
                 for method, distmat in rerank_all(qf, gf, cfg).items():
                     mats[name][method].append(distmat.cpu())

@@ -42,7 +42,6 @@ import torch
 from .checkpoint import RunWeights, checkpoint_file, checkpoint_labels
 from .config import save_config
 from .errors import UserError
-from .evaluation import load_for_inference
 from .features import Embedded, ImageCache, image_features, list_images
 from .fileio import file_set
 from .inference import (
@@ -52,6 +51,7 @@ from .inference import (
     RerankOptions,
     fuse,
     fusion_description,
+    load_for_inference,
     rerank_distances,
 )
 from .rerank import squared_distances

@@ -14,9 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
-from clipreid.checkpoint import save_checkpoint
+from clipreid.checkpoint import checkpoint_labels, save_checkpoint
 from clipreid.errors import UserError
-from clipreid.evaluation import checkpoint_labels, evaluate
+from clipreid.evaluation import evaluate
 from clipreid.features import embed, image_features, list_images
 from clipreid.fusion import dissimilarity_fusion, dissimilarity_weights
 from clipreid.model import ModelSpec, build_encoder, load_encoder
