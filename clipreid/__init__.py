@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 _API = {
     "embed": "features",
     "squared_distances": "rerank",
-    "load_encoder": "model",
+    "load_encoder": "weights",
     "build_encoder": "model",
     "ModelSpec": "model",
     "ReIDEncoder": "model",

@@ -10,7 +10,7 @@ refuse, when the images scored are not held out from them.
 
 Invariants: files are read with ``weights_only=True`` (no pickled code) and written to a temporary name renamed
 into place; a run folder gives its ``last.pt`` or ``best.pt`` (``checkpoint_file``), never anything else.
-``clipreid.model.read_encoder_file`` reads the other weights formats (the original CLIP-ReIdent and 2023 files).
+``clipreid.weights.read_encoder_file`` reads the other weights formats (the original CLIP-ReIdent and 2023 files).
 """
 
 from __future__ import annotations

@@ -26,10 +26,11 @@ from PIL import Image
 from .dataset import ImageSet
 from .errors import UserError
 from .layout import image_files
-from .model import ReIDEncoder, load_encoder
+from .model import ReIDEncoder
 from .progress import progress_bar
 from .runtime import autocast, pick_device, resolve_precision
 from .transforms import decode_images, normalize, read_image, to_device, to_uint8_tensor
+from .weights import load_encoder
 
 
 @torch.no_grad()

@@ -29,9 +29,10 @@ from .dataset import ImageSet, Split
 from .features import ImageCache, extract_features, image_features
 from .fusion import dissimilarity_fusion, similarity_fusion, winners_fusion
 from .metrics import compute_scores
-from .model import ReIDEncoder, load_encoder
+from .model import ReIDEncoder
 from .rerank import hard_k_reciprocal, k_reciprocal_features, squared_distances
 from .runtime import Precision, resolve_precision
+from .weights import load_encoder
 
 Rerank = Literal["none", "k_reciprocal", "hard"]  # none: squared Euclidean distances
 Fusion = Literal["similarity", "dissimilarity", "winners"]

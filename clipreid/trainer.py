@@ -46,12 +46,13 @@ from .errors import UserError
 from .fileio import StagedFolder, check_writable, write_text
 from .inference import Rerank, validate_reranked
 from .loss import ReIDLoss
-from .model import ModelSpec, ReIDEncoder, build_encoder, encoder_checkpoint, encoder_file_of, rebuild_encoder
+from .model import ModelSpec, ReIDEncoder, build_encoder
 from .progress import progress_bar
 from .runtime import Precision, Runtime, autocast, resolve_precision, setup_runtime
 from .tracking import Tracker, open_tracker
 from .transforms import AugmentConfig, Interpolation, augment_pairs, decode_images, to_device
 from .visualize import save_training_curves
+from .weights import encoder_checkpoint, encoder_file_of, rebuild_encoder
 
 LOG_NAME = "log.jsonl"
 CURVES_NAME = "curves.png"

@@ -22,11 +22,11 @@ from clipreid.errors import UserError
 from clipreid.evaluation import evaluate
 from clipreid.features import embed
 from clipreid.metrics import compute_scores
-from clipreid.model import load_encoder
 from clipreid.predict import predict
 from clipreid.rerank import squared_distances
 from clipreid.submission import read_distance_matrix
 from clipreid.trainer import train
+from clipreid.weights import load_encoder
 from evaluate import Config as EvalConfig
 from predict import Config as PredictConfig
 from train import Config as TrainConfig

@@ -32,6 +32,7 @@ from clipreid.features import embed
 from clipreid.model import ModelSpec, build_encoder
 from clipreid.predict import load_set
 from clipreid.submission import write_distance_matrix
+from clipreid.weights import encoder_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = ["--device", "cpu", "--no-progress", "--num-workers", "0"]
@@ -353,7 +354,7 @@ def random_checkpoint(tmp_path_factory) -> Path:
     encoder = build_encoder(spec)
     path = tmp_path_factory.mktemp("run") / "tiny" / "best.pt"
     path.parent.mkdir()
-    save_checkpoint(path, {"model": encoder.state_dict(), "model_spec": spec.to_dict(), "config": {}})
+    save_checkpoint(path, {**encoder_checkpoint(encoder), "config": {}})
     return path
 
 

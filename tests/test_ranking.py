@@ -22,6 +22,7 @@ from clipreid.inference import rerank_distances
 from clipreid.model import ModelSpec, build_encoder
 from clipreid.ranking import rank_folders
 from clipreid.rerank import squared_distances
+from clipreid.weights import encoder_checkpoint
 from predict import Config as PredictConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +34,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def _checkpoint(path: Path, seed: int) -> Path:
     torch.manual_seed(seed)
     encoder = build_encoder(ModelSpec("tiny-vit", "none"))
-    save_checkpoint(path, {"model": encoder.state_dict(), "model_spec": encoder.spec.to_dict()})
+    save_checkpoint(path, encoder_checkpoint(encoder))
     return path
 
 
