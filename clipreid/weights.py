@@ -206,6 +206,11 @@ def _resolve_open_clip_tower(visual: dict[str, torch.Tensor], path: Path, model:
     return name, cfg
 
 
+def _logit_scale(state: dict[str, Any]) -> torch.Tensor:
+    """An original or 2023 file's ``model.logit_scale``, or the fresh head's 1/0.07 when it has none."""
+    return state.get("model.logit_scale", torch.tensor(math.log(DEFAULT_LOGIT_SCALE)))
+
+
 def _read_clip_reident(state: Any, path: Path, model: str | None) -> EncoderFile | None:
     """The original CLIP-ReIdent weights_e{epoch}.pth: model.logit_scale and model.visual.<open_clip tower>
     (a ViT with its projection removed, or a ModifiedResNet)."""
@@ -215,7 +220,7 @@ def _read_clip_reident(state: Any, path: Path, model: str | None) -> EncoderFile
     name, model_cfg = _resolve_open_clip_tower(visual, path, model)
     spec = ModelSpec(name, "none", remove_proj="proj" not in visual, interpolation="bilinear")
     weights = {f"backbone.{k}": v for k, v in visual.items()}
-    weights["logit_scale"] = state.get("model.logit_scale", torch.tensor(math.log(DEFAULT_LOGIT_SCALE)))
+    weights["logit_scale"] = _logit_scale(state)
     size = model_cfg["vision_cfg"]["image_size"]
     preprocess = {"image_size": [size, size], "mean": list(OPENAI_MEAN), "std": list(OPENAI_STD),
                   "interpolation": "bilinear"}
@@ -236,7 +241,7 @@ def _read_timm_2023(state: Any, path: Path, model: str | None) -> EncoderFile | 
     if not timm.is_model(name.split(".")[0]):
         raise UserError(f"checkpoint_model: '{model}' is not a timm model name")
     weights = {f"backbone.{k.removeprefix('model.')}": v for k, v in state.items() if k != "model.logit_scale"}
-    weights["logit_scale"] = state.get("model.logit_scale", torch.tensor(math.log(DEFAULT_LOGIT_SCALE)))
+    weights["logit_scale"] = _logit_scale(state)
     # the 2023 code normalised every timm backbone with ImageNet mean/std and letterboxed as CLIP-ReIdent did
     spec = ModelSpec(name, "none", remove_proj=False, mean=IMAGENET_MEAN, std=IMAGENET_STD, interpolation="bilinear")
     preprocess = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "interpolation": "bilinear"}

@@ -212,7 +212,7 @@ def test_vit_h_and_l_files_say_which_names_fit():
     import open_clip
     from open_clip.model import _build_vision_tower
 
-    from clipreid.model import _resolve_open_clip_tower
+    from clipreid.weights import _resolve_open_clip_tower
 
     for name, heads in (("ViT-H-14", 80), ("ViT-L-14", 64)):
         cfg = open_clip.get_model_config(name)
