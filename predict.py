@@ -8,11 +8,11 @@
 
 Writes ``<set>_<rerank>.csv`` for each set and each re-ranking (``<set>_raw.csv`` for none), with several inputs
 each checkpoint's own CSVs in ``<model label>/``, ``predict_config.json`` and ``predict_log.json`` (which weights:
-file and epoch of each checkpoint) into ``output_dir``. A run folder gives its ``last.pt`` (the last epoch, what
-the original submits); ``--run-weights best`` its ``best.pt``.
+file and epoch of each checkpoint) into ``output_dir``. Which weights of a run folder: ``--run-weights`` (README:
+"Which weights").
 Rows are queries and columns gallery images, ids sorted, distances with 5 decimals (lower = more similar); test
 ids are the true player ids, so the test matrices are scored as they are written. With ``query_dir`` it ranks
-your own unlabelled images instead (``clipreid.ranking``): ranking CSVs, distance matrices, features, a picture.
+your own unlabelled images instead (``clipreid.rank_folders``): ranking CSVs, distance matrices, features, a picture.
 """
 
 from __future__ import annotations
@@ -24,16 +24,14 @@ from typing import ClassVar, Literal
 from clipreid.config import Checks, at_least, non_negative, nonempty, rule, run
 from clipreid.inference import FUSION_CHECKS, INFERENCE_CHECKS, RERANK_CHECKS, Rerank
 from clipreid.predict import PredictConfig, SetName, predict
-from clipreid.ranking import RankConfig, rank_folders
+from clipreid.rank_folders import RankConfig, rank_folders
 
 
 @dataclass
 class Config(PredictConfig, RankConfig):
     # inputs
     checkpoints: tuple[Path, ...] | None = (Path("model/ViT-L-14-quickgelu_test_seed1"),)  # none = CSVs only
-    # a run folder's weights: last (the last epoch, what the original submits) or best (the epoch of the best
-    # validation mAP); a .pt file is used as given
-    run_weights: Literal["last", "best"] = "last"
+    run_weights: Literal["last", "best"] = "last"  # a run folder's last.pt or best.pt (README: Which weights)
     # the model of an original CLIP-ReIdent file (an open_clip name: ViT-L-14-quickgelu for OpenAI weights, ViT-L-14
     # for LAION ones; a ResNet's is read from its tensors) or of a 2023-code file (a timm name)
     checkpoint_model: str | None = None

@@ -10,8 +10,8 @@
 
 The defaults are the original recipe (README: the recipe table, and the differences on purpose): bf16 instead of
 fp16 on GPUs is one (``--precision fp16`` reproduces it; validation scores in fp32, as the original). Writes
-``model/<run>/``: ``last.pt`` (the last epoch: what evaluate.py and predict.py score), ``best.pt`` (best
-validation mAP), ``log.jsonl``, ``curves.png`` and ``train_config.json``.
+``model/<run>/``: ``last.pt`` (the last epoch, and what resuming needs), ``best.pt`` (best validation mAP),
+``log.jsonl``, ``curves.png`` and ``train_config.json``.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from clipreid.features import embed, image_features, list_images
 from clipreid.fusion import dissimilarity_fusion, dissimilarity_weights
 from clipreid.model import ModelSpec, build_encoder
 from clipreid.predict import model_folders, predict
-from clipreid.ranking import rank_folders
+from clipreid.rank_folders import rank_folders
 from clipreid.rerank import hard_k_reciprocal, k_reciprocal_features, squared_distances
 from clipreid.transforms import load_image
 from clipreid.weights import encoder_checkpoint, load_encoder

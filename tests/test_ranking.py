@@ -20,7 +20,7 @@ from clipreid.errors import UserError
 from clipreid.features import embed
 from clipreid.inference import rerank_distances
 from clipreid.model import ModelSpec, build_encoder
-from clipreid.ranking import rank_folders
+from clipreid.rank_folders import rank_folders
 from clipreid.rerank import squared_distances
 from clipreid.weights import encoder_checkpoint
 from predict import Config as PredictConfig
@@ -156,7 +156,7 @@ def test_a_failure_leaves_no_partial_set(folders, tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("clipreid.ranking.save_ranked_lists", boom)  # as ranking looks it up
+    monkeypatch.setattr("clipreid.rank_folders.save_ranked_lists", boom)  # where it is looked up
     with pytest.raises(OSError, match="disk full"):
         rank_folders(_cfg([one], query, out, gallery_dir=gallery))
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt", "ranking_raw.csv"]

@@ -13,7 +13,7 @@ from clipreid.config import build_parser, config_to_dict, parse_config
 from clipreid.evaluation import EvaluateConfig
 from clipreid.inference import FusionOptions, InferenceOptions, RerankOptions
 from clipreid.predict import PredictConfig
-from clipreid.ranking import RankConfig
+from clipreid.rank_folders import RankConfig
 from clipreid.trainer import TrainConfig
 
 # script -> the typed inputs of the stage(s) its main() calls
