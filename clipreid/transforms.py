@@ -48,7 +48,8 @@ def resize_uint8(image: np.ndarray, size: tuple[int, int], interpolation: str = 
 
 
 def letterbox_array(image: np.ndarray, size: tuple[int, int], interpolation: str = "bilinear") -> np.ndarray:
-    """Letterbox an HxWx3 uint8 array into ``size`` = (height, width): aspect kept, zero padding, centred."""
+    """Letterbox an HxWx3 uint8 array into ``size`` = (height, width): aspect kept, zero padding, centred
+    (a shortest-side resize and centre crop would cut heads and feet off tall player crops)."""
     height, width = size
     h, w = image.shape[:2]
     scale = min(width / w, height / h)
@@ -58,15 +59,6 @@ def letterbox_array(image: np.ndarray, size: tuple[int, int], interpolation: str
     top, left = (height - new_h) // 2, (width - new_w) // 2
     canvas[top:top + new_h, left:left + new_w] = resize_uint8(image, (new_h, new_w), interpolation)
     return canvas
-
-
-def letterbox(image: Image.Image, size: tuple[int, int], interpolation: str = "bilinear") -> Image.Image:
-    """Resize ``image`` to fit inside ``size`` = (height, width) keeping its aspect ratio; pad with black, centred.
-
-    Shortest-side resize plus centre crop would cut heads and feet off tall player crops. ``interpolation``:
-    ``bilinear`` (OpenCV's, as CLIP-ReIdent) or ``bicubic`` (Pillow's).
-    """
-    return Image.fromarray(letterbox_array(np.asarray(image.convert("RGB")), size, interpolation))
 
 
 def _to_tensor(array: np.ndarray) -> torch.Tensor:
