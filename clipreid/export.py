@@ -119,7 +119,7 @@ def _plain_blocks(encoder: ReIDEncoder) -> ReIDEncoder:
     plain = build_architecture(encoder.spec, encoder.arch, fast_blocks=False)
     plain.load_state_dict(encoder.state_dict(), strict=True)
     plain.spec = encoder.spec
-    plain.set_preprocess(encoder.preprocess())
+    plain.set_preprocessing(encoder.preprocessing())
     return plain.eval()
 
 

@@ -87,7 +87,7 @@ class ReIDEncoder(nn.Module):
         self.spec = spec
         self.arch = arch
         self.feature_dim = int(feature_dim)
-        self.set_preprocess({"image_size": image_size, "mean": mean, "std": std, "interpolation": interpolation})
+        self.set_preprocessing({"image_size": image_size, "mean": mean, "std": std, "interpolation": interpolation})
         # Stored as a log, as in CLIP, and trained unclamped as in CLIP-ReIdent: a clamp at the starting value
         # (100 for OpenAI weights) would have a zero gradient there and freeze it.
         self.logit_scale = nn.Parameter(torch.tensor(math.log(logit_scale), dtype=torch.float32))
@@ -99,12 +99,12 @@ class ReIDEncoder(nn.Module):
         """exp(logit scale): the temperature of the contrastive losses, a trained parameter."""
         return self.logit_scale.exp()
 
-    def preprocess(self) -> dict[str, Any]:
+    def preprocessing(self) -> dict[str, Any]:
         """The preprocessing as stored in checkpoints: image_size (h, w), mean, std, interpolation."""
         return {"image_size": list(self.image_size), "mean": list(self.mean), "std": list(self.std),
                 "interpolation": self.interpolation}
 
-    def set_preprocess(self, values: dict[str, Any]) -> None:
+    def set_preprocessing(self, values: dict[str, Any]) -> None:
         """Set (some of) image_size, mean, std and interpolation, checked."""
         if values.get("image_size") is not None:
             self.image_size = tuple(int(s) for s in values["image_size"])

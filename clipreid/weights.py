@@ -56,7 +56,7 @@ class EncoderFile:
 
 def encoder_checkpoint(encoder: ReIDEncoder) -> dict[str, Any]:
     """The entries of a clipreid checkpoint that rebuild ``encoder``: weights, spec, preprocessing, architecture."""
-    return {"model": encoder.state_dict(), "model_spec": encoder.spec.to_dict(), "preprocess": encoder.preprocess(),
+    return {"model": encoder.state_dict(), "model_spec": encoder.spec.to_dict(), "preprocess": encoder.preprocessing(),
             "arch": encoder.arch}
 
 
@@ -334,7 +334,7 @@ def rebuild_encoder(found: EncoderFile, path: str | Path, *, training: bool = Fa
     spec = found.spec if training else dataclasses.replace(found.spec, grad_checkpointing=False)
     encoder = build_architecture(spec, found.arch)
     encoder.spec = found.spec
-    encoder.set_preprocess(found.preprocess)
+    encoder.set_preprocessing(found.preprocess)
     _load_weights(encoder, found, Path(path))
     return encoder
 
