@@ -6,11 +6,11 @@
     python evaluate.py --split folds --checkpoints model/*_fold*_seed1   # each model on its held-out fold: mean ± std
     python evaluate.py --data-dir data/synthetic_reid --checkpoints model/tiny-vit_test_seed1 --device cpu
 
-A run folder is scored with its ``last.pt`` (the last epoch's weights, as the original submits); ``--run-weights
-best`` takes its ``best.pt``. Every table names the epoch of the weights and warns when a best.pt is scored on the
-split that selected it, and says how many queries were scored (those without a match in the gallery are not).
-``--no-camera-rule`` scores data with cameras without the same-camera rule. Features are extracted in fp32, as the
-original does; ``--precision bf16`` is faster on a GPU and moves the scores slightly.
+Which weights of a run folder are scored: ``--run-weights`` (README: "Which weights"). Every table names the epoch
+of the weights and warns when a best.pt is scored on the split that selected it, and says how many queries were
+scored (those without a match in the gallery are not). ``--no-camera-rule`` scores data with cameras without the
+same-camera rule. Features are extracted in fp32, as the original does; ``--precision bf16`` is faster on a GPU and
+moves the scores slightly.
 
 Writes ``eval_results.csv`` (fractions), ``eval_results.md`` (%), ``evaluate_config.json`` and ``ranked_lists.png``
 (the best row's top-k for a few queries) into ``output_dir``, by default ``<run folder of the first checkpoint>/eval``.
@@ -22,17 +22,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from clipreid.config import Checks, at_least, available_device, between, non_negative, nonempty, one_of, run
-from clipreid.evaluation import RERANKS, evaluate
+from clipreid.config import Checks, at_least, non_negative, nonempty, run
+from clipreid.evaluation import EvaluateConfig, evaluate
+from clipreid.inference import INFERENCE_CHECKS, RERANK_CHECKS, Rerank
 
 
 @dataclass
-class Config:
+class Config(EvaluateConfig):
     # what to score
     checkpoints: tuple[Path, ...] = (Path("model/ViT-L-14-quickgelu_test_seed1"),)  # run folders or .pt files
-    # a run folder's weights: last (the last epoch, what the original submits) or best (the epoch of the best
-    # validation mAP: optimistic when scored on the split that chose it); a .pt file is used as given
-    run_weights: Literal["last", "best"] = "last"
+    run_weights: Literal["last", "best"] = "last"  # a run folder's last.pt or best.pt (README: Which weights)
     # the model of an original CLIP-ReIdent file (an open_clip name: ViT-L-14-quickgelu for OpenAI weights, ViT-L-14
     # for LAION ones; a ResNet's is read from its tensors) or of a 2023-code file (a timm name)
     checkpoint_model: str | None = None
@@ -44,7 +43,7 @@ class Config:
     # when train_df.csv has cameras (a camera column), off otherwise
     camera_rule: bool | None = None
     # re-ranking
-    rerank: tuple[str, ...] = ("none", "k_reciprocal", "hard")  # methods to score: none, k_reciprocal, hard
+    rerank: tuple[Rerank, ...] = ("none", "k_reciprocal", "hard")  # methods to score: none, k_reciprocal, hard
     k1: int = 20  # k-reciprocal neighbours
     k2: int = 6  # query expansion neighbours
     lambda_value: float = 0.3  # k_reciprocal: weight of the original distance
@@ -64,16 +63,10 @@ class Config:
 
     # what can work, per field: checked before any work starts (one line per field; see clipreid.config)
     checks: ClassVar[Checks] = {
+        **INFERENCE_CHECKS,
+        **RERANK_CHECKS,
         "checkpoints": nonempty,
         "fold": at_least(0),
-        "rerank": (nonempty, one_of(*RERANKS)),
-        "k1": at_least(1),
-        "k2": at_least(1),
-        "lambda_value": between(0, 1),
-        "hard_lambda": between(0, 1),
-        "batch_size": at_least(1),
-        "device": available_device,
-        "num_workers": non_negative,
         "ranked_lists": non_negative,
         "topk": at_least(1),
     }

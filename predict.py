@@ -8,11 +8,11 @@
 
 Writes ``<set>_<rerank>.csv`` for each set and each re-ranking (``<set>_raw.csv`` for none), with several inputs
 each checkpoint's own CSVs in ``<model label>/``, ``predict_config.json`` and ``predict_log.json`` (which weights:
-file and epoch of each checkpoint) into ``output_dir``. A run folder gives its ``last.pt`` (the last epoch, what
-the original submits); ``--run-weights best`` its ``best.pt``.
+file and epoch of each checkpoint) into ``output_dir``. Which weights of a run folder: ``--run-weights`` (README:
+"Which weights").
 Rows are queries and columns gallery images, ids sorted, distances with 5 decimals (lower = more similar); test
 ids are the true player ids, so the test matrices are scored as they are written. With ``query_dir`` it ranks
-your own unlabelled images instead (``clipreid.ranking``): ranking CSVs, distance matrices, features, a picture.
+your own unlabelled images instead (``clipreid.rank_folders``): ranking CSVs, distance matrices, features, a picture.
 """
 
 from __future__ import annotations
@@ -21,25 +21,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from clipreid.config import Checks, at_least, available_device, between, each, non_negative, nonempty, one_of, rule, run
-from clipreid.predict import SETS, predict
-from clipreid.ranking import rank_folders
+from clipreid.config import Checks, at_least, non_negative, nonempty, rule, run
+from clipreid.inference import FUSION_CHECKS, INFERENCE_CHECKS, RERANK_CHECKS, Rerank
+from clipreid.predict import PredictConfig, SetName, predict
+from clipreid.rank_folders import RankConfig, rank_folders
 
 
 @dataclass
-class Config:
+class Config(PredictConfig, RankConfig):
     # inputs
     checkpoints: tuple[Path, ...] | None = (Path("model/ViT-L-14-quickgelu_test_seed1"),)  # none = CSVs only
-    # a run folder's weights: last (the last epoch, what the original submits) or best (the epoch of the best
-    # validation mAP); a .pt file is used as given
-    run_weights: Literal["last", "best"] = "last"
+    run_weights: Literal["last", "best"] = "last"  # a run folder's last.pt or best.pt (README: Which weights)
     # the model of an original CLIP-ReIdent file (an open_clip name: ViT-L-14-quickgelu for OpenAI weights, ViT-L-14
     # for LAION ones; a ResNet's is read from its tensors) or of a 2023-code file (a timm name)
     checkpoint_model: str | None = None
     # earlier submission CSVs to fuse; with several sets write {set} in the path: model/other/{set}_raw.csv
     submissions: tuple[Path, ...] = ()
     data_dir: Path = Path("data/data_reid")  # folder holding train_df.csv and challenge_df.csv
-    sets: tuple[str, ...] = ("test", "challenge")  # sets to predict: test, challenge
+    sets: tuple[SetName, ...] = ("test", "challenge")  # sets to predict: test, challenge
     # your own images instead of the sets: rankings, distance matrices and features into output_dir
     query_dir: Path | None = None  # a folder of images (searched recursively) to rank
     gallery_dir: Path | None = None  # the images to rank them against; none = the query folder against itself
@@ -48,7 +47,7 @@ class Config:
     flip: bool = False  # test-time augmentation: average each image's features with its mirror image's
     # re-ranking (each checkpoint on its own, before fusion)
     # re-rankings to write, each as <set>_<rerank>.csv (<set>_raw.csv for none): none, k_reciprocal, hard
-    rerank: tuple[str, ...] = ("none", "k_reciprocal")
+    rerank: tuple[Rerank, ...] = ("none", "k_reciprocal")
     k1: int = 20  # k-reciprocal neighbours
     k2: int = 6  # query expansion neighbours
     lambda_value: float = 0.3  # k_reciprocal: weight of the original distance
@@ -69,23 +68,21 @@ class Config:
 
     # what can work, per field: checked before any work starts (one line per field; see clipreid.config)
     checks: ClassVar[Checks] = {
+        **INFERENCE_CHECKS,
+        **RERANK_CHECKS,
+        **FUSION_CHECKS,
         "submissions": rule(lambda v, c: len(v) > 0 or bool(c.checkpoints),
                             "at least one CSV when --checkpoints is none"),
-        "sets": (nonempty, one_of(*SETS)),
-        "k1": at_least(1),
-        "k2": at_least(1),
-        "lambda_value": between(0, 1),
-        "hard_lambda": between(0, 1),
-        "weights": (each(non_negative), rule(lambda v, c: sum(v) > 0, "at least one weight > 0"),
+        "sets": nonempty,
+        "query_dir": rule(lambda v, c: bool(c.checkpoints) and not c.submissions,
+                          "with at least one checkpoint and no --submissions (submission CSVs hold the test and "
+                          "challenge sets' distances, not a folder's)"),
+        "weights": (*FUSION_CHECKS["weights"],
                     rule(lambda v, c: len(v) == len(c.checkpoints or ()) + len(c.submissions),
                          lambda v, c: f"one weight per checkpoint, then one per submission CSV "
-                                      f"({len(c.checkpoints or ()) + len(c.submissions)} in all)"),
-                    rule(lambda v, c: c.fusion != "dissimilarity",
-                         "none with --fusion dissimilarity (it weighs the models itself)")),
-        "topk_fusion": at_least(1),
-        "batch_size": at_least(1),
-        "device": available_device,
-        "num_workers": non_negative,
+                                      f"({len(c.checkpoints or ()) + len(c.submissions)} in all)")),
+        "topk": at_least(1),
+        "ranked_lists": non_negative,
     }
 
 

@@ -10,8 +10,8 @@
 
 The defaults are the original recipe (README: the recipe table, and the differences on purpose): bf16 instead of
 fp16 on GPUs is one (``--precision fp16`` reproduces it; validation scores in fp32, as the original). Writes
-``model/<run>/``: ``last.pt`` (the last epoch: what evaluate.py and predict.py score), ``best.pt`` (best
-validation mAP), ``log.jsonl``, ``curves.png`` and ``train_config.json``.
+``model/<run>/``: ``last.pt`` (the last epoch, and what resuming needs), ``best.pt`` (best validation mAP),
+``log.jsonl``, ``curves.png`` and ``train_config.json``.
 """
 
 from __future__ import annotations
@@ -33,12 +33,13 @@ from clipreid.config import (
     rule,
     run,
 )
+from clipreid.inference import Rerank
 from clipreid.loss import LOSSES
-from clipreid.trainer import is_main_process, train
+from clipreid.trainer import TrainConfig, is_main_process, train
 
 
 @dataclass
-class Config:
+class Config(TrainConfig):
     # data
     data_dir: Path = Path("data/data_reid")  # folder holding train_df.csv (written by preprocess_data.py)
     validation: Literal["test", "fold", "none"] = "test"  # test split, a GroupKFold fold, or none (train on all)
@@ -91,7 +92,7 @@ class Config:
     # validation precision: fp32 as the original scores; none = the training precision
     eval_precision: Literal["auto", "bf16", "fp16", "fp32"] | None = "fp32"
     val_flip: bool = False  # flip test-time augmentation in validation
-    val_rerank: tuple[str, ...] = ()  # also log these re-rankings' mAP and rank-1 each epoch: k_reciprocal, hard
+    val_rerank: tuple[Rerank, ...] = ()  # also log these re-rankings' mAP and rank-1 each epoch: k_reciprocal, hard
     # run
     seed: int = 1
     device: str = "auto"  # auto = cuda, then mps, then cpu

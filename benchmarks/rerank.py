@@ -38,7 +38,7 @@ from clipreid.rerank import (  # noqa: E402
     hard_k_reciprocal,
     k_reciprocal,
     k_reciprocal_features,
-    pairwise_squared_euclidean,
+    squared_distances,
 )
 
 
@@ -156,7 +156,7 @@ def _worker(task: dict, conn) -> None:
     params = dict(k1=task["k1"], k2=task["k2"], lambda_value=task["lambda_value"])
     method = task["method"]
     if method == "reference":
-        mats = [pairwise_squared_euclidean(a, b) for a, b in ((qf, gf), (qf, qf), (gf, gf))]
+        mats = [squared_distances(a, b) for a, b in ((qf, gf), (qf, qf), (gf, gf))]
         reference_re_ranking(*_tiny_matrices(), **params)  # warm-up
 
         def call():
@@ -166,7 +166,7 @@ def _worker(task: dict, conn) -> None:
         tiny = [torch.from_numpy(m).to(device) for m in _tiny_matrices()]
         k_reciprocal(*tiny, **params)  # warm-up: thread pools, CUDA context and kernels
         if method == "matrices":
-            mats = [pairwise_squared_euclidean(a, b) for a, b in ((x, y), (x, x), (y, y))]
+            mats = [squared_distances(a, b) for a, b in ((x, y), (x, x), (y, y))]
 
             def call():
                 return k_reciprocal(*mats, **params)
@@ -202,7 +202,7 @@ def _worker(task: dict, conn) -> None:
 
 def _tiny_matrices() -> list[np.ndarray]:
     qf, gf = clustered_features(4, 30, 8, seed=1)
-    return [pairwise_squared_euclidean(a, b) for a, b in ((qf, gf), (qf, qf), (gf, gf))]
+    return [squared_distances(a, b) for a, b in ((qf, gf), (qf, qf), (gf, gf))]
 
 
 def measure(task: dict) -> dict | None:

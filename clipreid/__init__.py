@@ -16,8 +16,8 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _API = {
     "embed": "features",
-    "squared_distances": "features",
-    "load_encoder": "model",
+    "squared_distances": "rerank",
+    "load_encoder": "weights",
     "build_encoder": "model",
     "ModelSpec": "model",
     "ReIDEncoder": "model",

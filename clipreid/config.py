@@ -2,17 +2,20 @@
 
 Every field becomes a flag (``batch_size`` -> ``--batch-size``), typed by its annotation:
 
-    python train.py --batch-size 8 --amp false --img-size 224 224 --checkpoint none
+    python train.py --batch-size 8 --no-flip --img-size 224 224 --clip-grad none
 
-- ``bool``: ``--amp``, ``--no-amp``, or ``--amp true|false|1|0|yes|no``
+- ``bool``: ``--flip``, ``--no-flip``, or ``--flip true|false|1|0|yes|no``
 - ``tuple[int, int]`` / ``tuple[str, ...]`` / ``list[...]``: values after the flag, or one comma-separated value
 - ``X | None``: ``none`` (any case) gives None
 - ``Literal["a", "b"]``: one of the listed values
 - ``--config run.json`` starts from a saved config; flags after it still override. A preset's ``"description"``
   says what it is; ``--config preset.json --help`` shows it, with the preset's values as the defaults.
 
-The comment after a field in the dataclass is its help text in ``--help``. Each stage saves its resolved
-config with :func:`save_config` beside its outputs; :func:`load_config` reads it back with the same checks.
+The comment after a field in the dataclass is its help text in ``--help``, and ``--help`` lists the fields in the
+order the class's own source declares them (a script's Config redeclares the fields it inherits from the library's
+typed stage inputs, e.g. ``clipreid.inference.InferenceOptions``, in the order a user reads them). Each stage saves
+its resolved config with :func:`save_config` beside its outputs; :func:`load_config` reads it back with the same
+checks.
 """
 
 from __future__ import annotations
@@ -191,6 +194,23 @@ def field_comments(cls: type) -> dict[str, str]:
         if above:
             result[match.group(1)] = " ".join(a for a in above if a)
     return result
+
+
+def declared_fields(cls: type) -> list[dataclasses.Field]:
+    """The fields of the dataclass ``cls`` in the order its own source declares them, those it does not declare
+    (inherited and not redeclared) after them in dataclass order: a script's Config inherits typed bases but
+    lists its fields, redeclared, in the order a user reads them, which ``--help`` and saved configs keep."""
+    fields = dataclasses.fields(cls)
+    try:
+        lines = inspect.getsource(cls).splitlines()
+    except (OSError, TypeError):
+        return list(fields)
+    position: dict[str, int] = {}
+    for number, line in enumerate(lines):
+        match = re.match(r"\s+(\w+)\s*:", line)
+        if match:
+            position.setdefault(match.group(1), number)
+    return sorted(fields, key=lambda f: position.get(f.name, len(lines)))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -396,7 +416,7 @@ def build_parser(cls: type, prog: str | None = None, description: str | None = N
     )
     parser.add_argument("--config", metavar="JSON", help="start from a saved config file; later flags override it")
     flags = ["--config", "--help"]
-    for f in dataclasses.fields(cls):
+    for f in declared_fields(cls):
         tp = hints[f.name]
         default = _default_of(f) if defaults is None else getattr(defaults, f.name)
         help_text = comments.get(f.name, "")
@@ -524,7 +544,7 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
             return [plain(x) for x in v]
         return v
 
-    return {f.name: plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    return {f.name: plain(getattr(cfg, f.name)) for f in declared_fields(type(cfg))}
 
 
 def save_config(cfg: Any, path: str | Path) -> Path:

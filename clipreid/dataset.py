@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .errors import UserError
-from .preprocess import IDENTITIES_CSV, TRAIN_COLUMNS, TRAIN_DF
+from .layout import GALLERY, IDENTITIES_CSV, QUERY, TRAIN_COLUMNS, TRAIN_DF
 from .transforms import load_image
 
 Validation = Literal["test", "fold", "none"]
@@ -96,6 +96,14 @@ def read_identities(data_dir: str | Path) -> pd.DataFrame:
                       integer_columns=("player", "images"))
 
 
+def fold_identity(data_dir: str | Path, fold: int) -> dict[str, Any]:
+    """Which groups (sequences, or identities in the Market-1501 layout) fold ``fold`` of a data folder's
+    train_df.csv holds, and of how many folds: what a fold checkpoint records as its held-out set."""
+    df = read_train_df(data_dir)
+    return {"fold": int(fold), "n_folds": int(df.fold.nunique()),
+            "groups": sorted(str(g) for g in df.loc[df.fold == fold, "game"].unique())}
+
+
 def load_split(data_dir: str | Path, validation: Validation = "test", fold: int = 0) -> Split:
     """Choose training and validation rows of ``train_df.csv``.
 
@@ -116,10 +124,10 @@ def load_split(data_dir: str | Path, validation: Validation = "test", fold: int 
     elif validation == "none":
         train, val = df, df.iloc[:0]
     else:
-        raise UserError(f"validation must be test, fold or none, not {validation!r}")
+        raise ValueError(f"validation must be test, fold or none, not {validation!r}")  # a Literal: checked at parse
     if train.empty:
         raise UserError(f"no training rows in {data_dir / TRAIN_DF} for validation={validation}")
-    query, gallery = val[val.img_type == "q"], val[val.img_type == "g"]
+    query, gallery = val[val.img_type == QUERY], val[val.img_type == GALLERY]
     if validation == "test" and val.empty:
         raise UserError(f"{data_dir / TRAIN_DF} has no test split (no query/gallery images): "
                         "validate on a fold instead (train.py --validation fold, evaluate.py --split fold)")
@@ -139,10 +147,10 @@ def load_split(data_dir: str | Path, validation: Validation = "test", fold: int 
     )
 
 
-def _epoch_generator(seed: int, epoch: int, salt: int = 0) -> torch.Generator:
+def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     # A fresh generator per (seed, epoch): the batches of an epoch do not depend on what ran before it,
     # which is what makes resuming exact.
-    return torch.Generator().manual_seed(seed * 1_000_003 + epoch * 7_919 + salt)
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch * 7_919)
 
 
 class PairBatchSampler:
@@ -173,7 +181,7 @@ class PairBatchSampler:
         self.global_batch = self.batch_size * self.world_size
         unique, inverse = np.unique(self.players, return_inverse=True)
         if self.batch_size < 1:
-            raise UserError(f"batch_size must be at least 1, got {batch_size}")
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")  # train.py checks it at parse
         if len(unique) < self.global_batch:
             raise UserError(f"a batch of {self.global_batch} pairs needs {self.global_batch} different players, but "
                             f"the training set has {len(unique)}: lower batch_size")

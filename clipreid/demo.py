@@ -10,31 +10,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import ClassVar
 
 import torch
 
 from .checkpoint import read_checkpoint, run_dir_of
-from .config import run
+from .config import Checks, available_device, run
 from .dataset import load_split
 from .errors import UserError
-from .evaluation import load_for_inference, query_gallery_features, rerank_distances
+from .inference import InferenceOptions, load_for_inference, query_gallery_features, rerank_distances
 from .metrics import compute_scores
 from .model import ModelSpec, ReIDEncoder, build_encoder
 from .runtime import pick_device
 
-RERANKS = (("none", "raw"), ("k_reciprocal", "k-reciprocal"))
-
-
-@dataclass
-class _Features:
-    """What ``query_gallery_features`` reads from a config."""
-
-    batch_size: int = 64
-    flip: bool = False
-    precision: str = "fp32"
-    num_workers: int = 0
-    progress: bool = False
+SHOWN = (("none", "raw"), ("k_reciprocal", "k-reciprocal"))  # the re-rankings of the table, with their headings
 
 
 def untrained_encoder(checkpoint: str | Path) -> ReIDEncoder:
@@ -52,21 +41,22 @@ def before_after(checkpoint: str | Path, data_dir: str | Path, device: str = "cp
     if not split.query_paths:
         raise UserError(f"{data_dir} has no test split to compare the untrained and trained models on")
     dev = pick_device(device)
-    cfg = _Features()
+    opts = InferenceOptions(flip=False, batch_size=64, precision="fp32", device=device, cache_images=False,
+                            num_workers=0, progress=False)
     results = {}
     for name, encoder in (("untrained", untrained_encoder(checkpoint).to(dev)),
                           ("trained", load_for_inference(Path(checkpoint), dev))):
-        qf, gf = query_gallery_features(encoder, split.query_paths, split.gallery_paths, device=dev, cfg=cfg)
+        qf, gf = query_gallery_features(encoder, split.query_paths, split.gallery_paths, device=dev, opts=opts)
         results[name] = {method: compute_scores(rerank_distances(qf, gf, method).float().cpu(), split.query_players,
                                                 split.gallery_players, split.query_cams, split.gallery_cams)
-                         for method, _ in RERANKS}
+                         for method, _ in SHOWN}
     return results
 
 
 def format_before_after(results: dict[str, dict[str, dict]], title: str = "") -> str:
     """A short table: one row per model, mAP and rank-1 (in %) per re-ranking."""
-    header = ["model", *(f"{label} {metric}" for _, label in RERANKS for metric in ("mAP", "rank-1"))]
-    rows = [[name, *(f"{100 * results[name][method][key]:.1f}" for method, _ in RERANKS
+    header = ["model", *(f"{label} {metric}" for _, label in SHOWN for metric in ("mAP", "rank-1"))]
+    rows = [[name, *(f"{100 * results[name][method][key]:.1f}" for method, _ in SHOWN
                      for key in ("mAP", "rank1"))] for name in results]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
@@ -80,8 +70,10 @@ class Config:
     data_dir: Path = Path("data/synthetic_reid")  # folder holding train_df.csv, with a test split
     device: str = "cpu"  # auto = cuda, then mps, then cpu
 
+    checks: ClassVar[Checks] = {"device": available_device}
 
-def main(cfg: Config) -> Any:
+
+def main(cfg: Config) -> None:
     results = before_after(cfg.checkpoint, cfg.data_dir, cfg.device)
     split = load_split(cfg.data_dir, "test")
     title = (f"before / after training ({run_dir_of(cfg.checkpoint)}), test split of {cfg.data_dir}: "

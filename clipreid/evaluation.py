@@ -1,6 +1,6 @@
 """Evaluation of trained checkpoints: mAP, rank-1/5/10 and mINP with and without re-ranking, and their fusion.
 
-``evaluate(cfg)`` takes the config dataclass of ``evaluate.py`` (any object with its fields) and returns an
+``evaluate(cfg)`` takes an :class:`EvaluateConfig` (``evaluate.py``'s Config inherits it) and returns an
 :class:`EvalReport`. Three splits:
 
 - ``test``: the test split's queries against its gallery;
@@ -10,258 +10,81 @@
 
 For several checkpoints on the test or fold split, a ``fused`` row is the similarity fusion (element-wise mean)
 of their distance matrices, per re-ranking method. The helpers here (features of a checkpoint, re-ranking by
-name, fusion by name, which weights a checkpoint holds) are shared with ``clipreid.predict`` and the trainer.
+name, fusion by name) are shared with ``clipreid.predict`` and the trainer.
 
-Which weights are scored is said out loud: a run folder gives its ``last.pt`` (the last epoch, what the original
-submits) unless ``run_weights`` is ``best``; every row names its epoch, and scoring a ``best.pt`` on the split
-that selected it (its validation split) adds a warning line, as its scores are optimistic. A fold checkpoint
-records the sequences it held out, and is refused on a ``train_df.csv`` whose fold differs.
+Which weights are scored is said out loud (README: "Which weights"; ``clipreid.checkpoint`` reads them): every row
+names its epoch, scoring a ``best.pt`` on the split that selected it adds a warning line, and a fold checkpoint is
+refused on a ``train_df.csv`` whose fold is no longer the one it held out.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import gc
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 import torch
 
-from .checkpoint import checkpoint_file, load_checkpoint_file, run_dir_of
+from .checkpoint import (
+    CheckpointInfo,
+    RunWeights,
+    check_fold_identity,
+    checkpoint_file,
+    checkpoint_info,
+    checkpoint_labels,
+    run_dir_of,
+    selection_warning,
+    trained_on_warning,
+    weights_lines,
+)
 from .config import save_config
-from .dataset import ImageSet, Split, load_split, read_train_df
+from .dataset import Split, load_split
 from .errors import UserError
-from .features import ImageCache, extract_features, image_features, squared_distances
+from .features import ImageCache
 from .fileio import check_writable, file_set, write_text
-from .fusion import dissimilarity_fusion, similarity_fusion, winners_fusion
-from .metrics import compute_scores
-from .model import ReIDEncoder, load_encoder
-from .preprocess import TRAIN_DF
-from .rerank import hard_k_reciprocal, k_reciprocal_features
-from .runtime import pick_device, resolve_precision
+from .inference import (
+    InferenceOptions,
+    RerankOptions,
+    fuse,
+    load_for_inference,
+    query_gallery_features,
+    rerank_all,
+    split_scores,
+)
+from .layout import TRAIN_DF
+from .model import ReIDEncoder
+from .runtime import pick_device
+from .visualize import RANKED_PNG, save_ranked_lists
 
-RERANKS = ("none", "k_reciprocal", "hard")
-FUSIONS = ("similarity", "dissimilarity", "winners")
 METRICS = (("mAP", "mAP"), ("rank1", "rank-1"), ("rank5", "rank-5"), ("rank10", "rank-10"), ("mINP", "mINP"))
 ALLSHOTS = ("rank1_allshots", "rank-1 allshots")  # the toolkit's allshots CMC, shown when the metrics give it
-RESULTS_CSV, RESULTS_MD, CONFIG_NAME, RANKED_PNG = ("eval_results.csv", "eval_results.md", "evaluate_config.json",
-                                                   "ranked_lists.png")
+RESULTS_CSV, RESULTS_MD, CONFIG_NAME = "eval_results.csv", "eval_results.md", "evaluate_config.json"
 FUSED = "fused"
-
-
-# --------------------------------------------------------------------------------------------------------------
-# shared helpers: checkpoints, features, re-ranking and fusion by name
-
-
-def checkpoint_labels(checkpoints: Sequence[Path]) -> list[str]:
-    """Short unique names for table rows: the run folder's name, with ``/best`` (or the file's stem) for any file
-    but a last.pt; the paths when two would be equal, and ``#2``, ``#3`` for a file given again."""
-    labels = []
-    for path in checkpoints:
-        path = Path(path)
-        label = run_dir_of(path).name or str(path)
-        if path.suffix == ".pt" and path.name != "last.pt":
-            label += f"/{path.stem}"
-        labels.append(label)
-    if len(set(labels)) < len(labels):
-        labels = [str(p) for p in checkpoints]
-    seen: dict[str, int] = {}
-    for i, label in enumerate(labels):  # the same file given twice: still one row, one folder each
-        seen[label] = seen.get(label, 0) + 1
-        if seen[label] > 1:
-            labels[i] = f"{label} #{seen[label]}"
-    return labels
-
-
-# --------------------------------------------------------------------------------------------------------------
-# which weights a checkpoint holds, and on which images they may be scored
+EvalSplit = Literal["test", "fold", "folds"]
 
 
 @dataclass
-class CheckpointInfo:
-    """What a checkpoint file says about its weights: the epoch, how they were selected, the fold held out."""
+class EvaluateConfig(InferenceOptions, RerankOptions):
+    """What ``evaluate`` reads: ``evaluate.py``'s Config inherits it and gives the defaults and the help."""
 
-    path: Path
-    epoch: int | None = None
-    weights: str = "file"  # last, best, or file (any other file)
-    selection: dict[str, Any] | None = None  # best.pt: {"metric": "mAP", "validation": ..., "fold": ...}
-    config: dict[str, Any] = field(default_factory=dict)
-    held_out: dict[str, Any] | None = None  # fold runs: {"fold", "n_folds", "groups"}
-
-    def describe(self) -> str:
-        """``epoch 4 (last)``, ``epoch 2 (best mAP on the test split)``; what a log names the weights by."""
-        epoch = f"epoch {self.epoch}" if self.epoch is not None else "epoch unknown"
-        if self.selected_by_split:
-            return f"{epoch} (best {self.selection['metric']} on {_split_name(self.selection)})"
-        return f"{epoch} ({self.weights})"
-
-    @property
-    def selected_by_split(self) -> bool:
-        return bool(self.selection) and self.selection.get("metric") == "mAP"
+    checkpoints: tuple[Path, ...]  # run folders or .pt files, at least one
+    run_weights: RunWeights
+    checkpoint_model: str | None
+    data_dir: Path
+    split: EvalSplit
+    fold: int
+    camera_rule: bool | None  # None: on when train_df.csv has cameras
+    output_dir: Path | None  # None: <run folder of the first checkpoint>/eval
+    ranked_lists: int
+    topk: int
 
 
-def _split_name(selection: dict[str, Any]) -> str:
-    if selection.get("validation") == "fold":
-        return f"fold {selection.get('fold')}"
-    return f"the {selection.get('validation')} split"
-
-
-def checkpoint_info(path: str | Path) -> CheckpointInfo:
-    """Read a checkpoint file's epoch, selection and held-out fold (tensors memory-mapped, not read)."""
-    path = Path(path)
-    state = load_checkpoint_file(path, mmap=True)
-    if not isinstance(state, dict):
-        raise UserError(f"{path} is not a clipreid checkpoint (no 'model' and 'model_spec' entries)")
-    config = state.get("config") or {}
-    selection = state.get("selection")
-    weights = {"last.pt": "last", "best.pt": "best"}.get(path.name, "file")
-    if selection is None and weights == "best" and config.get("validation") not in (None, "none"):
-        # written before checkpoints recorded their selection: best.pt was chosen by validation mAP
-        selection = {"weights": "best", "metric": "mAP", "validation": config["validation"],
-                     "fold": config.get("fold") if config.get("validation") == "fold" else None}
-    if selection is not None:
-        weights = selection.get("weights", weights)
-    epoch = state.get("epoch")
-    return CheckpointInfo(path, int(epoch) if epoch is not None else None, weights, selection, config,
-                          state.get("held_out"))
-
-
-def selection_warning(info: CheckpointInfo, label: str, split: str, fold: int | None = None) -> str | None:
-    """A warning line when a best.pt is scored on the split whose mAP selected it (``split``: test, fold, folds;
-    ``folds`` is each checkpoint's own fold), else None."""
-    if not info.selected_by_split:
-        return None
-    sel = info.selection
-    same = (split == "test" and sel.get("validation") == "test") or (
-        sel.get("validation") == "fold" and (split == "folds" or (split == "fold" and sel.get("fold") == fold)))
-    if not same:
-        return None
-    return (f"warning: {label} holds the epoch ({info.epoch}) of the best mAP on {_split_name(sel)}, the split "
-            "scored here: its scores are optimistic; score last.pt (--run-weights last) for an unbiased figure")
-
-
-def fold_identity(data_dir: str | Path, fold: int) -> dict[str, Any]:
-    """Which groups (sequences, or identities in the Market-1501 layout) fold ``fold`` of a data folder's
-    train_df.csv holds, and of how many folds: what a fold checkpoint records as its held-out set."""
-    df = read_train_df(data_dir)
-    return {"fold": int(fold), "n_folds": int(df.fold.nunique()),
-            "groups": sorted(str(g) for g in df.loc[df.fold == fold, "game"].unique())}
-
-
-def check_fold_identity(info: CheckpointInfo, data_dir: str | Path, fold: int) -> None:
-    """UserError when ``info`` held out fold ``fold`` in training but train_df.csv's fold ``fold`` is now other
-    groups (the table was re-folded): the model would be scored on images it trained on. Checkpoints written
-    before fold identities were recorded are not checked."""
-    held = info.held_out
-    if not held or int(held.get("fold", -1)) != int(fold):
-        return
-    now = fold_identity(data_dir, fold)
-    if now["groups"] != list(held["groups"]) or now["n_folds"] != held["n_folds"]:
-        common = len(set(now["groups"]) & set(held["groups"]))
-        raise UserError(f"{info.path} held out fold {fold} of {held['n_folds']} folds ({len(held['groups'])} "
-                        f"sequences) in training, but fold {fold} of {Path(data_dir) / TRAIN_DF} is another set "
-                        f"({len(now['groups'])} sequences, {common} in common; {now['n_folds']} folds): scoring it "
-                        f"there would use images it trained on; re-run preprocess_data.py --n-folds "
-                        f"{held['n_folds']} (the folding it was trained with) or use --split test")
-
-
-def trained_on_warning(info: CheckpointInfo, label: str, fold: int) -> str | None:
-    """A warning line when a checkpoint scored on fold ``fold`` trained on images of that fold."""
-    config = info.config
-    if not config or (config.get("validation") == "fold" and int(config.get("fold", -1)) == int(fold)):
-        return None
-    held = (f"fold {config.get('fold')}" if config.get("validation") == "fold"
-            else f"the {config.get('validation')} split")
-    return (f"warning: {label} was trained holding out {held}, not fold {fold}: it trained on images of fold "
-            f"{fold}, so these are not held-out scores")
-
-
-def validate_reranked(encoder: ReIDEncoder, query: ImageSet | torch.Tensor, gallery: ImageSet | torch.Tensor,
-                      split: Split, reranks: Sequence[str] = (), **kwargs: Any) -> dict[str, float]:
-    """The training's per-epoch validation: mAP, rank-k and mINP of raw distances, plus ``mAP_<method>`` and
-    ``rank1_<method>`` for each re-ranking of ``reranks`` (the original logs raw and re-ranked scores).
-    ``kwargs`` go to ``extract_features`` (batch_size, dtype, flip, num_workers, progress)."""
-    check_rerank(reranks)
-    qf = extract_features(encoder, query, desc="query features", **kwargs)
-    gf = extract_features(encoder, gallery, desc="gallery features", **kwargs)
-    record = {k: float(v) for k, v in _scores(squared_distances(qf, gf), split).items()}
-    for method in dict.fromkeys(m for m in reranks if m != "none"):
-        scores = _scores(rerank_distances(qf, gf, method), split)
-        record[f"mAP_{method}"], record[f"rank1_{method}"] = float(scores["mAP"]), float(scores["rank1"])
-    return record
-
-
-def check_rerank(methods: Sequence[str]) -> None:
-    """UserError for a re-ranking method that is not one of ``RERANKS``."""
-    bad = [m for m in methods if m not in RERANKS]
-    if bad:
-        raise UserError(f"rerank: unknown re-ranking {bad[0]!r}; choose from {', '.join(RERANKS)}")
-
-
-def rerank_distances(query: torch.Tensor, gallery: torch.Tensor, method: str, *, k1: int = 20, k2: int = 6,
-                     lambda_value: float = 0.3, hard_lambda: float = 0.7, shared: int = 0) -> torch.Tensor:
-    """The q x g distance matrix of L2-normalised features for a re-ranking ``method`` (see ``RERANKS``).
-
-    ``none``: squared Euclidean; ``k_reciprocal``: Zhong et al. (k1, k2, lambda_value); ``hard``: the 2023
-    winners' hard-weight variant (k1, k2, hard_lambda). Runs on the features' device. ``shared``: the last
-    ``shared`` queries are the first ``shared`` gallery images, held once by the re-ranking (``clipreid.rerank``).
-    """
-    if method == "none":
-        return squared_distances(query, gallery)
-    if method == "k_reciprocal":
-        return k_reciprocal_features(query, gallery, k1, k2, lambda_value, shared=shared)
-    if method == "hard":
-        return hard_k_reciprocal(query, gallery, k1, k2, hard_lambda, shared=shared)
-    raise UserError(f"rerank: unknown re-ranking {method!r}; choose from {', '.join(RERANKS)}")
-
-
-def fuse(matrices: Sequence[torch.Tensor], method: str = "similarity", weights: Sequence[float] | None = None,
-         topk: int = 15) -> torch.Tensor:
-    """Fuse same-shape distance matrices by ``similarity``, ``dissimilarity`` or ``winners`` fusion (float64)."""
-    mats = [torch.as_tensor(m, dtype=torch.float64).cpu() for m in matrices]
-    if weights is not None and len(weights) != len(mats):
-        raise UserError(f"weights: got {len(weights)} weights for {len(mats)} distance matrices (one per checkpoint, "
-                        "then one per submission CSV)")
-    try:
-        if method == "similarity":
-            return similarity_fusion(mats, weights)
-        if method == "dissimilarity":
-            if weights is not None:
-                raise UserError("weights: dissimilarity fusion weighs the models itself; use similarity or winners "
-                                "fusion, or leave weights out")
-            return dissimilarity_fusion(mats, topk)
-        if method == "winners":
-            return winners_fusion(mats, topk, weights)
-    except ValueError as err:
-        raise UserError(f"fusion: {err}") from None
-    raise UserError(f"fusion: unknown method {method!r}; choose from {', '.join(FUSIONS)}")
-
-
-def load_for_inference(checkpoint: Path, device: torch.device, model: str | None = None) -> ReIDEncoder:
-    """``load_encoder`` after freeing the previous model's memory (several large checkpoints in a row)."""
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    return load_encoder(checkpoint, device, model)
-
-
-def query_gallery_features(encoder: ReIDEncoder, query_paths: Sequence[Path], gallery_paths: Sequence[Path], *,
-                           device: torch.device, cfg: Any, cache: ImageCache | None = None
-                           ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features of the query and gallery images of a set that preprocess_data.py vetted, on ``device``, in one
-    pass (``cfg``: batch_size, flip, precision, num_workers, progress), from ``cache`` when it is enabled. An
-    image that cannot be read now ends the run with one line naming it: rows never shift onto other names."""
-    paths = [*query_paths, *gallery_paths]
-    got = image_features(encoder, paths, batch_size=cfg.batch_size, device=device,
-                         dtype=resolve_precision(cfg.precision, device), flip=cfg.flip,
-                         num_workers=getattr(cfg, "num_workers", 0), progress=cfg.progress, cache=cache,
-                         on_error="raise", hint="; re-run preprocess_data.py to leave it out")
-    features = got.features.to(device)
-    return features[:len(query_paths)], features[len(query_paths):]
+# --------------------------------------------------------------------------------------------------------------
+# shared helpers: features, re-ranking and fusion by name
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -361,10 +184,6 @@ class EvalReport:
 # evaluate
 
 
-def _scores(distmat: torch.Tensor, split: Split) -> dict[str, float]:
-    return compute_scores(distmat, split.query_players, split.gallery_players, split.query_cams, split.gallery_cams)
-
-
 def _camera_rule(split: Split, rule: bool | None, data_dir: Path) -> Split:
     """``split`` with its cameras for the same-camera rule, or without them when ``rule`` is off (None: on when
     the data has cameras); UserError when the rule is asked for on data without cameras."""
@@ -386,13 +205,12 @@ def scored_line(split: Split, scores: dict[str, float]) -> str:
     return f"scored {scored} of {n} queries{skipped}; same-camera rule {rule}"
 
 
-def _matrices(encoder: ReIDEncoder, split: Split, device: torch.device, cfg: Any,
-              cache: ImageCache | None = None) -> dict[str, Any]:
+def _matrices(encoder: ReIDEncoder, split: Split, device: torch.device, cfg: EvaluateConfig,
+              cache: ImageCache | None = None) -> dict[str, torch.Tensor]:
     """Distance matrices (on the CPU) of one encoder on a split, one per re-ranking method of ``cfg.rerank``."""
-    qf, gf = query_gallery_features(encoder, split.query_paths, split.gallery_paths, device=device, cfg=cfg,
+    qf, gf = query_gallery_features(encoder, split.query_paths, split.gallery_paths, device=device, opts=cfg,
                                     cache=cache)
-    return {m: rerank_distances(qf, gf, m, k1=cfg.k1, k2=cfg.k2, lambda_value=cfg.lambda_value,
-                                hard_lambda=cfg.hard_lambda).float().cpu() for m in dict.fromkeys(cfg.rerank)}
+    return {m: d.float().cpu() for m, d in rerank_all(qf, gf, cfg).items()}
 
 
 def _fold_of(info: CheckpointInfo) -> int:
@@ -405,12 +223,7 @@ def _fold_of(info: CheckpointInfo) -> int:
     return int(config["fold"])
 
 
-def _weights_lines(infos: Sequence[CheckpointInfo], labels: Sequence[str]) -> list[str]:
-    """One line per checkpoint naming the file and the epoch of its weights, for the heading of a table."""
-    return [f"weights: {label} = {info.path}, {info.describe()}" for info, label in zip(infos, labels, strict=True)]
-
-
-def _write_results(report: EvalReport, split: str, cfg: Any, stage: Path) -> None:
+def _write_results(report: EvalReport, split: str, cfg: EvaluateConfig, stage: Path) -> None:
     """The tables and the config into the staging folder ``stage`` of ``report.output_dir``'s file set."""
     write_text(stage / RESULTS_CSV, results_frame(report.rows, split).to_csv(index=False))
     table = format_table(report.rows, markdown=True, folds=report.folds)
@@ -419,7 +232,7 @@ def _write_results(report: EvalReport, split: str, cfg: Any, stage: Path) -> Non
     report.files += [report.output_dir / name for name in (RESULTS_CSV, RESULTS_MD, CONFIG_NAME)]
 
 
-def evaluate(cfg: Any) -> EvalReport:
+def evaluate(cfg: EvaluateConfig) -> EvalReport:
     """Score every checkpoint of ``cfg.checkpoints`` on ``cfg.split`` with each ``cfg.rerank`` method.
 
     Writes eval_results.csv (fractions), eval_results.md (%), evaluate_config.json and, for the test and fold
@@ -427,21 +240,13 @@ def evaluate(cfg: Any) -> EvalReport:
     folder / eval).
     """
     checkpoints = [Path(c) for c in cfg.checkpoints]
-    if not checkpoints:
-        raise UserError("checkpoints: give at least one checkpoint (a best.pt / last.pt, or its run folder)")
-    if not cfg.rerank:
-        raise UserError("rerank: give at least one of " + ", ".join(RERANKS))
-    check_rerank(cfg.rerank)
-    # a missing file fails now, not after the first model's work; a run folder gives its last.pt unless asked
-    files = [checkpoint_file(c, getattr(cfg, "run_weights", "last")) for c in checkpoints]
+    files = [checkpoint_file(c, cfg.run_weights) for c in checkpoints]  # a missing file fails before any work
     device = pick_device(cfg.device)
     out = Path(cfg.output_dir) if cfg.output_dir is not None else run_dir_of(checkpoints[0]) / "eval"
     check_writable(out, "--output-dir")  # before any image is decoded, not after all the work
     infos = [checkpoint_info(f) for f in files]
-    cfg = dataclasses.replace(cfg, output_dir=out) if dataclasses.is_dataclass(cfg) else cfg
+    cfg = dataclasses.replace(cfg, output_dir=out)
     labels = checkpoint_labels(files)
-    if cfg.split not in ("test", "fold", "folds"):
-        raise UserError(f"split must be test, fold or folds, not {cfg.split!r}")
     # tables, picture and config replace the previous ones as one set, or not at all
     with file_set(out, members=(RESULTS_CSV, RESULTS_MD, CONFIG_NAME, RANKED_PNG)) as stage:
         if cfg.split == "folds":
@@ -452,8 +257,8 @@ def evaluate(cfg: Any) -> EvalReport:
     return report
 
 
-def _evaluate_split(cfg: Any, infos: list[CheckpointInfo], labels: list[str], device: torch.device,
-                    out: Path, stage: Path | None = None) -> EvalReport:
+def _evaluate_split(cfg: EvaluateConfig, infos: list[CheckpointInfo], labels: list[str], device: torch.device,
+                    out: Path, stage: Path) -> EvalReport:
     warnings = []
     for info, label in zip(infos, labels, strict=True):  # every checkpoint is checked before any work
         if cfg.split == "fold":
@@ -461,32 +266,30 @@ def _evaluate_split(cfg: Any, infos: list[CheckpointInfo], labels: list[str], de
             warnings.append(trained_on_warning(info, label, cfg.fold))
         warnings.append(selection_warning(info, label, cfg.split, cfg.fold))
     split = load_split(cfg.data_dir, "test" if cfg.split == "test" else "fold", cfg.fold)
-    split = _camera_rule(split, getattr(cfg, "camera_rule", None), cfg.data_dir)
+    split = _camera_rule(split, cfg.camera_rule, cfg.data_dir)
     where = "test split" if cfg.split == "test" else f"fold {cfg.fold}"
     title = f"{where} of {cfg.data_dir}: {len(split.query_paths)} queries, {len(split.gallery_paths)} gallery images"
-    lines = [*_weights_lines(infos, labels), *filter(None, warnings)]
+    lines = [*weights_lines(infos, labels), *filter(None, warnings)]
     results: list[tuple[Row, torch.Tensor]] = []  # every row with its distance matrix
     per_model = []
-    cache = ImageCache(getattr(cfg, "cache_images", False), cfg.progress)
+    cache = ImageCache(cfg.cache_images, cfg.progress)
     for info, label in zip(infos, labels, strict=True):
-        encoder = load_for_inference(info.path, device, getattr(cfg, "checkpoint_model", None))
+        encoder = load_for_inference(info.path, device, cfg.checkpoint_model)
         mats = _matrices(encoder, split, device, cfg, cache)
         del encoder
         per_model.append(mats)
-        results += [(Row(label, m, _scores(d, split), str(info.path), weights=info.describe(), epoch=info.epoch), d)
-                    for m, d in mats.items()]
+        results += [(Row(label, m, split_scores(d, split), str(info.path), weights=info.describe(),
+                         epoch=info.epoch), d) for m, d in mats.items()]
     if len(infos) > 1:
         for m in per_model[0]:
             fused = fuse([mats[m] for mats in per_model], "similarity")
-            results.append((Row(FUSED, m, _scores(fused, split)), fused))
+            results.append((Row(FUSED, m, split_scores(fused, split)), fused))
     title = "\n".join([title, scored_line(split, results[0][0].scores), *lines])
     report = EvalReport(title, [r for r, _ in results], False, out)
     if cfg.ranked_lists > 0:
         best, distmat = max(results, key=lambda rd: rd[0].scores["mAP"])  # the first of equal rows
         path = out / RANKED_PNG
-        from .visualize import save_ranked_lists
-
-        save_ranked_lists((stage or out) / RANKED_PNG, split.query_paths, split.gallery_paths, distmat,
+        save_ranked_lists(stage / RANKED_PNG, split.query_paths, split.gallery_paths, distmat,
                           split.query_players, split.gallery_players, topk=cfg.topk, num_queries=cfg.ranked_lists,
                           query_cams=split.query_cams, gallery_cams=split.gallery_cams,
                           title=f"{best.model}, re-ranking {best.rerank}: {title.splitlines()[0]}")
@@ -494,7 +297,7 @@ def _evaluate_split(cfg: Any, infos: list[CheckpointInfo], labels: list[str], de
     return report
 
 
-def _evaluate_folds(cfg: Any, infos: list[CheckpointInfo], labels: list[str], device: torch.device,
+def _evaluate_folds(cfg: EvaluateConfig, infos: list[CheckpointInfo], labels: list[str], device: torch.device,
                     out: Path) -> EvalReport:
     folds = [_fold_of(info) for info in infos]  # every checkpoint is checked before any work
     for info, fold in zip(infos, folds, strict=True):
@@ -502,19 +305,19 @@ def _evaluate_folds(cfg: Any, infos: list[CheckpointInfo], labels: list[str], de
     warnings = [selection_warning(info, label, "folds") for info, label in zip(infos, labels, strict=True)]
     splits: dict[int, Split] = {}
     rows, scored = [], []
-    cache = ImageCache(getattr(cfg, "cache_images", False), cfg.progress)
+    cache = ImageCache(cfg.cache_images, cfg.progress)
     for info, label, fold in zip(infos, labels, folds, strict=True):
         path = info.path
         if fold not in splits:
-            splits[fold] = _camera_rule(load_split(cfg.data_dir, "fold", fold), getattr(cfg, "camera_rule", None),
+            splits[fold] = _camera_rule(load_split(cfg.data_dir, "fold", fold), cfg.camera_rule,
                                         cfg.data_dir)
         split = splits[fold]
         print(f"{label}: fold {fold} of {cfg.data_dir}, {len(split.query_paths)} queries, "
               f"{len(split.gallery_paths)} gallery images", flush=True)
-        encoder = load_for_inference(path, device, getattr(cfg, "checkpoint_model", None))
+        encoder = load_for_inference(path, device, cfg.checkpoint_model)
         mats = _matrices(encoder, split, device, cfg, cache)
         del encoder
-        rows += [Row(label, m, _scores(d, split), str(path), fold, weights=info.describe(), epoch=info.epoch)
+        rows += [Row(label, m, split_scores(d, split), str(path), fold, weights=info.describe(), epoch=info.epoch)
                  for m, d in mats.items()]
         scored.append(f"{label}: {scored_line(split, rows[-1].scores)}")
     n = len(infos)
@@ -525,5 +328,5 @@ def _evaluate_folds(cfg: Any, infos: list[CheckpointInfo], labels: list[str], de
         rows.append(Row(f"mean ± std ({n})", m, mean, std=std))
     title = (f"{n} checkpoint(s), each on its held-out fold of {cfg.data_dir}; mean ± std (sample standard "
              "deviation) over the checkpoints")
-    title = "\n".join([title, *scored, *_weights_lines(infos, labels), *filter(None, warnings)])
+    title = "\n".join([title, *scored, *weights_lines(infos, labels), *filter(None, warnings)])
     return EvalReport(title, rows, True, out)

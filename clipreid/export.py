@@ -38,12 +38,12 @@ from torch import nn
 from .checkpoint import checkpoint_file, run_dir_of
 from .errors import UserError, first_line
 from .fileio import file_set, write_json
-from .model import TINY_PATCH, TINY_VIT, EncoderFile, ModelSpec, ReIDEncoder, build_architecture, load_encoder
+from .model import BACKENDS, ReIDEncoder, backend_of, build_architecture
+from .weights import CARD_NAME, METADATA_KEY, load_encoder
 
 EXPORT_PACKAGES = ("onnx", "onnxscript", "onnxruntime", "safetensors")
 INSTALL_HINT = "pip install clipreid[export] (or: pip install onnx onnxscript onnxruntime safetensors)"
-WEIGHTS_NAME, CARD_NAME, ONNX_NAME = "model.safetensors", "model.json", "model.onnx"
-METADATA_KEY = "clipreid"
+WEIGHTS_NAME, ONNX_NAME = "model.safetensors", "model.onnx"
 CARD_FORMAT = "clipreid-export"
 TOLERANCE = 1e-4
 CHECK_BATCHES = (1, 3)  # two batch sizes: the ONNX graph's batch dimension must really be dynamic
@@ -62,21 +62,13 @@ def require_export_packages() -> None:
 # safetensors + model card
 
 
-def _library(spec: ModelSpec) -> str:
-    if spec.name in TINY_PATCH:
-        return TINY_VIT
-    from .model import _is_open_clip
-
-    return "open_clip" if _is_open_clip(spec.name) else "timm"
-
-
 def model_card(encoder: ReIDEncoder) -> dict[str, Any]:
     """What it takes to use the weights: the spec, the preprocessing, the feature size, the ONNX interface."""
     h, w = encoder.image_size
     return {
         "format": CARD_FORMAT,
         "version": 1,
-        "library": _library(encoder.spec),
+        "library": BACKENDS[backend_of(encoder.spec.name)].library,
         "model_spec": encoder.spec.to_dict(),
         "preprocessing": {
             "input_size": [h, w],  # height, width
@@ -104,37 +96,6 @@ def save_safetensors(encoder: ReIDEncoder, path: str | Path) -> dict[str, Any]:
     return card
 
 
-def read_safetensors(path: str | Path) -> EncoderFile:
-    """What an exported ``model.safetensors`` holds (weights, spec, preprocessing, architecture): for load_encoder."""
-    try:
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-    except ImportError:
-        raise UserError(f"reading {path} needs safetensors: pip install safetensors") from None
-    path = Path(path)
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-        state = load_file(str(path))
-    except Exception as err:  # the library raises its own error types for damaged files
-        raise UserError(f"cannot read {path}: {first_line(err)}") from None
-    card_file = path.with_name(CARD_NAME)
-    try:
-        card = json.loads(metadata[METADATA_KEY]) if METADATA_KEY in metadata else \
-            json.loads(card_file.read_text(encoding="utf-8"))
-        spec = ModelSpec.from_dict(card["model_spec"])
-        pre = card["preprocessing"]
-        preprocess = {"image_size": [int(x) for x in pre["input_size"]], "mean": pre["mean"], "std": pre["std"],
-                      "interpolation": pre.get("interpolation", "bicubic")}
-        scale = float(card.get("logit_scale", 1 / 0.07))
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise UserError(f"{path} has no clipreid model card (metadata '{METADATA_KEY}' or {card_file.name} beside "
-                        f"it): {err}; export it with python -m clipreid.export") from None
-    weights = {f"backbone.{k}": v for k, v in state.items()}
-    weights["logit_scale"] = torch.tensor(float(np.log(scale)), dtype=torch.float32)
-    return EncoderFile(spec, weights, preprocess=preprocess, arch=card.get("arch"), layout="safetensors")
-
-
 # --------------------------------------------------------------------------------------------------------------
 # ONNX
 
@@ -158,7 +119,7 @@ def _plain_blocks(encoder: ReIDEncoder) -> ReIDEncoder:
     plain = build_architecture(encoder.spec, encoder.arch, fast_blocks=False)
     plain.load_state_dict(encoder.state_dict(), strict=True)
     plain.spec = encoder.spec
-    plain.set_preprocess(encoder.preprocess())
+    plain.set_preprocessing(encoder.preprocessing())
     return plain.eval()
 
 

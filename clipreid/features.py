@@ -7,7 +7,7 @@ given another image's row: the result says which inputs its rows belong to (``Em
 caller either leaves the others out with their names or stops (``on_error="raise"``).
 
 Distances are squared Euclidean between L2-normalised features (= 2 - 2 cos), the challenge's definition:
-``squared_distances`` is the re-ranking module's ``pairwise_squared_euclidean``, so both use one formula.
+``clipreid.rerank.squared_distances`` is their one formula, which re-ranking uses too.
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ from PIL import Image
 
 from .dataset import ImageSet
 from .errors import UserError
-from .model import ReIDEncoder, load_encoder
-from .preprocess import IMAGE_SUFFIXES, is_hidden
+from .layout import image_files
+from .model import ReIDEncoder
 from .progress import progress_bar
-from .rerank import pairwise_squared_euclidean as squared_distances  # noqa: F401 (public name)
 from .runtime import autocast, pick_device, resolve_precision
 from .transforms import decode_images, normalize, read_image, to_device, to_uint8_tensor
+from .weights import load_encoder
 
 
 @torch.no_grad()
@@ -203,14 +203,13 @@ def _checked(loader: Any, problems: dict[int, str], paths: list[Path], on_error:
 def list_images(folder: str | os.PathLike) -> list[Path]:
     """Every .jpg/.jpeg/.png file under ``folder`` (recursively), sorted by path; UserError if there is none.
 
-    Hidden files and everything inside hidden folders are not images (``preprocess.is_hidden``: the ``._x.jpg``
-    files of macOS copies, .git/, ...), as preprocess_data.py treats them.
+    Hidden files and everything inside hidden folders are not images (the ``._x.jpg`` files of macOS copies,
+    .git/, ...): ``layout.image_files``, the one scanner, as preprocess_data.py lists them.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"image folder {folder} not found")
-    paths = sorted(p for p in folder.rglob("*")
-                   if p.suffix.lower() in IMAGE_SUFFIXES and not is_hidden(p, folder) and p.is_file())
+    paths = image_files(folder, recursive=True)[0]
     if not paths:
         raise UserError(f"no .jpg/.jpeg/.png images under {folder}")
     return paths

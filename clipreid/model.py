@@ -3,14 +3,11 @@
     encoder = build_encoder(ModelSpec("ViT-L-14-quickgelu", "openai"))   # the CLIP-ReIdent recipe
     encoder = build_encoder(ModelSpec("eva02_large_patch14_448", "mim_m38m_ft_in22k_in1k"))   # a timm model
     encoder = build_encoder(ModelSpec("tiny-vit", "none"))               # CPU tests and the demo
-    encoder = load_encoder("model/<run>/best.pt")                        # a clipreid checkpoint
-    encoder = load_encoder("weights_e3.pth", model="ViT-L-14-quickgelu")  # the original CLIP-ReIdent's (OpenAI ViT-L)
 
-A checkpoint stores the ``ModelSpec``, the preprocessing used in training (input size, mean, std, resize
-interpolation) and what rebuilds the architecture offline (the open_clip model config, or the timm name with its
-tag), so every rebuild scores images exactly as training saw them without fetching any pretrained weights.
-``read_encoder_file`` turns any supported file into an ``EncoderFile`` (spec, preprocessing, architecture, state
-dict): clipreid checkpoints, the original CLIP-ReIdent ``weights_e{epoch}.pth`` and the 2023 code's timm ones.
+Building only: every encoder records its ``ModelSpec``, its preprocessing (input size, mean, std, resize
+interpolation) and ``arch``, what rebuilds the architecture offline (the open_clip model config, or the timm name
+with its tag), so that ``build_architecture`` rebuilds it without fetching any pretrained weights. Reading weights
+files is ``clipreid.weights`` (``load_encoder``), which imports this module, never the other way round.
 """
 
 from __future__ import annotations
@@ -21,16 +18,14 @@ import difflib
 import logging
 import math
 import os
-import warnings
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from .blocks import speed_up_blocks
-from .checkpoint import checkpoint_file, load_checkpoint_file, read_checkpoint, run_dir_of  # noqa: F401 (re-exported)
 from .errors import UserError, first_line
 from .transforms import INTERPOLATIONS
 
@@ -92,7 +87,7 @@ class ReIDEncoder(nn.Module):
         self.spec = spec
         self.arch = arch
         self.feature_dim = int(feature_dim)
-        self.set_preprocess({"image_size": image_size, "mean": mean, "std": std, "interpolation": interpolation})
+        self.set_preprocessing({"image_size": image_size, "mean": mean, "std": std, "interpolation": interpolation})
         # Stored as a log, as in CLIP, and trained unclamped as in CLIP-ReIdent: a clamp at the starting value
         # (100 for OpenAI weights) would have a zero gradient there and freeze it.
         self.logit_scale = nn.Parameter(torch.tensor(math.log(logit_scale), dtype=torch.float32))
@@ -104,12 +99,12 @@ class ReIDEncoder(nn.Module):
         """exp(logit scale): the temperature of the contrastive losses, a trained parameter."""
         return self.logit_scale.exp()
 
-    def preprocess(self) -> dict[str, Any]:
+    def preprocessing(self) -> dict[str, Any]:
         """The preprocessing as stored in checkpoints: image_size (h, w), mean, std, interpolation."""
         return {"image_size": list(self.image_size), "mean": list(self.mean), "std": list(self.std),
                 "interpolation": self.interpolation}
 
-    def set_preprocess(self, values: dict[str, Any]) -> None:
+    def set_preprocessing(self, values: dict[str, Any]) -> None:
         """Set (some of) image_size, mean, std and interpolation, checked."""
         if values.get("image_size") is not None:
             self.image_size = tuple(int(s) for s in values["image_size"])
@@ -390,6 +385,13 @@ def _build_tiny(spec: ModelSpec) -> _Parts:
 def _build_timm(spec: ModelSpec) -> _Parts:
     import timm
 
+    if not timm.is_model(spec.name.removeprefix("timm:").split(".")[0]):
+        import open_clip
+
+        known = [*TINY_PATCH, *open_clip.list_models(), *timm.list_models()]
+        close = difflib.get_close_matches(spec.name, known, n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise UserError(f"unknown model '{spec.name}': not an open_clip or timm model name{hint}")
     name, tag = spec.name.removeprefix("timm:"), (spec.pretrained or "").strip()
     is_file = os.path.isfile(tag)
     use_weights = tag.lower() not in NO_WEIGHTS
@@ -437,6 +439,51 @@ def _build_timm(spec: ModelSpec) -> _Parts:
     return _Parts(backbone, size, tuple(cfg["mean"]), tuple(cfg["std"]), DEFAULT_LOGIT_SCALE, arch)
 
 
+def _rebuild_open_clip(arch: dict[str, Any], spec: ModelSpec) -> _Parts | None:
+    return _open_clip_from_cfg(arch["model_cfg"], spec) if arch.get("model_cfg") else None
+
+
+def _rebuild_timm(arch: dict[str, Any], spec: ModelSpec) -> _Parts | None:
+    if not arch.get("name"):
+        return None
+    img = arch.get("img_size")
+    return _build_timm(dataclasses.replace(spec, name=arch["name"], pretrained="none", pretrained_tag=None,
+                                           img_size=tuple(img) if img else None))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the backends: one entry per library serves building, rebuilding from a stored arch, and export's model card
+
+
+Backend = Literal["tiny", "open_clip", "timm"]  # also the "kind" of a stored arch
+
+
+@dataclass(frozen=True)
+class BackendParts:
+    """How one library builds an encoder: ``build`` from a spec (pretrained weights fetched), ``rebuild`` from a
+    stored ``arch`` offline (None when the arch does not say enough: rebuilt from the spec), ``library`` as the
+    model card names it."""
+
+    build: Callable[[ModelSpec], _Parts]
+    rebuild: Callable[[dict[str, Any], ModelSpec], _Parts | None] | None
+    library: str
+
+
+BACKENDS: dict[str, BackendParts] = {
+    "tiny": BackendParts(_build_tiny, None, TINY_VIT),
+    "open_clip": BackendParts(_build_open_clip, _rebuild_open_clip, "open_clip"),
+    "timm": BackendParts(_build_timm, _rebuild_timm, "timm"),
+}
+
+
+def backend_of(name: str) -> Backend:
+    """The library of a model name: the tiny test ViTs, open_clip (its names, ``hf-hub:``, ``local-dir:``), else
+    timm (which refuses a name it does not know, with the close ones)."""
+    if name in TINY_PATCH:
+        return "tiny"
+    return "open_clip" if _is_open_clip(name) else "timm"
+
+
 def _load_backbone_file(module: nn.Module, path: str) -> None:
     state = torch.load(path, map_location="cpu", weights_only=True)
     state = state.get("state_dict", state)
@@ -471,23 +518,7 @@ def build_encoder(spec: ModelSpec, *, fast_blocks: bool = True) -> ReIDEncoder:
     parameters and function, fewer passes over the activations); off, open_clip's own modules stay.
     """
     _check_spec(spec)
-    if spec.name in TINY_PATCH:
-        parts = _build_tiny(spec)
-    elif _is_open_clip(spec.name):
-        parts = _build_open_clip(spec)
-    else:
-        import timm
-
-        name = spec.name.removeprefix("timm:")
-        if not timm.is_model(name.split(".")[0]):
-            import open_clip
-
-            known = [*TINY_PATCH, *open_clip.list_models(), *timm.list_models()]
-            close = difflib.get_close_matches(spec.name, known, n=3, cutoff=0.6)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise UserError(f"unknown model '{spec.name}': not an open_clip or timm model name{hint}")
-        parts = _build_timm(spec)
-    return _assemble(parts, spec, fast_blocks)
+    return _assemble(BACKENDS[backend_of(spec.name)].build(spec), spec, fast_blocks)
 
 
 def architecture_only(spec: ModelSpec) -> ModelSpec:
@@ -502,300 +533,9 @@ def architecture_only(spec: ModelSpec) -> ModelSpec:
 def build_architecture(spec: ModelSpec, arch: dict[str, Any] | None, *, fast_blocks: bool = True) -> ReIDEncoder:
     """The randomly initialised network of a checkpoint: from its stored ``arch`` (offline), else from ``spec``."""
     _check_spec(spec)
-    kind = (arch or {}).get("kind")
-    if kind == "open_clip" and arch.get("model_cfg"):
-        parts = _open_clip_from_cfg(arch["model_cfg"], spec)
-    elif kind == "timm" and arch.get("name"):
-        img = arch.get("img_size")
-        parts = _build_timm(dataclasses.replace(spec, name=arch["name"], pretrained="none", pretrained_tag=None,
-                                                img_size=tuple(img) if img else None))
-    else:
+    backend = BACKENDS.get((arch or {}).get("kind"))
+    parts = backend.rebuild(arch, spec) if backend is not None and backend.rebuild is not None else None
+    if parts is None:
         bare = dataclasses.replace(architecture_only(spec), grad_checkpointing=spec.grad_checkpointing)
         return build_encoder(bare, fast_blocks=fast_blocks)
     return _assemble(parts, spec, fast_blocks)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# checkpoint files: any supported layout -> (spec, preprocessing, architecture, state dict)
-
-
-@dataclass
-class EncoderFile:
-    """What a weights file holds, whatever its layout: enough to rebuild the encoder and load it strictly."""
-
-    spec: ModelSpec
-    weights: dict[str, torch.Tensor]  # the ReIDEncoder's state dict
-    preprocess: dict[str, Any] | None = None  # image_size/mean/std/interpolation; missing keys: the architecture's
-    arch: dict[str, Any] | None = None  # see ReIDEncoder.arch; None: rebuild from the spec
-    layout: str = "clipreid"  # clipreid, clip-reident or timm-2023
-    drop_unexpected: tuple[str, ...] = field(default_factory=tuple)  # key prefixes to leave out (a 2023 classifier)
-
-
-def encoder_checkpoint(encoder: ReIDEncoder) -> dict[str, Any]:
-    """The entries of a clipreid checkpoint that rebuild ``encoder``: weights, spec, preprocessing, architecture."""
-    return {"model": encoder.state_dict(), "model_spec": encoder.spec.to_dict(), "preprocess": encoder.preprocess(),
-            "arch": encoder.arch}
-
-
-def _clipreid_layout(state: Any, path: Path, model: str | None) -> EncoderFile | None:
-    if not isinstance(state, dict) or "model" not in state or "model_spec" not in state:
-        return None
-    if not isinstance(state["model"], dict) or not isinstance(state["model_spec"], dict):
-        raise UserError(f"checkpoint {path} is damaged: its 'model' / 'model_spec' entries are not dictionaries")
-    spec = ModelSpec.from_dict(state["model_spec"])
-    weights = {k.removeprefix("_orig_mod."): v for k, v in state["model"].items()}
-    preprocess = state.get("preprocess")
-    return EncoderFile(spec, weights, dict(preprocess) if preprocess else None, state.get("arch"), "clipreid")
-
-
-def encoder_file_of(state: dict[str, Any], path: str | Path) -> EncoderFile:
-    """The EncoderFile of an already loaded clipreid checkpoint dict (e.g. the last.pt a run resumes from)."""
-    found = _clipreid_layout(state, Path(path), None)
-    if found is None:
-        raise UserError(f"{path} is not a clipreid checkpoint (no 'model' and 'model_spec' entries)")
-    return found
-
-
-def _strip_module(state: dict[str, Any]) -> dict[str, Any]:
-    if state and all(isinstance(k, str) and k.startswith("module.") for k in state):
-        return {k.removeprefix("module."): v for k, v in state.items()}  # saved from DataParallel
-    return state
-
-
-def _resblock_count(keys: list[str], prefix: str) -> int:
-    """1 + the largest block index under ``prefix`` (``transformer.resblocks.`` or ``layer1.``), 0 if none."""
-    found = [int(k[len(prefix):].split(".")[0]) for k in keys if k.startswith(prefix)]
-    return 1 + max(found) if found else 0
-
-
-def _open_clip_shapes(visual: dict[str, torch.Tensor], path: Path) -> dict[str, Any]:
-    """What the tensors of an open_clip visual tower fix: the family (ViT or ModifiedResNet), input size, width,
-    depth, patch size and MLP width of a ViT, block counts of a ResNet, the output width of a kept projection."""
-    keys = list(visual)
-    try:
-        if "attnpool.positional_embedding" in visual:  # open_clip's ModifiedResNet (RN50, RN101, RN50x4, ...)
-            grid = math.isqrt(visual["attnpool.positional_embedding"].shape[0] - 1)
-            return {"family": "ResNet", "image_size": grid * 32, "width": int(visual["conv3.weight"].shape[0]),
-                    "layers": [_resblock_count(keys, f"layer{i}.") for i in range(1, 5)],
-                    "embed_dim": int(visual["attnpool.c_proj.weight"].shape[0])}
-        if "positional_embedding" in visual:
-            width, _, patch, _ = visual["conv1.weight"].shape
-            tokens = visual["positional_embedding"].shape[0]
-            grid = math.isqrt(tokens - 1)
-            if grid * grid + 1 != tokens:
-                raise UserError(f"checkpoint {path}: {tokens} position embeddings in model.visual.* are not a square "
-                                "grid plus a class token; expected an original CLIP-ReIdent open_clip ViT")
-            proj = visual.get("proj")
-            return {"family": "ViT", "image_size": grid * patch, "width": int(width), "patch_size": int(patch),
-                    "layers": _resblock_count(keys, "transformer.resblocks."),
-                    "mlp_width": int(visual["transformer.resblocks.0.mlp.c_fc.weight"].shape[0]),
-                    "embed_dim": int(proj.shape[1]) if proj is not None else None}
-    except (KeyError, ValueError, IndexError) as err:
-        raise UserError(f"checkpoint {path} looks like an original CLIP-ReIdent file (model.visual.*) but lacks its "
-                        f"{first_line(err)} tensor: is the file complete?") from err
-    raise UserError(f"checkpoint {path}: its model.visual.* tensors are neither an open_clip ViT nor an open_clip "
-                    "ResNet (no positional_embedding, no attnpool); expected an original CLIP-ReIdent file")
-
-
-def _shape_problem(model_cfg: dict[str, Any], shapes: dict[str, Any]) -> str | None:
-    """How the open_clip model config differs from the tensors' shapes (None: it fits; the input size is the
-    file's own either way, as the positional embedding fixes it)."""
-    vision = model_cfg.get("vision_cfg", {})
-    resnet = isinstance(vision.get("layers"), (list, tuple))
-    if vision.get("timm_model_name") or resnet != (shapes["family"] == "ResNet"):
-        return f"it is not an open_clip {shapes['family']}"
-    own = {"width": vision.get("width", 768), "layers": list(vision["layers"]) if shapes["family"] == "ResNet"
-           else vision.get("layers", 12)}
-    if shapes["family"] == "ViT":
-        own["patch_size"] = vision.get("patch_size", 16)
-        own["mlp_width"] = int(own["width"] * vision.get("mlp_ratio", 4.0))
-    if shapes.get("embed_dim") is not None:
-        own["embed_dim"] = model_cfg.get("embed_dim")
-    for key, value in own.items():
-        if value != shapes[key]:
-            return f"{key} {value} in its config, {shapes[key]} in the file"
-    return None
-
-
-def _describe_shapes(shapes: dict[str, Any]) -> str:
-    size = shapes["image_size"]
-    if shapes["family"] == "ResNet":
-        return f"open_clip ResNet, layers {shapes['layers']}, width {shapes['width']}, {size} px"
-    return f"open_clip ViT, width {shapes['width']}, {shapes['layers']} layers, patch {shapes['patch_size']}, {size} px"
-
-
-def _open_clip_names_of(shapes: dict[str, Any]) -> list[str]:
-    """The open_clip model names whose visual tower has these shapes, those of the same input size and the
-    shortest names (ViT-H-14 before mt5-xl-ViT-H-14) first."""
-    import open_clip
-
-    found = []
-    for name in open_clip.list_models():
-        cfg = open_clip.get_model_config(name) or {}
-        if _shape_problem(cfg, shapes) is None:
-            found.append((cfg["vision_cfg"].get("image_size", 224) != shapes["image_size"], len(name), name))
-    return [name for *_, name in sorted(found)]
-
-
-def _resolve_open_clip_tower(visual: dict[str, torch.Tensor], path: Path, model: str | None
-                             ) -> tuple[str, dict[str, Any]]:
-    """(name, open_clip model config) that rebuilds the original's visual tower of this file, or a one-line refusal.
-
-    The tensors fix the architecture's shapes but not everything the original took from the model name it passed
-    to ``open_clip.create_model``: a ViT's activation (QuickGELU for OpenAI weights, GELU for LAION and most
-    others) and its head width (64 for most, 80 for ViT-H, 88 for ViT-g, 104 for ViT-bigG: the packed q/k/v
-    projection is (3w, w) whatever the head count). So a ViT file needs ``checkpoint_model``. A ResNet's only
-    such choice, its attention pool's head width, is 64 in every open_clip config, so a ResNet file is read from
-    its tensors alone (``checkpoint_model`` may still name it).
-    """
-    import open_clip
-
-    shapes = _open_clip_shapes(visual, path)
-    names = _open_clip_names_of(shapes)
-    if model:
-        cfg = open_clip.get_model_config(model) if model in open_clip.list_models() else None
-        problem = "not an open_clip model name" if cfg is None else _shape_problem(cfg, shapes)
-        if problem:
-            hint = f"; names that fit: {', '.join(names[:6])}" if names else ""
-            raise UserError(f"--checkpoint-model {model} does not fit checkpoint {path} ({_describe_shapes(shapes)}): "
-                            f"{problem}{hint}")
-        name = model
-    elif shapes["family"] == "ResNet":
-        plain = [n for n in names if not n.endswith("-quickgelu")]
-        name = (plain or names or [None])[0]
-        cfg = open_clip.get_model_config(name) if name else {
-            "embed_dim": shapes["embed_dim"], "vision_cfg": {"layers": shapes["layers"], "width": shapes["width"]}}
-        name = name or f"RN-{'-'.join(map(str, shapes['layers']))}-w{shapes['width']}"
-    else:
-        quick = [n for n in names if n.endswith("-quickgelu")]
-        gelu = [n for n in names if not n.endswith("-quickgelu")]
-        if quick or gelu:
-            hint = (f"--checkpoint-model {(quick or ['<name>-quickgelu'])[0]} (QuickGELU: OpenAI weights, as the "
-                    f"authors' published file) or {(gelu or ['<name>'])[0]} (GELU: LAION and most others)")
-        else:
-            hint = "--checkpoint-model with the open_clip model name it was trained as (open_clip.add_model_config " \
-                   "registers a custom one)"
-        raise UserError(f"checkpoint {path} holds an {_describe_shapes(shapes)}, but its tensors do not say its "
-                        f"activation or head count, which the original took from the model name: pass {hint}")
-    cfg = copy.deepcopy(cfg)
-    cfg["vision_cfg"]["image_size"] = shapes["image_size"]  # the file's own, fixed by its positional embedding
-    return name, cfg
-
-
-def _clip_reident_layout(state: Any, path: Path, model: str | None) -> EncoderFile | None:
-    """The original CLIP-ReIdent weights_e{epoch}.pth: model.logit_scale and model.visual.<open_clip tower>
-    (a ViT with its projection removed, or a ModifiedResNet)."""
-    if not isinstance(state, dict) or "model.visual.conv1.weight" not in state:
-        return None
-    visual = {k.removeprefix("model.visual."): v for k, v in state.items() if k.startswith("model.visual.")}
-    name, model_cfg = _resolve_open_clip_tower(visual, path, model)
-    spec = ModelSpec(name, "none", remove_proj="proj" not in visual, interpolation="bilinear")
-    weights = {f"backbone.{k}": v for k, v in visual.items()}
-    weights["logit_scale"] = state.get("model.logit_scale", torch.tensor(math.log(DEFAULT_LOGIT_SCALE)))
-    size = model_cfg["vision_cfg"]["image_size"]
-    preprocess = {"image_size": [size, size], "mean": list(OPENAI_MEAN), "std": list(OPENAI_STD),
-                  "interpolation": "bilinear"}
-    return EncoderFile(spec, weights, preprocess, {"kind": "open_clip", "model_cfg": model_cfg}, "clip-reident")
-
-
-def _timm_2023_layout(state: Any, path: Path, model: str | None) -> EncoderFile | None:
-    """The 2023 winners' timm checkpoints: model.<timm keys>, maybe model.logit_scale; the timm name is given."""
-    if not isinstance(state, dict) or not state or not all(isinstance(k, str) and k.startswith("model.")
-                                                         for k in state):
-        return None
-    if not model:
-        raise UserError(f"checkpoint {path} looks like one of the 2023 code (tensors under 'model.'): name its timm "
-                        "model with --checkpoint-model NAME (load_encoder(path, model=NAME))")
-    import timm
-
-    name = model.removeprefix("timm:")
-    if not timm.is_model(name.split(".")[0]):
-        raise UserError(f"checkpoint_model: '{model}' is not a timm model name")
-    weights = {f"backbone.{k.removeprefix('model.')}": v for k, v in state.items() if k != "model.logit_scale"}
-    weights["logit_scale"] = state.get("model.logit_scale", torch.tensor(math.log(DEFAULT_LOGIT_SCALE)))
-    # the 2023 code normalised every timm backbone with ImageNet mean/std and letterboxed as CLIP-ReIdent did
-    spec = ModelSpec(name, "none", remove_proj=False, mean=IMAGENET_MEAN, std=IMAGENET_STD, interpolation="bilinear")
-    preprocess = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "interpolation": "bilinear"}
-    return EncoderFile(spec, weights, preprocess, {"kind": "timm", "name": name, "img_size": None}, "timm-2023",
-                       drop_unexpected=("classifier",))
-
-
-# Tried in order; a reader returns None for a layout that is not its own. A new format (e.g. a .safetensors
-# weights file with a JSON spec) is one more reader here, chosen by the file's suffix before torch.load.
-ENCODER_LAYOUTS = (_clipreid_layout, _clip_reident_layout, _timm_2023_layout)
-
-
-def read_encoder_file(path: str | Path, model: str | None = None) -> EncoderFile:
-    """Read any supported weights file (a clipreid checkpoint or run folder, an original CLIP-ReIdent
-    ``weights_e{epoch}.pth`` with ``model`` naming its open_clip model (a ViT's activation and head width are not in
-    its tensors), a 2023-code timm checkpoint with ``model`` naming its timm model, a ``.safetensors`` export)."""
-    path = checkpoint_file(path)
-    if path.suffix == ".safetensors":  # written by python -m clipreid.export
-        from .export import read_safetensors
-
-        return read_safetensors(path)
-    state = load_checkpoint_file(path)
-    if isinstance(state, dict):
-        state = _strip_module(state)
-    for reader in ENCODER_LAYOUTS:
-        found = reader(state, path, model)
-        if found is not None:
-            return found
-    raise UserError(f"{path} is neither a clipreid checkpoint (a dict with 'model' and 'model_spec', written by "
-                    "train.py) nor an original CLIP-ReIdent / 2023-code weights file ('model.visual.*' or 'model.*' "
-                    "tensors); give a best.pt / last.pt or its run folder")
-
-
-def checkpoint_spec(path: str | Path) -> ModelSpec:
-    """Read only the ModelSpec stored in a checkpoint."""
-    return read_encoder_file(path).spec
-
-
-def _load_weights(encoder: ReIDEncoder, found: EncoderFile, path: Path) -> None:
-    """Load ``found.weights`` strictly, with one-line errors for keys or shapes that do not fit."""
-    own = encoder.state_dict()
-    weights = dict(found.weights)
-    if found.drop_unexpected:
-        classifier = getattr(encoder.backbone, "pretrained_cfg", {}).get("classifier")
-        if classifier:  # the 2023 code kept the ImageNet head; our backbones have none
-            weights = {k: v for k, v in weights.items()
-                       if k in own or not k.startswith(f"backbone.{classifier}.")}
-    name = found.spec.name
-    not_tensors = [k for k, v in weights.items() if not isinstance(v, torch.Tensor)]
-    missing = [k for k in own if k not in weights]
-    unexpected = [k for k in weights if k not in own]
-    if missing or unexpected or not_tensors:
-        raise UserError(f"checkpoint {path} does not match {name}: missing {missing[:3]}, unexpected "
-                        f"{unexpected[:3]}{f', not tensors {not_tensors[:3]}' if not_tensors else ''} "
-                        f"({len(missing)} missing, {len(unexpected)} unexpected); was it saved from another model?")
-    bad = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in weights.items() if tuple(v.shape) != own[k].shape]
-    if bad:
-        k, got, want = bad[0]
-        raise UserError(f"checkpoint {path} does not fit {name}: {k} is {list(got)} in the file but {list(want)} in "
-                        f"the model ({len(bad)} tensors differ); the file was saved from another architecture or "
-                        "input size")
-    encoder.load_state_dict(weights, strict=True)
-
-
-def rebuild_encoder(found: EncoderFile, path: str | Path, *, training: bool = False) -> ReIDEncoder:
-    """The encoder of a read file: its architecture (offline when stored), its preprocessing, its weights."""
-    spec = found.spec if training else dataclasses.replace(found.spec, grad_checkpointing=False)
-    encoder = build_architecture(spec, found.arch)
-    encoder.spec = found.spec
-    if found.preprocess is None:
-        encoder.set_preprocess({"interpolation": "bicubic"})  # what training used before it was stored
-        warnings.warn(f"checkpoint {path} predates stored preprocessing: assuming the bare architecture's "
-                      f"{encoder.image_size[0]}x{encoder.image_size[1]} input, mean {_fmt(encoder.mean)}, std "
-                      f"{_fmt(encoder.std)} and bicubic resizing", stacklevel=3)
-    else:
-        encoder.set_preprocess(found.preprocess)
-    _load_weights(encoder, found, Path(path))
-    return encoder
-
-
-def load_encoder(path: str | Path, device: str | torch.device = "cpu", model: str | None = None) -> ReIDEncoder:
-    """Rebuild an encoder from a checkpoint (see ``read_encoder_file``), in eval mode on ``device``: the stored
-    architecture and preprocessing, weights loaded strictly. ``model``: the open_clip name of an original
-    CLIP-ReIdent ViT file (its activation and head width), the timm name of a 2023-code checkpoint."""
-    found = read_encoder_file(path, model)
-    return rebuild_encoder(found, checkpoint_file(path)).to(device).eval()

@@ -1,6 +1,6 @@
 """Submission distance matrices for the test and challenge sets, from checkpoints and/or earlier submissions, fused.
 
-``predict(cfg)`` takes the config dataclass of ``predict.py`` (any object with its fields) and returns a
+``predict(cfg)`` takes a :class:`PredictConfig` (``predict.py``'s Config inherits it) and returns a
 :class:`PredictReport`. For each set it writes, in the challenge's CSV format (``clipreid.submission``):
 
 - ``<set>_<rerank>.csv`` for every re-ranking of ``cfg.rerank`` (``<set>_raw.csv`` for ``none``): each checkpoint
@@ -9,8 +9,8 @@
 - ``predict_log.json``: the inputs (file, epoch and selection of each checkpoint's weights) and every CSV written,
   with its scores where the set has ground truth.
 
-A run folder gives its ``last.pt`` (the last epoch, what the original submits) unless ``cfg.run_weights`` is
-``best``; a best.pt selected on the test split and scored on the test set gets a warning line.
+A run folder gives the weights ``cfg.run_weights`` names (README: "Which weights"); a best.pt selected on the
+test split and scored on the test set gets a warning line.
 
 A submission CSV given as input is an already final matrix: it joins every fusion as it is, after its rows and
 columns are matched to the set's ids (``align_to``). Ids are the true player ids for the test set (the file then
@@ -23,44 +23,66 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Literal
 
 import numpy as np
 import torch
 
+from .checkpoint import (
+    RunWeights,
+    checkpoint_file,
+    checkpoint_info,
+    checkpoint_labels,
+    selection_warning,
+    weights_lines,
+)
 from .config import save_config
 from .dataset import load_split, read_table
 from .errors import UserError
-from .evaluation import (
-    FUSIONS,
-    ImageCache,
-    check_rerank,
-    checkpoint_info,
-    checkpoint_labels,
+from .features import ImageCache
+from .fileio import check_writable, file_set, write_json
+from .inference import (
+    FusionOptions,
+    InferenceOptions,
+    RerankOptions,
+    csv_suffix,
     fuse,
+    fusion_description,
     load_for_inference,
     query_gallery_features,
-    rerank_distances,
-    selection_warning,
+    rerank_all,
 )
-from .fileio import check_writable, file_set, write_json
-from .layout import CHALLENGE_GALLERY_DIR, CHALLENGE_QUERY_DIR
+from .layout import (
+    CHALLENGE_COLUMNS,
+    CHALLENGE_DF,
+    CHALLENGE_GALLERY_DIR,
+    CHALLENGE_PLAYERS,
+    CHALLENGE_QUERY_DIR,
+    GALLERY,
+    QUERY,
+    SYNTHETIC_INFO,
+)
 from .metrics import compute_scores
-from .model import checkpoint_file
-from .preprocess import CHALLENGE_COLUMNS, CHALLENGE_DF
 from .runtime import pick_device
 from .submission import align_to, read_distance_matrix, write_distance_matrix
-from .synthetic import INFO_NAME
 
-SETS = ("test", "challenge")
+SetName = Literal["test", "challenge"]
 SET_PLACEHOLDER = "{set}"
 CONFIG_NAME = "predict_config.json"
 LOG_NAME = "predict_log.json"
 
 
-def csv_suffix(rerank: str) -> str:
-    """The file-name part of a re-ranking method: ``raw`` for none, else its name."""
-    return "raw" if rerank == "none" else rerank
+@dataclass
+class PredictConfig(InferenceOptions, RerankOptions, FusionOptions):
+    """What ``predict`` reads: ``predict.py``'s Config inherits it and gives the defaults and the help."""
+
+    checkpoints: tuple[Path, ...] | None  # None or empty: submission CSVs only
+    run_weights: RunWeights
+    checkpoint_model: str | None
+    submissions: tuple[Path, ...]  # with several sets, {set} in the path stands for the set's name
+    data_dir: Path
+    sets: tuple[SetName, ...]
+    output_dir: Path
 
 
 def _folder_name(label: str) -> str:
@@ -116,11 +138,11 @@ class QuerySet:
 
 def _challenge_truth(data_dir: Path, query_ids: np.ndarray, gallery_ids: np.ndarray) -> tuple[dict, dict] | None:
     """The file id -> player maps of ``synthetic.json`` when it covers every challenge image."""
-    path = data_dir / INFO_NAME
+    path = data_dir / SYNTHETIC_INFO
     if not path.is_file():
         return None
     try:
-        players = json.loads(path.read_text(encoding="utf-8"))["challenge_players"]
+        players = json.loads(path.read_text(encoding="utf-8"))[CHALLENGE_PLAYERS]
         q = {int(k): int(v) for k, v in players[CHALLENGE_QUERY_DIR].items()}
         g = {int(k): int(v) for k, v in players[CHALLENGE_GALLERY_DIR].items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
@@ -130,27 +152,26 @@ def _challenge_truth(data_dir: Path, query_ids: np.ndarray, gallery_ids: np.ndar
     return q, g
 
 
-def load_set(data_dir: str | Path, name: str) -> QuerySet:
+def load_set(data_dir: str | Path, name: SetName) -> QuerySet:
     """The ``test`` split (from train_df.csv) or the ``challenge`` set (from challenge_df.csv) of a data folder."""
     data_dir = Path(data_dir)
     if name == "test":
         split = load_split(data_dir, "test")
         return QuerySet(name, split.query_paths, split.gallery_paths, split.query_players, split.gallery_players,
                         truth_source="test split ids", query_cams=split.query_cams, gallery_cams=split.gallery_cams)
-    if name != "challenge":
-        raise UserError(f"sets: unknown set {name!r}; choose from {', '.join(SETS)}")
     path = data_dir / CHALLENGE_DF
     if not path.is_file():
-        raise UserError(f"{path} not found: preprocess_data.py writes it when {data_dir}/reid_challenge/ exists; "
-                        "or leave the challenge out with --sets test")
+        raise UserError(f"{path} not found: preprocess_data.py writes it when "
+                        f"{data_dir / Path(CHALLENGE_QUERY_DIR).parent}/ exists; or leave the challenge out with "
+                        "--sets test")
     df = read_table(path, CHALLENGE_COLUMNS, integer_columns=("player",))
-    query, gallery = df[df.img_type == "q"], df[df.img_type == "g"]
+    query, gallery = df[df.img_type == QUERY], df[df.img_type == GALLERY]
     if query.empty or gallery.empty:
         raise UserError(f"{path} has no queries or no gallery images; re-run preprocess_data.py")
     q_ids, g_ids = query.player.to_numpy(np.int64), gallery.player.to_numpy(np.int64)
     truth = _challenge_truth(data_dir, q_ids, g_ids)
     return QuerySet(name, [data_dir / p for p in query.img_id], [data_dir / p for p in gallery.img_id], q_ids, g_ids,
-                    truth, f"ground truth of {data_dir / INFO_NAME}" if truth else "")
+                    truth, f"ground truth of {data_dir / SYNTHETIC_INFO}" if truth else "")
 
 
 def _submission_for(path: Path, set_name: str, n_sets: int) -> Path:
@@ -187,33 +208,14 @@ class PredictReport:
         return "\n".join(lines)
 
 
-def predict(cfg: Any) -> PredictReport:
+def predict(cfg: PredictConfig) -> PredictReport:
     """Write the fused (and re-ranked) submission CSVs of every set of ``cfg.sets`` into ``cfg.output_dir``."""
     checkpoints = [Path(c) for c in (cfg.checkpoints or ())]
     submissions = [Path(s) for s in cfg.submissions]
-    if not checkpoints and not submissions:
-        raise UserError("nothing to predict with: give --checkpoints and/or --submissions")
     sets = list(dict.fromkeys(cfg.sets))
-    if not sets:
-        raise UserError(f"sets: give at least one of {', '.join(SETS)}")
-    for name in sets:
-        if name not in SETS:
-            raise UserError(f"sets: unknown set {name!r}; choose from {', '.join(SETS)}")
-    reranks = list(dict.fromkeys([cfg.rerank] if isinstance(cfg.rerank, str) else cfg.rerank))
-    if not reranks:
-        raise UserError("rerank: give at least one of none, k_reciprocal, hard")
-    check_rerank(reranks)
-    if cfg.fusion not in FUSIONS:
-        raise UserError(f"fusion: unknown method {cfg.fusion!r}; choose from {', '.join(FUSIONS)}")
-    if cfg.weights is not None and cfg.fusion == "dissimilarity":
-        raise UserError("weights: dissimilarity fusion weighs the models itself; use similarity or winners fusion, "
-                        "or leave weights out")
+    reranks = list(dict.fromkeys(cfg.rerank))
     n_inputs = len(checkpoints) + len(submissions)
-    if cfg.weights is not None and len(cfg.weights) != n_inputs:
-        raise UserError(f"weights: got {len(cfg.weights)} weights for {n_inputs} inputs (one per checkpoint, then "
-                        "one per submission CSV)")
-    # a run folder gives its last.pt (the last epoch), or its best.pt with run_weights best
-    files = [checkpoint_file(c, getattr(cfg, "run_weights", "last")) for c in checkpoints]
+    files = [checkpoint_file(c, cfg.run_weights) for c in checkpoints]
     out = check_writable(Path(cfg.output_dir), "--output-dir")  # before any work, not after all of it
     infos = [checkpoint_info(f) for f in files]
 
@@ -233,26 +235,22 @@ def predict(cfg: Any) -> PredictReport:
     mats: dict[str, dict[str, list[torch.Tensor]]] = {name: {m: [] for m in reranks} for name in sets}
     if checkpoints:
         device = pick_device(cfg.device)
-        cache = ImageCache(getattr(cfg, "cache_images", False), cfg.progress)
+        cache = ImageCache(cfg.cache_images, cfg.progress)
         for info in infos:
-            encoder = load_for_inference(info.path, device, getattr(cfg, "checkpoint_model", None))
+            encoder = load_for_inference(info.path, device, cfg.checkpoint_model)
             for name, qset in qsets.items():
-                qf, gf = query_gallery_features(encoder, qset.query_paths, qset.gallery_paths, device=device, cfg=cfg,
+                qf, gf = query_gallery_features(encoder, qset.query_paths, qset.gallery_paths, device=device, opts=cfg,
                                                 cache=cache)
-                for method in reranks:
-                    mats[name][method].append(rerank_distances(qf, gf, method, k1=cfg.k1, k2=cfg.k2,
-                                                               lambda_value=cfg.lambda_value,
-                                                               hard_lambda=cfg.hard_lambda).cpu())
+                for method, distmat in rerank_all(qf, gf, cfg).items():
+                    mats[name][method].append(distmat.cpu())
             del encoder
 
     report = PredictReport()
     labels = checkpoint_labels(files)
     names = labels + [str(s) for s in submissions]
     weights = tuple(cfg.weights) if cfg.weights is not None else None
-    inputs = ", ".join(names) if n_inputs <= 4 else f"{n_inputs} inputs"
-    how = f"{cfg.fusion} fusion of {inputs}" if n_inputs > 1 else inputs
-    for info, label in zip(infos, labels, strict=True):
-        report.lines.append(f"weights: {label} = {info.path}, {info.describe()}")
+    how = fusion_description(names, cfg.fusion)
+    report.lines += weights_lines(infos, labels)
     warnings = {label: selection_warning(info, label, "test") for info, label in zip(infos, labels, strict=True)}
     if "test" in sets:
         report.lines += [w for w in warnings.values() if w]

@@ -27,32 +27,30 @@ from clipreid.errors import UserError
 from clipreid.fileio import atomic_path
 from clipreid.folds import FOLD_ORDERS, group_kfold
 from clipreid.layout import (
+    CHALLENGE_COLUMNS,
+    CHALLENGE_DF,
     CHALLENGE_GALLERY_DIR,
     CHALLENGE_QUERY_DIR,
-    IMAGE_SUFFIX,
+    GALLERY,
+    IDENTITIES_CSV,
+    QUERY,
     QUERY_FRAME,
     TEST_GALLERY_DIR,
     TEST_QUERY_DIR,
+    TRAIN_COLUMNS,
+    TRAIN_DF,
     TRAIN_DIR,
+    image_files,
     parse_challenge_name,
     parse_player_name,
 )
 from clipreid.progress import progress_bar
 
 LAYOUTS = ("synergyreid", "market1501", "folders", "csv")
-IMAGE_SUFFIXES = (IMAGE_SUFFIX, ".jpg", ".png")  # compared lower-cased
 
 
-def is_hidden(path: Path, root: Path) -> bool:
-    """Whether ``path`` or a folder between ``root`` and it is hidden (name starting with "."): .DS_Store, the
-    ._x.jpg resource forks of macOS copies, .git/; never images. Every stage that lists images uses this rule."""
-    return any(part.startswith(".") for part in path.relative_to(root).parts)
-TRAIN_DF = "train_df.csv"
-CHALLENGE_DF = "challenge_df.csv"
 SKIPPED_TXT = "preprocess_skipped.txt"
 REPORT_TXT = "preprocess_report.txt"  # byte-identical query/gallery copies, blank images, single-image players
-TRAIN_COLUMNS = ["img_id", "folder", "player", "game", "split", "img_type", "fold"]
-CHALLENGE_COLUMNS = ["img_id", "player", "img_type"]
 MARKET_DIRS = {"bounding_box_train": "train", "query": "test", "bounding_box_test": "test"}
 DOWNLOAD_HINT = "run `python download_data.py` (or `python download_data.py --source synthetic`)"
 MARKET_HINT = "a Market-1501 folder holds bounding_box_train/, query/ and bounding_box_test/"
@@ -109,7 +107,7 @@ class PreprocessResult:
         groups = "sequences" if self.layout == "synergyreid" else "identities"
         lines = [f"train_df: {len(df):,} images, {df.game.nunique():,} {groups}, {df.fold.nunique()} folds"]
         for split, part in df.groupby("split", sort=False):
-            n_q = int((part.img_type == "q").sum())
+            n_q = int((part.img_type == QUERY).sum())
             lines.append(
                 f"  {split}: {len(part):,} images of {part.player.nunique():,} players "
                 f"({n_q:,} queries, {len(part) - n_q:,} gallery)"
@@ -118,7 +116,7 @@ class PreprocessResult:
         single = len(self.single_images())
         lines.append(f"  players with a single image: {single:,} (kept" + (f"; {listed})" if single else ")"))
         if self.challenge_df is not None:
-            n_q = int((self.challenge_df.img_type == "q").sum())
+            n_q = int((self.challenge_df.img_type == QUERY).sum())
             lines.append(f"challenge_df: {n_q:,} queries, {len(self.challenge_df) - n_q:,} gallery")
         lines += self.notes
         for name, n_queries in self.query_counts().items():
@@ -140,12 +138,13 @@ class PreprocessResult:
         sets = {}
         if len(df):
             paths = [_rel(f, i) for f, i in zip(df.folder, df.img_id, strict=True)]
-            is_q = (df.img_type == "q").to_numpy()
+            is_q = (df.img_type == QUERY).to_numpy()
             sets["test split"] = ([p for p, q in zip(paths, is_q, strict=True) if q],
                                   [p for p, q in zip(paths, is_q, strict=True) if not q])
         if self.challenge_df is not None:
             ch = self.challenge_df
-            sets["challenge set"] = (ch.img_id[ch.img_type == "q"].tolist(), ch.img_id[ch.img_type == "g"].tolist())
+            sets["challenge set"] = (ch.img_id[ch.img_type == QUERY].tolist(),
+                                     ch.img_id[ch.img_type == GALLERY].tolist())
         return sets
 
     def query_counts(self) -> dict[str, int]:
@@ -181,14 +180,8 @@ def _image_files(data_dir: Path, folder: str, hint: str, skipped: list) -> list[
     path = data_dir / folder
     if not path.is_dir():
         raise UserError(f"folder {path} not found: {hint}")
-    files = []
-    for p in sorted(path.iterdir()):
-        if p.name.startswith(".") or not p.is_file():  # .DS_Store, ._ resource forks, sub-folders
-            continue
-        if p.suffix.lower() in IMAGE_SUFFIXES:
-            files.append(p)
-        else:
-            skipped.append((f"{folder}/{p.name}", f"{NOT_IMAGE}: suffix {p.suffix or '(none)'!r}"))
+    files, others = image_files(path, recursive=False)
+    skipped += [(f"{folder}/{p.name}", f"{NOT_IMAGE}: suffix {p.suffix or '(none)'!r}") for p in others]
     if not files:
         raise UserError(f"no .jpeg/.jpg/.png images in {path}: {hint}")
     return files
@@ -319,7 +312,7 @@ def build_synergy_frames(
     for rel, row in items:
         folder, img_id = rel.rsplit("/", 1)
         if folder in challenge_dirs:
-            img_type = "q" if folder == CHALLENGE_QUERY_DIR else "g"
+            img_type = QUERY if folder == CHALLENGE_QUERY_DIR else GALLERY
             challenge_rows.append({"img_id": rel, "player": row["player"], "img_type": img_type})
             continue
         split = "train" if folder == TRAIN_DIR else "test"
@@ -331,7 +324,7 @@ def build_synergy_frames(
                 "player": row["player"],
                 "game": f"{split}_{row['sequence']}",  # sequences are numbered per split, as in CLIP-ReIdent
                 "split": split,
-                "img_type": "q" if is_query else "g",
+                "img_type": QUERY if is_query else GALLERY,
             }
         )
     train_df = _sorted_with_folds(rows, n_folds, folds)[TRAIN_COLUMNS]
@@ -402,14 +395,14 @@ def build_market1501_frame(
         folder, img_id = rel.rsplit("/", 1)
         split = MARKET_DIRS[folder]
         game = identity_group(row["player"])
-        img_type = "q" if folder == "query" else "g"
+        img_type = QUERY if folder == "query" else GALLERY
         rows.append({"img_id": img_id, "folder": folder, **row, "game": game, "split": split, "img_type": img_type})
     df = _sorted_with_folds(rows, n_folds, folds)
     # One pseudo-query per (identity, camera) in train, as Market builds its query set, so fold validation can
     # use the camera-aware protocol. Rows are sorted by img_id, so the first one is the first name.
     train = df.split == "train"
     first = ~df[train].duplicated(["player", "camera"])
-    df.loc[train, "img_type"] = np.where(first, "q", "g")
+    df.loc[train, "img_type"] = np.where(first, QUERY, GALLERY)
     train_df = df[TRAIN_COLUMNS + ["camera"]]
 
     notes[:0] = [f"cameras: {train_df.camera.nunique()}"]
@@ -427,8 +420,6 @@ def build_market1501_frame(
 # ---- users' own data: one folder per identity, or a CSV listing
 
 FOLDER_SPLITS = {"train": "train", "query": "test", "gallery": "test"}  # subfolder (or CSV split) -> split
-CSV_COLUMNS = ("path", "id", "camera", "split")  # path and id required
-IDENTITIES_CSV = "identities.csv"
 DEFAULT_CSV = "labels.csv"
 FOLDERS_HINT = "a folder per identity: <data_dir>/<identity>/*.jpg, or <data_dir>/{train,query,gallery}/<identity>/"
 CSV_HINT = "the CSV needs the columns path,id and optionally camera (an integer) and split (train, query or gallery)"
@@ -594,16 +585,16 @@ def build_own_frame(
     if not (df.split == "test").any():
         notes.append("no query/gallery images: train only; validate with `train.py --validation fold`")
     df["game"] = identity_group(df.player)
-    df["img_type"] = np.where(df.role == "query", "q", "g")
+    df["img_type"] = np.where(df.role == "query", QUERY, GALLERY)
     n_folds = _folds_for(df.player.nunique(), n_folds, notes)
     df = _sorted_with_folds(df.drop(columns=["role", "identity"]).to_dict("records"), n_folds, folds)
     # Rows are sorted by (folder, img_id): the first image of an identity is the one with the smallest path.
     pseudo = ["player", "camera"] if has_cameras else ["player"]
     train = df.split == "train"
-    df.loc[train, "img_type"] = np.where(~df[train].duplicated(pseudo), "q", "g")
+    df.loc[train, "img_type"] = np.where(~df[train].duplicated(pseudo), QUERY, GALLERY)
     if roles == {None}:
         test = df.split == "test"
-        df.loc[test, "img_type"] = np.where(~df[test].duplicated(["player"]), "q", "g")
+        df.loc[test, "img_type"] = np.where(~df[test].duplicated(["player"]), QUERY, GALLERY)
     train_df = df[TRAIN_COLUMNS + (["camera"] if has_cameras else [])]
 
     counts = train_df.groupby("player").size()
@@ -620,16 +611,9 @@ def build_own_frame(
 
 def _walk_images(data_dir: Path, folder: Path, skipped: list) -> list[str]:
     """Image paths under ``folder`` (any depth, hidden entries ignored), relative to data_dir, sorted."""
-    rels = []
-    for p in sorted(folder.rglob("*")):
-        rel = p.relative_to(data_dir).as_posix()
-        if is_hidden(p, folder) or not p.is_file():
-            continue
-        if p.suffix.lower() in IMAGE_SUFFIXES:
-            rels.append(rel)
-        else:
-            skipped.append((rel, f"{NOT_IMAGE}: suffix {p.suffix or '(none)'!r}"))
-    return rels
+    images, others = image_files(folder, recursive=True)
+    skipped += [(p.relative_to(data_dir).as_posix(), f"{NOT_IMAGE}: suffix {p.suffix or '(none)'!r}") for p in others]
+    return [p.relative_to(data_dir).as_posix() for p in images]
 
 
 def _subfolders(path: Path) -> list[Path]:

@@ -99,9 +99,8 @@ class LogProgress:
         elif now - self.last_line >= UNKNOWN_TOTAL_INTERVAL:
             self._print(self._status(now, done=False))
 
-    def set_postfix(self, ordered_dict: dict[str, Any] | None = None, refresh: bool = True, **kwargs: Any) -> None:
+    def set_postfix(self, **values: Any) -> None:
         """Values appended to the following lines (``loss=0.4``), as on tqdm's bar."""
-        values = {**(ordered_dict or {}), **kwargs}
         self.postfix = ", ".join(f"{k}={v}" for k, v in values.items())
 
     def close(self) -> None:

@@ -30,7 +30,7 @@ _Pairs = Callable[[Tensor, Tensor], Tensor]  # pairs(r, c): the distance matrix 
 # public API
 
 
-def pairwise_squared_euclidean(x: Array, y: Array) -> Array:
+def squared_distances(x: Array, y: Array) -> Array:
     """Squared Euclidean distances between the rows of x and y (clamped at 0), the type of x in and out."""
     xt, yt = _as_tensor(x), _as_tensor(y)
     yt = yt.to(xt.device)
@@ -93,7 +93,7 @@ def k_reciprocal_features(query_features: Array, gallery_features: Array, k1: in
                           lambda_value: float = 0.3, *, chunk_size: int | None = None, shared: int = 0) -> Array:
     """:func:`k_reciprocal` on squared Euclidean distances of the features, without any N x N matrix.
 
-    Gives the numbers ``k_reciprocal`` gives on ``pairwise_squared_euclidean`` matrices of the same features
+    Gives the numbers ``k_reciprocal`` gives on ``squared_distances`` matrices of the same features
     (pass L2-normalised features for the challenge protocol). Distances are computed ``chunk_size`` rows at a
     time (default: about 16M elements on the CPU, 64M on a GPU); at N = 100,000 the working memory is about
     1 GB besides the q x g output. Returns q x g, numpy or torch like ``query_features``.

@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.distributed as dist
 
 from .errors import UserError
+
+Precision = Literal["auto", "bf16", "fp16", "fp32"]  # auto: bf16 on GPUs that have it, fp32 on the CPU
 
 
 def pick_device(name: str = "auto") -> torch.device:

@@ -152,7 +152,8 @@ def read_distance_matrix(
     return distmat.astype(dtype, copy=False), query_ids, gallery_ids
 
 
-def _describe(counter: Counter, limit: int = 5) -> str:
+def _describe(counter: Counter) -> str:
+    limit = 5  # ids listed before "and N more"
     items = sorted(counter.items())
     parts = [f"{i}" if c == 1 else f"{i} (x{c})" for i, c in items[:limit]]
     more = f" and {len(items) - limit} more" if len(items) > limit else ""

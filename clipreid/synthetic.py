@@ -35,7 +35,6 @@ from clipreid.errors import UserError
 from clipreid.fileio import atomic_path, write_json
 from clipreid.progress import progress_bar
 
-INFO_NAME = "synthetic.json"
 _SUPERSAMPLE = 2  # draw at twice the size, then downsample: cheap anti-aliasing
 
 Color = tuple[int, int, int]
@@ -555,7 +554,7 @@ def _check_root(root: Path, overwrite: bool) -> None:
     if not overwrite:
         raise UserError(f"{root} already exists and is not empty; use --force (overwrite=True) to replace it")
     # Overwriting deletes the folder, so only ever delete something that looks like a dataset.
-    if not ((root / INFO_NAME).exists() or any((root / d).is_dir() for d in layout.IMAGE_DIRS)):
+    if not ((root / layout.SYNTHETIC_INFO).exists() or any((root / d).is_dir() for d in layout.IMAGE_DIRS)):
         raise UserError(f"{root} does not look like a dataset folder, so it is not replaced; "
                         "choose an empty or new output folder")
 
@@ -622,21 +621,21 @@ def generate_synthetic_dataset(root: str | os.PathLike, spec: SyntheticSpec | No
             "spec": asdict(spec),
             "counts": counts,
             # Ground truth for scoring challenge predictions on synthetic data: file id -> player id.
-            "challenge_players": {folder: {str(k): v for k, v in sorted(ids.items())} for folder, ids in truth.items()},
+            layout.CHALLENGE_PLAYERS: {folder: {str(k): v for k, v in sorted(ids.items())}
+                                       for folder, ids in truth.items()},
         }
-        write_json(tmp / INFO_NAME, info)
+        write_json(tmp / layout.SYNTHETIC_INFO, info)
     return counts
 
 
-def save_contact_sheet(root: str | os.PathLike, path: str | os.PathLike, players: int = 8, frames: int = 6,
-                       cell: tuple[int, int] = (64, 128)) -> Path:
+def save_contact_sheet(root: str | os.PathLike, path: str | os.PathLike, players: int = 8, frames: int = 6) -> Path:
     """Save a PNG grid of training crops, one row per player (the first ``players`` ids), for a quick look.
 
-    Works on any folder in the DeepSportradar layout. Crops are letterboxed into ``cell`` (width, height).
+    Works on any folder in the DeepSportradar layout. Crops are letterboxed into 64 x 128 (width x height) cells.
     """
     train_dir = Path(root) / layout.TRAIN_DIR
     by_player: dict[int, list[Path]] = {}
-    for file in sorted(train_dir.glob(f"*{layout.IMAGE_SUFFIX}")):
+    for file in layout.image_files(train_dir, recursive=False)[0] if train_dir.is_dir() else []:
         try:
             player, _, _ = layout.parse_player_name(file.stem)
         except ValueError:
@@ -646,7 +645,7 @@ def save_contact_sheet(root: str | os.PathLike, path: str | os.PathLike, players
         raise UserError(f"no training images in {train_dir}; generate or download the data first")
     rows = [by_player[p][:frames] for p in sorted(by_player)[:players]]
     label_w, pad = 36, 4
-    cell_w, cell_h = cell
+    cell_w, cell_h = 64, 128
     sheet = Image.new("RGB", (label_w + frames * (cell_w + pad) + pad, len(rows) * (cell_h + pad) + pad), (32, 32, 32))
     draw = ImageDraw.Draw(sheet)
     for r, files in enumerate(rows):

@@ -1,12 +1,10 @@
 """Fine-tuning loop: optimiser, schedule, mixed precision, validation, checkpoints, resume and DDP.
 
-``train(cfg)`` takes the config dataclass of ``train.py`` (any object with its fields) and returns the run folder.
+``train(cfg)`` takes a :class:`TrainConfig` (``train.py``'s Config inherits it) and returns the run folder.
 A run folder holds ``train_config.json``, ``log.jsonl`` (one line per epoch; epoch 0 is the model before
-training), ``curves.png``, ``last.pt`` (the last epoch's weights and everything needed to resume: what
-evaluate.py and predict.py score by default, as the original submitted) and ``best.pt`` (the weights of the best
-validation mAP, or of the last epoch without validation). Both record in ``selection`` how their weights were
-chosen and on which split, and a fold run records in ``held_out`` which sequences (groups) it never trained on,
-so that scoring a checkpoint on the split that chose it, or on a re-folded table, can be said out loud.
+training), ``curves.png``, ``last.pt`` (the last epoch's weights and everything needed to resume) and
+``best.pt`` (the weights of the best validation mAP, or of the last epoch without validation), each with its
+provenance (``clipreid.checkpoint``: selection, and for a fold run the groups it never trained on).
 
 Exact resume: the batches of an epoch and the augmentation of each step come from generators seeded by
 (seed, epoch, step), not from a running random state, so a run resumed from ``last.pt`` computes the same
@@ -23,33 +21,109 @@ import random
 import re
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from .checkpoint import read_checkpoint, run_dir_of, save_checkpoint
+from .checkpoint import BEST_PT, LAST_PT, read_checkpoint, run_dir_of, save_checkpoint, selection_record
 from .config import config_from_dict, config_to_dict, given_fields, save_config
-from .dataset import ImageSet, PairBatchSampler, PairDataset, Split, contiguous_labels, load_split
+from .dataset import (
+    ImageSet,
+    PairBatchSampler,
+    PairDataset,
+    Split,
+    Validation,
+    contiguous_labels,
+    fold_identity,
+    load_split,
+)
 from .errors import UserError
-from .evaluation import fold_identity, validate_reranked
 from .fileio import StagedFolder, check_writable, write_text
+from .inference import Rerank, validate_reranked
 from .loss import ReIDLoss
-from .model import ModelSpec, ReIDEncoder, build_encoder, encoder_checkpoint, encoder_file_of, rebuild_encoder
+from .model import ModelSpec, ReIDEncoder, build_encoder
 from .progress import progress_bar
-from .runtime import Runtime, autocast, resolve_precision, setup_runtime
+from .runtime import Precision, Runtime, autocast, resolve_precision, setup_runtime
 from .tracking import Tracker, open_tracker
-from .transforms import AugmentConfig, augment_pairs, decode_images, to_device
+from .transforms import AugmentConfig, Interpolation, augment_pairs, decode_images, to_device
+from .visualize import save_training_curves
+from .weights import encoder_checkpoint, encoder_file_of, rebuild_encoder
 
 LOG_NAME = "log.jsonl"
 CURVES_NAME = "curves.png"
 CONFIG_NAME = "train_config.json"
 # Fields a resumed run may change: where and how it runs, not what it computes.
+Schedule = Literal["polynomial", "cosine", "linear", "constant"]
 RUNTIME_FIELDS = {"device", "progress", "num_workers", "resume", "compile", "cache_images", "overwrite", "stop_after",
                   "log_every", "report_to", "eval_precision"}
+
+
+@dataclass
+class TrainConfig:
+    """What ``train`` reads: ``train.py``'s Config inherits it and gives the defaults, the help and the checks."""
+
+    # data
+    data_dir: Path
+    validation: Validation
+    fold: int
+    output_dir: Path
+    run_name: str | None
+    overwrite: bool
+    resume: Path | None
+    stop_after: int | None
+    # model
+    model: str
+    pretrained: str
+    remove_proj: bool
+    img_size: tuple[int, int] | None
+    grad_checkpointing: bool
+    pretrained_tag: str | None
+    mean: tuple[float, float, float] | None
+    std: tuple[float, float, float] | None
+    interpolation: Interpolation
+    # batches and augmentation
+    batch_size: int
+    flip: bool  # paired horizontal flip in training (not the test-time flip of InferenceOptions)
+    sharpen: bool
+    random_erasing: bool
+    cache_images: bool
+    num_workers: int
+    # loss
+    losses: tuple[str, ...]
+    loss_weights: tuple[float, ...] | None
+    label_smoothing: float
+    triplet_margin: float | None
+    # optimisation
+    epochs: int
+    lr: float
+    lr_end: float
+    scheduler: Schedule
+    poly_power: float
+    warmup_epochs: float
+    weight_decay: float
+    decay_all: bool
+    grad_accum: int
+    clip_grad: float | None
+    precision: Precision
+    compile: bool
+    channels_last: bool
+    # validation
+    zero_shot: bool
+    eval_batch_size: int
+    eval_precision: Precision | None
+    val_flip: bool
+    val_rerank: tuple[Rerank, ...]
+    # run
+    seed: int
+    device: str
+    log_every: int
+    report_to: Literal["none", "tensorboard"]
+    progress: bool
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -71,7 +145,7 @@ def build_optimizer(modules: list[nn.Module], lr: float, weight_decay: float, de
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, fused=fused or None)
 
 
-def lr_factor(step: int, total: int, warmup: int, schedule: str, lr: float, lr_end: float,
+def lr_factor(step: int, total: int, warmup: int, schedule: Schedule, lr: float, lr_end: float,
               power: float = 2.0) -> float:
     """Multiplier of the base lr at optimiser ``step``: linear warm-up, then the decay to ``lr_end``."""
     if warmup > 0 and step < warmup:
@@ -85,18 +159,23 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str, lr: float, lr_e
     if schedule == "linear":
         power = 1.0
     elif schedule != "polynomial":
-        raise UserError(f"scheduler must be polynomial, cosine, linear or constant, not {schedule!r}")
+        raise ValueError(f"unknown schedule {schedule!r}")
     return end + (1 - end) * (1 - progress) ** power
 
 
+@dataclass
 class _Schedule:
     """A picklable lr lambda (so LambdaLR's state_dict keeps it out, and resume rebuilds it from the config)."""
 
-    def __init__(self, **kwargs: Any):
-        self.kwargs = kwargs
+    total: int
+    warmup: int
+    schedule: Schedule
+    lr: float
+    lr_end: float
+    power: float
 
     def __call__(self, step: int) -> float:
-        return lr_factor(step, **self.kwargs)
+        return lr_factor(step, self.total, self.warmup, self.schedule, self.lr, self.lr_end, self.power)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -123,16 +202,8 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), *rest))
 
 
-def read_log(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def _write_log(run_dir: Path, records: list[dict[str, Any]]) -> None:
     write_text(run_dir / LOG_NAME, "".join(json.dumps(r) + "\n" for r in records))
-    from .visualize import save_training_curves
-
     save_training_curves(run_dir / CURVES_NAME, records)
 
 
@@ -142,14 +213,6 @@ def _format_metrics(record: dict[str, Any]) -> str:
     keys += [(k, f"mAP {k.removeprefix('mAP_')} {{:.2%}}") for k in record if k.startswith("mAP_")]
     keys += [("images_per_s", "{:.0f} img/s")]
     return "  ".join(fmt.format(record[k]) for k, fmt in keys if record.get(k) is not None)
-
-
-def selection_record(cfg: Any, weights: str, epoch: int) -> dict[str, Any]:
-    """How a checkpoint's weights were chosen: ``best`` by validation mAP on a split (none: the last epoch), or
-    ``last``; evaluate.py and predict.py warn when a best.pt is scored on the split that selected it."""
-    chose_by_split = weights == "best" and cfg.validation != "none"
-    return {"weights": weights, "epoch": epoch, "metric": "mAP" if chose_by_split else "last epoch",
-            "validation": cfg.validation, "fold": cfg.fold if cfg.validation == "fold" else None}
 
 
 def grad_scaler(dtype: torch.dtype, device: torch.device) -> torch.amp.GradScaler:
@@ -185,20 +248,20 @@ def sync_context(model: nn.Module, last_of_step: bool):
 # the run
 
 
-def _run_dir(cfg: Any) -> Path:
+def _run_dir(cfg: TrainConfig) -> Path:
     name = cfg.run_name or re.sub(r"[^A-Za-z0-9._-]+", "-",
                                   f"{Path(cfg.model).name}_{cfg.validation}"
                                   f"{cfg.fold if cfg.validation == 'fold' else ''}_seed{cfg.seed}")
     return Path(cfg.output_dir) / name
 
 
-def _resolve_resume(cfg: Any) -> tuple[Any, dict[str, Any] | None]:
+def _resolve_resume(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any] | None]:
     """Return the config to run with and the checkpoint state to restore (None for a fresh run)."""
     if not cfg.resume:
         return cfg, None
     path = Path(cfg.resume)
     if path.is_dir():
-        path = path / "last.pt"
+        path = path / LAST_PT
     state = read_checkpoint(path)
     if "optimizer" not in state:
         raise UserError(f"{path} holds weights only (best.pt); resume from the run's last.pt")
@@ -208,28 +271,28 @@ def _resolve_resume(cfg: Any) -> tuple[Any, dict[str, Any] | None]:
                and (given is None or f.name in given) and getattr(cfg, f.name) != getattr(saved, f.name)]
     if ignored:
         print(f"resuming {path}: using its saved config; ignoring the differing {', '.join(ignored)}")
-    runtime = {k: getattr(cfg, k) for k in RUNTIME_FIELDS if hasattr(cfg, k)}
+    runtime = {k: getattr(cfg, k) for k in RUNTIME_FIELDS}
     return dataclasses.replace(saved, **runtime), state
 
 
-def train(cfg: Any) -> Path:
+def train(cfg: TrainConfig) -> Path:
     """Fine-tune an encoder as ``cfg`` says; return the run folder."""
     rt = setup_runtime(cfg.device)
     try:
         return _train(cfg, rt)
     except KeyboardInterrupt:
-        last = (run_dir_of(cfg.resume) if cfg.resume else _run_dir(cfg)) / "last.pt"
+        last = (run_dir_of(cfg.resume) if cfg.resume else _run_dir(cfg)) / LAST_PT
         raise KeyboardInterrupt(f"continue with --resume {last}" if last.is_file() else "") from None
     finally:
         if rt.distributed and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _train(cfg: Any, rt: Runtime) -> Path:
+def _train(cfg: TrainConfig, rt: Runtime) -> Path:
     cfg, state = _resolve_resume(cfg)
     run_dir = _run_dir(cfg) if state is None else run_dir_of(cfg.resume)
-    if state is None and (run_dir / "last.pt").exists() and not cfg.overwrite:
-        raise UserError(f"{run_dir} already holds a run; --resume {run_dir / 'last.pt'} continues it, "
+    if state is None and (run_dir / LAST_PT).exists() and not cfg.overwrite:
+        raise UserError(f"{run_dir} already holds a run; --resume {run_dir / LAST_PT} continues it, "
                         "--overwrite replaces it, --run-name NAME starts another")
     if state is None and run_dir.exists() and not cfg.overwrite and (not run_dir.is_dir() or any(run_dir.iterdir())):
         raise UserError(f"{run_dir} exists and is not a finished run (no last.pt); --overwrite replaces it, "
@@ -245,10 +308,10 @@ def _train(cfg: Any, rt: Runtime) -> Path:
         folder.discard()
 
 
-def _train_into(cfg: Any, rt: Runtime, state: dict[str, Any] | None, folder: StagedFolder) -> Path:
+def _train_into(cfg: TrainConfig, rt: Runtime, state: dict[str, Any] | None, folder: StagedFolder) -> Path:
     run_dir = folder.target
     say = print if rt.is_main else (lambda *a, **k: None)
-    tracker = open_tracker(getattr(cfg, "report_to", "none") if rt.is_main else "none", lambda: folder.path)
+    tracker = open_tracker(cfg.report_to if rt.is_main else "none", lambda: folder.path)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -259,8 +322,7 @@ def _train_into(cfg: Any, rt: Runtime, state: dict[str, Any] | None, folder: Sta
 
     split: Split = load_split(cfg.data_dir, cfg.validation, cfg.fold)
     spec = ModelSpec(cfg.model, cfg.pretrained, cfg.remove_proj, cfg.img_size, cfg.grad_checkpointing,
-                     pretrained_tag=getattr(cfg, "pretrained_tag", None), mean=getattr(cfg, "mean", None),
-                     std=getattr(cfg, "std", None), interpolation=getattr(cfg, "interpolation", "bilinear"))
+                     pretrained_tag=cfg.pretrained_tag, mean=cfg.mean, std=cfg.std, interpolation=cfg.interpolation)
     # on resume, the checkpoint's stored architecture, preprocessing and weights (nothing fetched)
     encoder: ReIDEncoder = (build_encoder(spec) if state is None
                             else rebuild_encoder(encoder_file_of(state, cfg.resume), cfg.resume, training=True))
@@ -323,16 +385,15 @@ def _train_into(cfg: Any, rt: Runtime, state: dict[str, Any] | None, folder: Sta
             folder.open()
         save_config(cfg, folder.path / CONFIG_NAME)
 
-    eval_precision = getattr(cfg, "eval_precision", "fp32")  # scores in fp32 as the original; None: as trained
-    eval_dtype = resolve_precision(eval_precision, rt.device) if eval_precision else dtype
+    eval_dtype = resolve_precision(cfg.eval_precision, rt.device) if cfg.eval_precision else dtype
     held_out = fold_identity(cfg.data_dir, cfg.fold) if cfg.validation == "fold" else None
 
     def evaluate_now() -> dict[str, float]:
         if val_sets is None:
             return {}
-        return validate_reranked(encoder, *val_sets, split, tuple(getattr(cfg, "val_rerank", ())),
-                                 batch_size=cfg.eval_batch_size, dtype=eval_dtype, flip=cfg.val_flip,
-                                 num_workers=cfg.num_workers, progress=cfg.progress)
+        return validate_reranked(encoder, *val_sets, split, cfg.val_rerank, batch_size=cfg.eval_batch_size,
+                                 dtype=eval_dtype, flip=cfg.val_flip, num_workers=cfg.num_workers,
+                                 progress=cfg.progress)
 
     if state is None and cfg.zero_shot and val_sets is not None:
         record = {"epoch": 0, **evaluate_now(), "logit_scale": float(encoder.scale().detach())}
@@ -358,11 +419,11 @@ def _train_into(cfg: Any, rt: Runtime, state: dict[str, Any] | None, folder: Sta
             # best.pt first: a kill between the two leaves the previous last.pt, whose resume redoes this epoch and
             # writes both; the other order would leave a resumable run that never rewrites the better best.pt
             if improved:
-                save_checkpoint(folder.path / "best.pt",
-                                {**common, "selection": selection_record(cfg, "best", epoch + 1)})
-            save_checkpoint(folder.path / "last.pt", {
-                **common, "selection": selection_record(cfg, "last", epoch + 1), "loss": loss_fn.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                save_checkpoint(folder.path / BEST_PT,
+                                {**common, "selection": selection_record("best", epoch + 1, cfg.validation, cfg.fold)})
+            save_checkpoint(folder.path / LAST_PT, {
+                **common, "selection": selection_record("last", epoch + 1, cfg.validation, cfg.fold),
+                "loss": loss_fn.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(), "rng": _rng_state(), "best": best, "history": history})
             _write_log(folder.path, history)
             if not folder.committed:
@@ -372,7 +433,7 @@ def _train_into(cfg: Any, rt: Runtime, state: dict[str, Any] | None, folder: Sta
             say(f"epoch {epoch + 1}/{cfg.epochs}: {_format_metrics(record)}" + ("  (best)" if improved else ""))
         _barrier(rt)
         if cfg.stop_after is not None and epoch + 1 >= cfg.stop_after and epoch + 1 < cfg.epochs:
-            say(f"stopping after epoch {epoch + 1} as asked; continue with --resume {run_dir / 'last.pt'}")
+            say(f"stopping after epoch {epoch + 1} as asked; continue with --resume {run_dir / LAST_PT}")
             break
     tracker.close()
     return run_dir
@@ -439,8 +500,9 @@ def _step_generator(seed: int, epoch: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 1_000_033 + step)
 
 
-def _train_epoch(cfg: Any, rt: Runtime, model: nn.Module, encoder: ReIDEncoder, loss_fn: ReIDLoss,
-                 optimizer: torch.optim.Optimizer, scheduler: Any, scaler: torch.amp.GradScaler,
+def _train_epoch(cfg: TrainConfig, rt: Runtime, model: nn.Module, encoder: ReIDEncoder, loss_fn: ReIDLoss,
+                 optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
+                 scaler: torch.amp.GradScaler,
                  sampler: PairBatchSampler, pairs: PairDataset, augment: AugmentConfig, dtype: torch.dtype,
                  epoch: int, tracker: Tracker | None = None) -> dict[str, Any]:
     model.train()

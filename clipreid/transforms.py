@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -23,7 +24,8 @@ from PIL import Image
 from .errors import UserError, first_line
 from .progress import progress_bar
 
-INTERPOLATIONS = ("bilinear", "bicubic")
+Interpolation = Literal["bilinear", "bicubic"]  # bilinear: OpenCV's INTER_LINEAR_EXACT, as the original
+INTERPOLATIONS: tuple[str, ...] = get_args(Interpolation)
 
 
 def resize_uint8(image: np.ndarray, size: tuple[int, int], interpolation: str = "bilinear") -> np.ndarray:
@@ -46,7 +48,8 @@ def resize_uint8(image: np.ndarray, size: tuple[int, int], interpolation: str = 
 
 
 def letterbox_array(image: np.ndarray, size: tuple[int, int], interpolation: str = "bilinear") -> np.ndarray:
-    """Letterbox an HxWx3 uint8 array into ``size`` = (height, width): aspect kept, zero padding, centred."""
+    """Letterbox an HxWx3 uint8 array into ``size`` = (height, width): aspect kept, zero padding, centred
+    (a shortest-side resize and centre crop would cut heads and feet off tall player crops)."""
     height, width = size
     h, w = image.shape[:2]
     scale = min(width / w, height / h)
@@ -56,15 +59,6 @@ def letterbox_array(image: np.ndarray, size: tuple[int, int], interpolation: str
     top, left = (height - new_h) // 2, (width - new_w) // 2
     canvas[top:top + new_h, left:left + new_w] = resize_uint8(image, (new_h, new_w), interpolation)
     return canvas
-
-
-def letterbox(image: Image.Image, size: tuple[int, int], interpolation: str = "bilinear") -> Image.Image:
-    """Resize ``image`` to fit inside ``size`` = (height, width) keeping its aspect ratio; pad with black, centred.
-
-    Shortest-side resize plus centre crop would cut heads and feet off tall player crops. ``interpolation``:
-    ``bilinear`` (OpenCV's, as CLIP-ReIdent) or ``bicubic`` (Pillow's).
-    """
-    return Image.fromarray(letterbox_array(np.asarray(image.convert("RGB")), size, interpolation))
 
 
 def _to_tensor(array: np.ndarray) -> torch.Tensor:
@@ -189,9 +183,10 @@ def _sharpen(images: torch.Tensor, apply: torch.Tensor, alpha: torch.Tensor, lig
     return F.conv2d(padded, kernel, groups=b * c).reshape(b, c, h, w).clamp_(0.0, 1.0)
 
 
-def _erasing_boxes(n: int, h: int, w: int, generator: torch.Generator, attempts: int = 10,
-                   scale: tuple[float, float] = (0.02, 0.33), ratio: tuple[float, float] = (0.3, 3.3)) -> torch.Tensor:
-    """(n, 4) boxes (top, left, height, width) as torchvision's RandomErasing draws them; height 0 = no box."""
+def _erasing_boxes(n: int, h: int, w: int, generator: torch.Generator) -> torch.Tensor:
+    """(n, 4) boxes (top, left, height, width) as torchvision's RandomErasing draws them (its defaults: 10
+    attempts, area 2-33%, aspect 0.3-3.3); height 0 = no box."""
+    attempts, scale, ratio = 10, (0.02, 0.33), (0.3, 3.3)
     area = h * w * (scale[0] + (scale[1] - scale[0]) * torch.rand(n, attempts, generator=generator))
     lo, hi = math.log(ratio[0]), math.log(ratio[1])
     aspect = torch.exp(lo + (hi - lo) * torch.rand(n, attempts, generator=generator))
@@ -225,7 +220,7 @@ def _erase(images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
 
 def augment_pairs(
     anchors: torch.Tensor, positives: torch.Tensor, cfg: AugmentConfig, mean: Sequence[float], std: Sequence[float],
-    generator: torch.Generator, dtype: torch.dtype = torch.float32, *, rank: int = 0, world_size: int = 1,
+    generator: torch.Generator, *, rank: int = 0, world_size: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Augment and normalise a batch of uint8 pairs (B, 3, H, W) on their device; returns float tensors.
 
@@ -257,5 +252,4 @@ def augment_pairs(
         boxes = _erasing_boxes(2 * n, images.shape[-2], images.shape[-1], generator)
         boxes[~apply, 2:] = 0
         images = _erase(images, boxes[take])
-    images = images.to(dtype)
     return images[:b], images[b:]

@@ -11,8 +11,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from clipreid.fileio import atomic_path
+from .fileio import atomic_path
 
+RANKED_PNG = "ranked_lists.png"  # the picture evaluate.py and predict.py --query-dir write beside their results
 BORDER = 3  # coloured frame around every image tile
 PAD = 4  # space between tiles and around the grid
 CAPTION = 14  # caption strip under every tile
@@ -49,10 +50,10 @@ def _tile(path: Any, cell: tuple[int, int]) -> Image.Image:
     return canvas
 
 
-def _short_name(path: Any, limit: int = 11) -> str:
-    """The file name of ``path``, shortened to ``limit`` characters to fit under a tile."""
+def _short_name(path: Any) -> str:
+    """The file name of ``path``, shortened to 11 characters to fit under a tile."""
     name = os.path.basename(str(path)) if path is not None else "?"
-    return name if len(name) <= limit else name[:limit - 2] + ".."
+    return name if len(name) <= 11 else name[:9] + ".."
 
 
 def _centred_text(draw: ImageDraw.ImageDraw, text: str, box: tuple[int, int, int, int]) -> None:
@@ -73,7 +74,6 @@ def save_ranked_lists(
     queries: Sequence[int] | None = None,
     topk: int = 10,
     num_queries: int = 8,
-    seed: int = 0,
     cell: tuple[int, int] = (64, 128),
     *,
     query_cams: Any = None,
@@ -82,7 +82,7 @@ def save_ranked_lists(
 ) -> list[int]:
     """Save a PNG grid of ranked lists and return the query indices shown.
 
-    One row per query (``queries``, or ``num_queries`` sampled with ``seed``): the query (blue frame) then its
+    One row per query (``queries``, or ``num_queries`` sampled with a fixed seed): the query (blue frame) then its
     ``topk`` nearest gallery images, green framed when the id matches and red when not, each captioned with
     its rank and distance. With ``query_cams`` and ``gallery_cams``, the gallery images of the query's id *and*
     camera are left out, as ``compute_scores`` ignores them. Without ground truth (``query_ids`` and ``gallery_ids``
@@ -111,7 +111,7 @@ def save_ranked_lists(
         if (len(qcams), len(gcams)) != (m, n):
             raise ValueError(f"distmat is {m} x {n} but got {len(qcams)} query cams and {len(gcams)} gallery cams")
     if queries is None:
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(0)
         chosen = sorted(rng.choice(m, size=min(num_queries, m), replace=False).tolist())
     else:
         chosen = [int(i) for i in queries]

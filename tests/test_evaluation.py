@@ -15,16 +15,18 @@ import pytest
 import torch
 from PIL import Image
 
+from clipreid.checkpoint import read_checkpoint
 from clipreid.config import parse_config
 from clipreid.dataset import read_train_df
 from clipreid.errors import UserError
 from clipreid.evaluation import evaluate
-from clipreid.features import embed, squared_distances
+from clipreid.features import embed
 from clipreid.metrics import compute_scores
-from clipreid.model import load_encoder, read_checkpoint
 from clipreid.predict import predict
+from clipreid.rerank import squared_distances
 from clipreid.submission import read_distance_matrix
 from clipreid.trainer import train
+from clipreid.weights import load_encoder
 from evaluate import Config as EvalConfig
 from predict import Config as PredictConfig
 from train import Config as TrainConfig
@@ -341,7 +343,7 @@ def test_predict_writes_every_reranking_and_each_models_own_csvs(synthetic_small
 def test_fusing_a_checkpoint_with_its_own_csv(synthetic_small, run_dir, predicted, tmp_path):
     out, _ = predicted
     predict(predict_config(synthetic_small, tmp_path, checkpoints=(run_dir,), submissions=(out / "{set}_raw.csv",),
-                           rerank="none"))
+                           rerank=("none",)))
     assert {p.name for p in tmp_path.glob("*.csv")} == {"test_raw.csv", "challenge_raw.csv"}
     for name in ("test_raw.csv", "challenge_raw.csv"):
         fused, q, g = read_distance_matrix(tmp_path / name)

@@ -16,8 +16,9 @@ from PIL import Image
 from clipreid.checkpoint import save_checkpoint
 from clipreid.errors import UserError
 from clipreid.features import embed
-from clipreid.model import ModelSpec, build_encoder, encoder_checkpoint, load_encoder
+from clipreid.model import ModelSpec, build_encoder
 from clipreid.transforms import normalize
+from clipreid.weights import encoder_checkpoint, load_encoder
 
 ROOT = Path(__file__).resolve().parents[1]
 pytest.importorskip("onnxruntime")

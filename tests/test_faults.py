@@ -32,6 +32,7 @@ from clipreid.features import embed
 from clipreid.model import ModelSpec, build_encoder
 from clipreid.predict import load_set
 from clipreid.submission import write_distance_matrix
+from clipreid.weights import encoder_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = ["--device", "cpu", "--no-progress", "--num-workers", "0"]
@@ -89,8 +90,8 @@ def no_hidden(folder: Path) -> bool:
     (train_script, ["--run-name", "a/b"], "--run-name a/b: expected a plain folder name"),
     (evaluate_script, ["--k1", "0"], "--k1 0: expected a number of at least 1"),
     (evaluate_script, ["--lambda-value", "1.5"], "--lambda-value 1.5: expected a number from 0 to 1"),
-    (evaluate_script, ["--rerank", "none", "fast"], "--rerank none fast: expected values among none, "
-                                                    "k_reciprocal, hard"),
+    (evaluate_script, ["--rerank", "none", "fast"], "--rerank: expected one of none, k_reciprocal, hard, got "
+                                                    "'fast'"),
     (evaluate_script, ["--topk", "0"], "--topk 0: expected a number of at least 1"),
     (predict_script, ["--weights", "1", "2"], "--weights 1.0 2.0: expected one weight per checkpoint, then one per "
                                               "submission CSV (1 in all)"),
@@ -98,7 +99,7 @@ def no_hidden(folder: Path) -> bool:
      "--submissions (empty): expected at least one CSV when --checkpoints is none"),
     (predict_script, ["--fusion", "dissimilarity", "--weights", "1"], "--weights 1.0: expected none with --fusion "
                                                                       "dissimilarity"),
-    (predict_script, ["--sets", "val"], "--sets val: expected values among test, challenge"),
+    (predict_script, ["--sets", "val"], "--sets: expected one of test, challenge, got 'val'"),
     (preprocess_data, ["--n-folds", "1"], "--n-folds 1: expected a number of at least 2"),
     (download_data, ["--synthetic-train-players", "0"], "--synthetic-train-players 0: expected a number of at "
                                                         "least 2"),
@@ -353,7 +354,7 @@ def random_checkpoint(tmp_path_factory) -> Path:
     encoder = build_encoder(spec)
     path = tmp_path_factory.mktemp("run") / "tiny" / "best.pt"
     path.parent.mkdir()
-    save_checkpoint(path, {"model": encoder.state_dict(), "model_spec": spec.to_dict(), "config": {}})
+    save_checkpoint(path, {**encoder_checkpoint(encoder), "config": {}})
     return path
 
 

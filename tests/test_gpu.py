@@ -16,7 +16,7 @@ from clipreid.features import extract_features
 from clipreid.loss import ReIDLoss
 from clipreid.metrics import compute_scores
 from clipreid.model import ModelSpec, build_encoder
-from clipreid.rerank import hard_k_reciprocal, k_reciprocal, k_reciprocal_features, pairwise_squared_euclidean
+from clipreid.rerank import hard_k_reciprocal, k_reciprocal, k_reciprocal_features, squared_distances
 from clipreid.trainer import build_optimizer, forward_backward, optimizer_update, train
 from clipreid.transforms import AugmentConfig
 from tests.test_rerank import clustered, matrices
@@ -51,8 +51,8 @@ def test_re_ranking_on_the_gpu_matches_the_cpu():
 
 def test_distances_on_the_gpu_match_the_cpu():
     qf, gf, _, _ = clustered(30, 200, dim=64)
-    np.testing.assert_allclose(pairwise_squared_euclidean(torch.from_numpy(qf).cuda(), torch.from_numpy(gf).cuda())
-                               .cpu().numpy(), pairwise_squared_euclidean(qf, gf), atol=1e-5)
+    np.testing.assert_allclose(squared_distances(torch.from_numpy(qf).cuda(), torch.from_numpy(gf).cuda())
+                               .cpu().numpy(), squared_distances(qf, gf), atol=1e-5)
 
 
 @pytest.mark.parametrize("train_mode", [True, False])

@@ -14,16 +14,17 @@ import pytest
 import torch
 from PIL import Image
 
-from clipreid.checkpoint import save_checkpoint
+from clipreid.checkpoint import checkpoint_labels, save_checkpoint
 from clipreid.errors import UserError
-from clipreid.evaluation import checkpoint_labels, evaluate
-from clipreid.features import embed, image_features, list_images, squared_distances
+from clipreid.evaluation import evaluate
+from clipreid.features import embed, image_features, list_images
 from clipreid.fusion import dissimilarity_fusion, dissimilarity_weights
-from clipreid.model import ModelSpec, build_encoder, load_encoder
+from clipreid.model import ModelSpec, build_encoder
 from clipreid.predict import model_folders, predict
-from clipreid.ranking import rank_folders
-from clipreid.rerank import hard_k_reciprocal, k_reciprocal_features
+from clipreid.rank_folders import rank_folders
+from clipreid.rerank import hard_k_reciprocal, k_reciprocal_features, squared_distances
 from clipreid.transforms import load_image
+from clipreid.weights import encoder_checkpoint, load_encoder
 from evaluate import Config as EvalConfig
 from predict import Config as PredictConfig
 
@@ -34,7 +35,7 @@ def _checkpoint(path: Path, seed: int) -> Path:
     torch.manual_seed(seed)
     encoder = build_encoder(ModelSpec("tiny-vit", "none"))
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(path, {"model": encoder.state_dict(), "model_spec": encoder.spec.to_dict()})
+    save_checkpoint(path, encoder_checkpoint(encoder))
     return path
 
 

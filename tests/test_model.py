@@ -11,7 +11,7 @@ from PIL import Image
 
 from clipreid.errors import UserError
 from clipreid.model import DEFAULT_LOGIT_SCALE, ModelSpec, build_architecture, build_encoder
-from clipreid.transforms import AugmentConfig, augment_pairs, letterbox, load_image, normalize, to_uint8_tensor
+from clipreid.transforms import AugmentConfig, augment_pairs, letterbox_array, load_image, normalize, to_uint8_tensor
 
 
 def test_tiny_vit_features_and_projection():
@@ -122,7 +122,7 @@ def test_weights_file_that_does_not_fit_is_one_line(tmp_path):
 @pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
 def test_letterbox_keeps_aspect_and_pads_with_zeros(tmp_path, interpolation):
     tall = Image.new("RGB", (30, 90), (200, 100, 50))  # 1:3, into a 128x64 (h x w) box -> 42 x 128 centred
-    boxed = np.array(letterbox(tall, (128, 64), interpolation))
+    boxed = letterbox_array(np.asarray(tall), (128, 64), interpolation)
     assert boxed.shape == (128, 64, 3)
     cols = np.where(boxed.any(axis=(0, 2)))[0]
     assert boxed[:, : cols[0]].max() == 0 and boxed[:, cols[-1] + 1:].max() == 0

@@ -100,10 +100,10 @@ def test_installed_wheel_imports_from_another_folder(wheel, tmp_path):
 
 
 def test_top_level_api_is_the_modules_own():
-    from clipreid import features, metrics, model, rerank, submission
+    from clipreid import features, metrics, model, rerank, submission, weights
 
-    assert clipreid.embed is features.embed and clipreid.squared_distances is features.squared_distances
-    assert clipreid.load_encoder is model.load_encoder and clipreid.build_encoder is model.build_encoder
+    assert clipreid.embed is features.embed and clipreid.squared_distances is rerank.squared_distances
+    assert clipreid.load_encoder is weights.load_encoder and clipreid.build_encoder is model.build_encoder
     assert clipreid.ModelSpec is model.ModelSpec and clipreid.compute_scores is metrics.compute_scores
     assert clipreid.k_reciprocal_features is rerank.k_reciprocal_features
     assert clipreid.read_distance_matrix is submission.read_distance_matrix

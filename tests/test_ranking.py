@@ -17,10 +17,12 @@ from PIL import Image
 
 from clipreid.checkpoint import save_checkpoint
 from clipreid.errors import UserError
-from clipreid.evaluation import rerank_distances
-from clipreid.features import embed, squared_distances
+from clipreid.features import embed
+from clipreid.inference import rerank_distances
 from clipreid.model import ModelSpec, build_encoder
-from clipreid.ranking import rank_folders
+from clipreid.rank_folders import rank_folders
+from clipreid.rerank import squared_distances
+from clipreid.weights import encoder_checkpoint
 from predict import Config as PredictConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +34,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def _checkpoint(path: Path, seed: int) -> Path:
     torch.manual_seed(seed)
     encoder = build_encoder(ModelSpec("tiny-vit", "none"))
-    save_checkpoint(path, {"model": encoder.state_dict(), "model_spec": encoder.spec.to_dict()})
+    save_checkpoint(path, encoder_checkpoint(encoder))
     return path
 
 
@@ -61,7 +63,8 @@ def folders(tmp_path_factory) -> tuple[Path, Path, Path, Path]:
 
 def _cfg(checkpoints, query, out, **overrides) -> PredictConfig:
     base = dict(checkpoints=tuple(checkpoints), query_dir=query, output_dir=out, device="cpu", progress=False,
-                num_workers=0, batch_size=4, topk=3, ranked_lists=2, rerank="k_reciprocal", k1=4, k2=2)
+                num_workers=0, batch_size=4, topk=3, ranked_lists=2, rerank=("k_reciprocal",), k1=4,
+                k2=2)
     return PredictConfig(**{**base, **overrides})
 
 
@@ -132,7 +135,7 @@ def test_two_checkpoints_are_fused_and_their_features_give_the_fused_distances(f
         rank_folders(_cfg([c], query, tmp_path / f"s{i}", gallery_dir=gallery, ranked_lists=0))
         single.append(np.load(tmp_path / f"s{i}" / "distances_raw.npy"))
     out = tmp_path / "fused"
-    rank_folders(_cfg([one, two], query, out, gallery_dir=gallery, weights=(3.0, 1.0), rerank="hard"))
+    rank_folders(_cfg([one, two], query, out, gallery_dir=gallery, weights=(3.0, 1.0), rerank=("hard",)))
     raw = np.load(out / "distances_raw.npy")
     np.testing.assert_allclose(raw, 0.75 * single[0] + 0.25 * single[1], atol=1e-5)
     qf, gf = np.load(out / "query_features.npy"), np.load(out / "gallery_features.npy")
@@ -153,7 +156,7 @@ def test_a_failure_leaves_no_partial_set(folders, tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("clipreid.visualize.save_ranked_lists", boom)
+    monkeypatch.setattr("clipreid.rank_folders.save_ranked_lists", boom)  # where it is looked up
     with pytest.raises(OSError, match="disk full"):
         rank_folders(_cfg([one], query, out, gallery_dir=gallery))
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt", "ranking_raw.csv"]
@@ -164,6 +167,20 @@ def test_a_failure_leaves_no_partial_set(folders, tmp_path, monkeypatch):
     assert (out / "keep.txt").read_text() == "mine" and (out / "ranking_raw.csv").read_text() != "old"
 
 
+def test_a_run_folder_gives_the_weights_asked_for(folders, tmp_path):
+    query, _, one, two = folders
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last.pt").write_bytes(one.read_bytes())
+    (run / "best.pt").write_bytes(two.read_bytes())
+    for weights, expected in (("best", two), ("last", one)):
+        out = tmp_path / weights
+        report = rank_folders(_cfg([run], query, out, run_weights=weights, ranked_lists=0))
+        qf, _ = embed(expected, query, device="cpu", progress=False)
+        np.testing.assert_allclose(np.load(out / "query_features.npy"), qf.numpy(), atol=1e-6)
+        assert ("run/best" in report.summary()) == (weights == "best")
+
+
 def test_bad_inputs_are_one_line_errors(folders, tmp_path):
     query, gallery, one, two = folders
     empty = tmp_path / "empty"
@@ -172,12 +189,7 @@ def test_bad_inputs_are_one_line_errors(folders, tmp_path):
         (_cfg([one], empty, tmp_path / "o"), "no .jpg/.jpeg/.png images"),
         (_cfg([one], tmp_path / "nowhere", tmp_path / "o"), "not found"),
         (_cfg([one], query, tmp_path / "o", gallery_dir=empty), "no .jpg/.jpeg/.png images"),
-        (_cfg([], query, tmp_path / "o"), "at least one checkpoint"),
         (_cfg([tmp_path / "missing.pt"], query, tmp_path / "o"), "not found"),
-        (_cfg([one], query, tmp_path / "o", submissions=(tmp_path / "x.csv",)), "submissions"),
-        (_cfg([one, two], query, tmp_path / "o", weights=(1.0,)), "weights"),
-        (_cfg([one], query, tmp_path / "o", rerank="fancy"), "rerank"),
-        (_cfg([one], query, tmp_path / "o", topk=0), "topk"),
     ]
     for cfg, text in cases:
         with pytest.raises(UserError, match=text) as err:

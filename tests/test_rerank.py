@@ -6,7 +6,7 @@ import torch
 from sklearn.metrics import average_precision_score
 from test_metrics import NoFloat64  # tests/ is on sys.path under pytest (no __init__.py)
 
-from clipreid.rerank import hard_k_reciprocal, k_reciprocal, k_reciprocal_features, pairwise_squared_euclidean
+from clipreid.rerank import hard_k_reciprocal, k_reciprocal, k_reciprocal_features, squared_distances
 
 # --------------------------------------------------------------------------------------------------------------
 # references
@@ -161,7 +161,7 @@ def test_non_symmetric_matrices_follow_the_reference():
 @pytest.mark.parametrize("k1,k2", [(20, 6), (7, 1)])
 def test_features_entry_matches_matrix_api(k1, k2):
     qf, gf, _, _ = clustered(30, 200, 25, seed=2)
-    mats = [pairwise_squared_euclidean(a, b) for a, b in ((qf, gf), (qf, qf), (gf, gf))]
+    mats = [squared_distances(a, b) for a, b in ((qf, gf), (qf, qf), (gf, gf))]
     from_matrices = k_reciprocal(*mats, k1=k1, k2=k2)
     from_features = k_reciprocal_features(qf, gf, k1=k1, k2=k2)
     assert isinstance(from_features, np.ndarray) and from_features.dtype == np.float32

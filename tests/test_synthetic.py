@@ -73,7 +73,7 @@ def test_layout_and_names(dataset):
 
 def test_challenge_names_are_anonymous_integers(dataset):
     root, counts = dataset
-    truth = json.loads((root / synthetic.INFO_NAME).read_text())["challenge_players"]
+    truth = json.loads((root / layout.SYNTHETIC_INFO).read_text())["challenge_players"]
     for folder in (layout.CHALLENGE_QUERY_DIR, layout.CHALLENGE_GALLERY_DIR):
         ids = sorted(layout.parse_challenge_name(f.stem) for f in (root / folder).iterdir())
         assert ids == list(range(counts[folder]))  # numbered per folder
@@ -116,7 +116,7 @@ def test_deterministic_for_a_seed(tmp_path):
     first = _hashes(_generated(tmp_path / "a", TINY))
     assert first == _hashes(_generated(tmp_path / "b", TINY))
     other = _hashes(_generated(tmp_path / "c", replace(TINY, seed=1)))
-    shared = set(first) & set(other) - {synthetic.INFO_NAME}
+    shared = set(first) & set(other) - {layout.SYNTHETIC_INFO}
     assert shared and all(first[name] != other[name] for name in shared)
 
 

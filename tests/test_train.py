@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from clipreid.checkpoint import read_checkpoint
 from clipreid.dataset import PairBatchSampler, load_split
 from clipreid.errors import UserError
 from clipreid.loss import ReIDLoss, batch_hard_triplet, info_nce
-from clipreid.model import ModelSpec, build_encoder, load_encoder, read_checkpoint
+from clipreid.model import ModelSpec, build_encoder
 from clipreid.trainer import (
     build_optimizer,
     forward_backward,
@@ -29,6 +30,7 @@ from clipreid.trainer import (
     train,
 )
 from clipreid.transforms import AugmentConfig, augment_pairs
+from clipreid.weights import load_encoder
 from train import Config
 
 ROOT = Path(__file__).resolve().parents[1]

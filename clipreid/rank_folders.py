@@ -1,8 +1,8 @@
 """Rank your own images: unlabelled query (and gallery) folders, ranked with trained checkpoints.
 
-``rank_folders(cfg)`` takes the config dataclass of ``predict.py`` (fields ``query_dir``, ``gallery_dir``,
-``topk``, ``ranked_lists`` besides the checkpoint, re-ranking, fusion and running fields) and writes into
-``cfg.output_dir``, as one set (staged, then moved into place: a failure leaves none of it):
+``rank_folders(cfg)`` takes a :class:`RankConfig` (``predict.py``'s Config inherits it beside
+``clipreid.predict.PredictConfig``; ``--query-dir`` chooses this stage) and writes into ``cfg.output_dir``, as
+one set (staged, then moved into place: a failure leaves none of it):
 
 - ``ranking_<method>.csv``: the ``topk`` nearest gallery images of every query, columns
   ``query, rank, gallery, distance`` (rank from 1; file names relative to their folder);
@@ -35,26 +35,50 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
+from .checkpoint import RunWeights, checkpoint_file, checkpoint_labels
 from .config import save_config
 from .errors import UserError
-from .evaluation import FUSIONS, check_rerank, checkpoint_labels, fuse, load_for_inference, rerank_distances
-from .features import Embedded, ImageCache, image_features, list_images, squared_distances
+from .features import Embedded, ImageCache, image_features, list_images
 from .fileio import file_set
-from .model import checkpoint_file
+from .inference import (
+    FusionOptions,
+    InferenceOptions,
+    Rerank,
+    RerankOptions,
+    fuse,
+    fusion_description,
+    load_for_inference,
+    rerank_distances,
+)
+from .rerank import squared_distances
 from .runtime import pick_device, resolve_precision
+from .visualize import RANKED_PNG, save_ranked_lists
 
 CONFIG_NAME = "predict_config.json"
-RANKED_PNG = "ranked_lists.png"
 QUERY_FILES, GALLERY_FILES = "query_files.txt", "gallery_files.txt"
 QUERY_FEATURES, GALLERY_FEATURES = "query_features.npy", "gallery_features.npy"
 SKIPPED_FILES = "skipped_files.txt"
 CACHE_BYTES = 2 << 30  # decoded images kept in memory for several checkpoints up to this size; beyond, stream
 CSV_ROWS = 4096  # query rows sorted and written at a time
+
+
+@dataclass
+class RankConfig(InferenceOptions, RerankOptions, FusionOptions):
+    """What ``rank_folders`` reads: ``predict.py``'s Config inherits it and gives the defaults and the help (its
+    checks make sure a folder ranking has checkpoints, and no submission CSVs)."""
+
+    checkpoints: tuple[Path, ...] | None
+    run_weights: RunWeights
+    checkpoint_model: str | None
+    query_dir: Path | None  # the stage runs when it is given
+    gallery_dir: Path | None  # None: the query folder against itself
+    topk: int
+    ranked_lists: int  # 0: no picture
+    output_dir: Path
 
 
 @dataclass
@@ -68,43 +92,8 @@ class RankReport:
         return "\n".join([*self.lines, *(f"  wrote {p}" for p in self.files)])
 
 
-def rerank_methods(rerank: str | Sequence[str]) -> list[str]:
-    """The re-ranking methods of a config's ``rerank`` (one name or a tuple of names), ``none`` left out."""
-    methods = [rerank] if isinstance(rerank, str) else list(rerank)
-    check_rerank(methods)
-    return [m for m in dict.fromkeys(methods) if m != "none"]
-
-
 def _names(paths: Sequence[Path], root: Path) -> list[str]:
     return [p.relative_to(root).as_posix() for p in paths]
-
-
-def _check(cfg: Any) -> tuple[list[Path], list[str]]:
-    """The checkpoints and re-ranking methods of ``cfg``, every input checked before any model runs."""
-    checkpoints = [Path(c) for c in (cfg.checkpoints or ())]
-    if not checkpoints:
-        raise UserError("checkpoints: ranking a folder needs at least one checkpoint (--checkpoints RUN/best.pt)")
-    if tuple(getattr(cfg, "submissions", ()) or ()):
-        raise UserError("submissions: submission CSVs hold the test/challenge sets' distances and cannot be fused "
-                        "with a folder ranking; leave --submissions out with --query-dir")
-    methods = rerank_methods(cfg.rerank)
-    if cfg.fusion not in FUSIONS:
-        raise UserError(f"fusion: unknown method {cfg.fusion!r}; choose from {', '.join(FUSIONS)}")
-    if cfg.weights is not None:
-        if cfg.fusion == "dissimilarity":
-            raise UserError("weights: dissimilarity fusion weighs the models itself; use similarity or winners "
-                            "fusion, or leave weights out")
-        if len(cfg.weights) != len(checkpoints):
-            raise UserError(f"weights: got {len(cfg.weights)} weights for {len(checkpoints)} checkpoints")
-        if any(not math.isfinite(w) or w < 0 for w in cfg.weights) or sum(cfg.weights) <= 0:
-            raise UserError(f"weights: must be finite, >= 0 and not all 0, got {list(cfg.weights)}")
-    if cfg.topk < 1:
-        raise UserError(f"topk: must be at least 1, got {cfg.topk}")
-    if cfg.ranked_lists < 0:
-        raise UserError(f"ranked_lists: must be 0 (no picture) or more, got {cfg.ranked_lists}")
-    for c in checkpoints:
-        checkpoint_file(c)
-    return checkpoints, methods
 
 
 def write_ranking(path: Path, distmat: np.ndarray, query_names: Sequence[str], gallery_names: Sequence[str],
@@ -197,8 +186,9 @@ def _self_arrangement(query_items: np.ndarray, gallery_items: np.ndarray) -> tup
     return np.array(alone + shared, dtype=np.int64), np.array(partners + rest, dtype=np.int64), len(shared)
 
 
-def _distances(qf: torch.Tensor, gf: torch.Tensor, method: str, cfg: Any, arrangement: tuple[np.ndarray, np.ndarray,
-               int], self_pairs: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+def _distances(qf: torch.Tensor, gf: torch.Tensor, method: str, cfg: RerankOptions,
+               arrangement: tuple[np.ndarray, np.ndarray, int], self_pairs: tuple[torch.Tensor, torch.Tensor]
+               ) -> torch.Tensor:
     """One model's q x g matrix for ``method`` (raw or a re-ranking), ``inf`` where a query meets itself."""
     if method == "raw":
         d = squared_distances(qf, gf)
@@ -237,9 +227,10 @@ def _kept(got: Embedded, items: Sequence[int], paths: Sequence[Path], root: Path
     return kept
 
 
-def rank_folders(cfg: Any) -> RankReport:
+def rank_folders(cfg: RankConfig) -> RankReport:
     """Rank the images of ``cfg.query_dir`` against ``cfg.gallery_dir`` (or against themselves); see the module."""
-    checkpoints, methods = _check(cfg)
+    files = [checkpoint_file(c, cfg.run_weights) for c in cfg.checkpoints or ()]  # a missing one fails first
+    methods: list[Rerank] = [m for m in dict.fromkeys(cfg.rerank) if m != "none"]
     query_root = Path(cfg.query_dir)
     self_mode = cfg.gallery_dir is None or Path(cfg.gallery_dir).resolve() == query_root.resolve()
     gallery_root = query_root if self_mode else Path(cfg.gallery_dir)
@@ -255,29 +246,27 @@ def rank_folders(cfg: Any) -> RankReport:
     _check_names(gallery_names, gallery_root)
     images = _items(query_paths, gallery_paths)
     report = RankReport()
-    labels = checkpoint_labels(checkpoints)
-    how = ", ".join(labels) if len(labels) <= 4 else f"{len(labels)} checkpoints"
-    if len(labels) > 1:
-        how = f"{cfg.fusion} fusion of {how}"
+    labels = checkpoint_labels(files)
+    how = fusion_description(labels, cfg.fusion, "checkpoints")
 
-    weights = [float(w) for w in cfg.weights] if cfg.weights is not None else [1.0] * len(checkpoints)
+    weights = [float(w) for w in cfg.weights] if cfg.weights is not None else [1.0] * len(files)
     total_weight = sum(weights)
     members = [f"{kind}_{m}.{ext}" for m in ("raw", "k_reciprocal", "hard")
                for kind, ext in (("ranking", "csv"), ("distances", "npy"))] + [RANKED_PNG, SKIPPED_FILES]
     # made now: an unwritable output folder fails before any model runs; an older set's extra files go
     with file_set(out, members=members) as stage:
         device = pick_device(cfg.device)
-        cache = ImageCache(bool(getattr(cfg, "cache_images", False)) and len(checkpoints) > 1, cfg.progress)
+        cache = ImageCache(cfg.cache_images and len(files) > 1, cfg.progress)
         matrices: dict[str, list[torch.Tensor]] = {m: [] for m in ["raw", *methods]}
         query_parts, gallery_parts = [], []
         first: Embedded | None = None
-        for path, w in zip(checkpoints, weights, strict=True):
-            encoder = load_for_inference(path, device)
+        for path, w in zip(files, weights, strict=True):
+            encoder = load_for_inference(path, device, cfg.checkpoint_model)
             h, width = encoder.image_size
             use = cache if len(images.paths) * 3 * h * width <= CACHE_BYTES else None  # large folders stream
             got = image_features(encoder, images.paths, batch_size=cfg.batch_size, device=device,
                                  dtype=resolve_precision(cfg.precision, device), flip=cfg.flip,
-                                 num_workers=getattr(cfg, "num_workers", 0), progress=cfg.progress, cache=use,
+                                 num_workers=cfg.num_workers, progress=cfg.progress, cache=use,
                                  on_error="skip", desc="features")
             del encoder
             if first is None:
@@ -341,8 +330,6 @@ def rank_folders(cfg: Any) -> RankReport:
         _write_lines(stage / QUERY_FILES, query_names)
         _write_lines(stage / GALLERY_FILES, gallery_names)
         if cfg.ranked_lists > 0:
-            from .visualize import save_ranked_lists
-
             shown = methods[-1] if methods else "raw"
             save_ranked_lists(stage / RANKED_PNG, query_paths, gallery_paths, finals[shown], None, None,
                               topk=cfg.topk, num_queries=cfg.ranked_lists,
