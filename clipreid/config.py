@@ -6,6 +6,7 @@ Every field becomes a flag (``batch_size`` -> ``--batch-size``), typed by its an
 
 - ``bool``: ``--amp``, ``--no-amp``, or ``--amp true|false|1|0|yes|no``
 - ``tuple[int, int]`` / ``tuple[str, ...]`` / ``list[...]``: values after the flag, or one comma-separated value
+  (numbers, booleans, names); a list of paths takes one value per path, so a path may hold a comma or a space
 - ``X | None``: ``none`` (any case) gives None
 - ``Literal["a", "b"]``: one of the listed values
 - ``--config run.json`` starts from a saved config; flags after it still override.
@@ -129,8 +130,10 @@ def convert_value(value: Any, tp: Any, name: str = "value") -> Any:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (tuple, list):
         items = list(value) if isinstance(value, list | tuple) else [value]
-        # "224,224" and "224 224" are the same thing on a command line.
-        if all(isinstance(i, str) for i in items):
+        # "224,224" and "224 224" are the same thing on a command line, where no item can hold a comma: numbers,
+        # booleans and names. A path can ("run a,b/best.pt"), so path lists take one argument per path.
+        if all(isinstance(i, str) for i in items) and all(_splits_on_commas(a) for a in (args or (str,))
+                                                          if a is not Ellipsis):
             items = [part for item in items for part in item.split(",") if part.strip() != ""]
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(items) != len(args):
@@ -144,6 +147,11 @@ def convert_value(value: Any, tp: Any, name: str = "value") -> Any:
             raise ValueError(f"expected one value, got {len(value)}")
         value = value[0]
     return _convert_scalar(value, tp, name)
+
+
+def _splits_on_commas(tp: Any) -> bool:
+    """Whether a list item of type ``tp`` can be given comma-separated: anything but a path."""
+    return tp in (int, float, bool, str) or typing.get_origin(tp) is Literal
 
 
 def _is_sequence_type(tp: Any) -> bool:
