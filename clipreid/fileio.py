@@ -53,12 +53,13 @@ def atomic_path(path: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Pa
             _replace_folder(tmp, path)
         else:
             os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if is_dir:
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
         _remove_created(created)
+        _name_the_target(err, tmp, path)
         raise
 
 
@@ -165,6 +166,9 @@ def file_set(folder: str | os.PathLike, members: Sequence[str] = ()) -> Iterator
                 with contextlib.suppress(FileNotFoundError):
                     (folder / name).unlink()
         done = True
+    except BaseException as err:
+        _name_the_target(err, stage, folder)
+        raise
     finally:
         shutil.rmtree(stage, ignore_errors=True)
         if not done:
@@ -303,6 +307,17 @@ def sweep_stale(target: str | os.PathLike) -> list[Path]:
     return removed
 
 
+def _name_the_target(err: BaseException, tmp: Path, target: Path) -> None:
+    """An OSError met while writing the temporary ``tmp`` names the file the user asked for, not the hidden one."""
+    if not isinstance(err, OSError):
+        return
+    for attr in ("filename", "filename2"):
+        name = getattr(err, attr, None)
+        if isinstance(name, str | os.PathLike) and name:
+            with contextlib.suppress(ValueError):
+                setattr(err, attr, str(target / Path(name).relative_to(tmp)) if Path(name) != tmp else str(target))
+
+
 def _make_folder(folder: Path) -> list[Path]:
     """``mkdir -p folder``; the folders it created, deepest first (for :func:`_remove_created`)."""
     missing = []
@@ -334,7 +349,21 @@ _HINTS = {
     errno.ENOENT: "no such file or folder (was it moved or deleted while the stage ran?)",
     errno.ENOTDIR: "a path component is a file, not a folder; choose another folder",
     errno.EEXIST: "a file of that name is in the way; choose another folder",
+    errno.EIO: "input/output error (a failing disk or a network folder that went away); check it and run again",
+    errno.EFBIG: "file too large for this file system; choose a folder on another one",
 }
+
+
+def os_error_in(err: BaseException, path: str | os.PathLike) -> OSError | None:
+    """The operating-system error inside a library's own exception type, as an OSError naming ``path``: Rust
+    libraries (safetensors) report ``... (os error 28) ...``. None when ``err`` does not wrap one."""
+    if isinstance(err, OSError):
+        return err
+    match = re.search(r"\(os error (\d+)\)", str(err))
+    if match is None:
+        return None
+    code = int(match.group(1))
+    return OSError(code, os.strerror(code), str(path))
 
 
 def _reason(e: OSError) -> str:
