@@ -179,7 +179,8 @@ class StagedFolder:
     """A folder built under a hidden temporary name beside ``target`` and renamed onto it by :meth:`commit`.
 
     For an output that is only meaningful once complete enough (a training run: once its first checkpoint
-    exists): until the commit, readers see nothing (or the folder it replaces); :meth:`discard` removes it.
+    exists): until the commit, readers see nothing (or the folder it replaces); :meth:`discard` removes it, as
+    leaving a ``with StagedFolder(target) as folder:`` block does.
     """
 
     def __init__(self, target: str | os.PathLike):
@@ -209,6 +210,15 @@ class StagedFolder:
                 os.replace(self.path, self.target)
         self.committed, self.path = True, self.target
         return self.target
+
+    def __enter__(self) -> StagedFolder:
+        return self
+
+    def __exit__(self, kind: Any, err: BaseException | None, traceback: Any) -> None:
+        """Discard an uncommitted folder on every way out; an OSError names the target, not the hidden folder."""
+        if err is not None and not self.committed and self.path != self.target:
+            _name_the_target(err, self.path, self.target)
+        self.discard()
 
     def discard(self) -> None:
         """Remove the temporary folder, and the parents made for it, if it was never committed."""
