@@ -232,7 +232,9 @@ def export(checkpoint: str | Path, output_dir: str | Path | None = None, *, opse
         module = OnnxEncoder(encoder).eval()
         try:
             _export_onnx(module, stage / ONNX_NAME, opset)
-        except Exception:  # the fast attention blocks did not export: the same weights in open_clip's modules
+        except Exception as err:  # the fast attention blocks did not export: the same weights in open_clip's modules
+            if isinstance(err, OSError) and err.errno is not None:  # the disk, not the blocks
+                raise
             for leftover in stage.glob(f"{ONNX_NAME}*"):
                 leftover.unlink()
             module = OnnxEncoder(_plain_blocks(encoder)).eval()
@@ -240,6 +242,8 @@ def export(checkpoint: str | Path, output_dir: str | Path | None = None, *, opse
             try:
                 _export_onnx(module, stage / ONNX_NAME, opset)
             except Exception as err:
+                if isinstance(err, OSError) and err.errno is not None:
+                    raise
                 raise UserError(f"ONNX export of {encoder.spec.name} failed: {first_line(err)}") from err
         report.max_abs_diff = check_onnx(stage / ONNX_NAME, module)
         if not report.max_abs_diff <= tolerance:

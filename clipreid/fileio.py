@@ -5,9 +5,9 @@
 - ``StagedFolder``: a folder built under a temporary name and renamed onto its target once it is usable;
 - ``check_writable``: whether a stage can write its output folder, asked before any compute.
 
-Temporary names say who made them: ``.<target>.<host>.<boot>.<pid>.<random>.<kind>``. A process killed before it
-could clean up (SIGKILL, a power cut) leaves one behind; the next write of the same target removes those whose
-process is gone (same host, and an earlier boot or a pid that no longer exists), never a live one's. Folders
+Temporary names say who made them: ``.<target>.<host>.<boot>.<pid namespace>.<pid>.<random>.<kind>``. A process
+killed before it could clean up (SIGKILL, a power cut) leaves one behind; the next write of the same target removes
+those whose process is gone (same host, and an earlier boot or a pid that no longer exists), never a live one's. Folders
 created for an output that then fails are removed again.
 """
 
@@ -235,18 +235,19 @@ class StagedFolder:
 
 PROBE = "write-probe"
 _KINDS = ("tmp", "staging", "old", "probe")
-_OWNED = re.compile(r"(?P<host>[0-9a-f]{8})\.(?P<boot>[0-9a-f]{8})\.(?P<pid>\d+)\.[a-z0-9_]+\."
+_OWNED = re.compile(r"(?P<host>[0-9a-f]{8})\.(?P<boot>[0-9a-f]{8})\.(?P<ns>[0-9a-f]{8})\.(?P<pid>\d+)\.[a-z0-9_]+\."
                     r"(?P<kind>" + "|".join(_KINDS) + ")")
+_UNKNOWN = "0" * 8
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()[:8]
 
 
 @functools.cache
 def _host_id() -> str:
-    """This machine and pid namespace (a container sharing the folder has its own pids): 8 hex digits."""
-    try:
-        namespace = os.readlink("/proc/self/ns/pid")
-    except OSError:
-        namespace = ""
-    return hashlib.sha1(f"{socket.gethostname()}\0{namespace}".encode()).hexdigest()[:8]
+    """This machine (or container): 8 hex digits."""
+    return _digest(socket.gethostname())
 
 
 @functools.cache
@@ -255,13 +256,27 @@ def _boot_id() -> str:
     try:
         text = Path("/proc/sys/kernel/random/boot_id").read_text().strip().replace("-", "")
     except OSError:
-        return "0" * 8
-    return text[:8] if re.fullmatch(r"[0-9a-f]{8,}", text) else "0" * 8
+        return _UNKNOWN
+    return text[:8] if re.fullmatch(r"[0-9a-f]{8,}", text) else _UNKNOWN
+
+
+@functools.cache
+def _pid_space() -> str:
+    """The pid namespace (a container sharing the folder counts its own pids), or zeros where there is none."""
+    try:
+        return _digest(os.readlink("/proc/self/ns/pid"))
+    except OSError:
+        return _UNKNOWN
+
+
+def _owner(pid: int | None = None) -> str:
+    """``host.boot.pidspace.pid`` of this process (or of ``pid`` here): who made a temporary name."""
+    return f"{_host_id()}.{_boot_id()}.{_pid_space()}.{os.getpid() if pid is None else pid}"
 
 
 def _temp_path(parent: Path, name: str, kind: str, *, is_dir: bool) -> Path:
     """A new hidden file or folder in ``parent`` named for ``name``, this process and ``kind``."""
-    prefix = f".{name}.{_host_id()}.{_boot_id()}.{os.getpid()}."
+    prefix = f".{name}.{_owner()}."
     if is_dir:
         return Path(tempfile.mkdtemp(prefix=prefix, suffix=f".{kind}", dir=parent))
     fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=f".{kind}", dir=parent)
@@ -282,11 +297,15 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _owner_gone(match: re.Match) -> bool:
-    """Whether the process that made a temporary name has certainly ended (another machine's: never certain)."""
+    """Whether the process that made a temporary name has certainly ended: made on this machine, and before its
+    last boot, or in this pid namespace by a pid that no longer exists. Another machine's or container's: never
+    certain."""
     if match["host"] != _host_id():
         return False
-    if match["boot"] != _boot_id() and "0" * 8 not in (match["boot"], _boot_id()):
+    if _UNKNOWN not in (match["boot"], _boot_id()) and match["boot"] != _boot_id():
         return True
+    if match["ns"] != _pid_space():
+        return False
     return int(match["pid"]) != os.getpid() and not _pid_alive(int(match["pid"]))
 
 

@@ -266,3 +266,23 @@ def test_a_checkpoint_write_failure_is_the_os_error(tmp_path, monkeypatch):
         save_checkpoint(tmp_path / "runs" / "last.pt", {"w": torch.zeros(3)})
     assert info.value.errno == errno.EIO
     assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_a_full_disk_while_writing_onnx_is_the_disk_not_the_blocks(checkpoint, tmp_path, capsys, monkeypatch):
+    import errno
+
+    import clipreid.export as export_module
+
+    tries = []
+
+    def full(module, path, opset):
+        tries.append(path)
+        path.write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(export_module, "_export_onnx", full)
+    out = tmp_path / "export"
+    code, err = _cli([checkpoint, "--output-dir", out], capsys)
+    assert code == 1 and len(tries) == 1  # no second try with other blocks
+    assert err == f"error: {out / 'model.onnx'}: no space left on the device; free some space and run again"
+    assert list(tmp_path.iterdir()) == []

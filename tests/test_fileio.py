@@ -151,7 +151,7 @@ def test_a_killed_writers_temporaries_go_with_the_next_write_and_a_live_ones_sta
     # a live process's temporaries (this test's parent process) look the same and must stay
     from clipreid import fileio
 
-    live_name = f".f.txt.{fileio._host_id()}.{fileio._boot_id()}.{os.getppid()}.abcdefgh.tmp"
+    live_name = f".f.txt.{fileio._owner(os.getppid())}.abcdefgh.tmp"
     (tmp_path / live_name).write_text("still being written")
 
     folder = StagedFolder(tmp_path / "runs" / "r")
@@ -170,7 +170,7 @@ def test_a_folder_renamed_aside_by_a_killed_writer_comes_back(tmp_path):
     from clipreid import fileio
 
     target = tmp_path / "dataset"
-    owner = f"{fileio._host_id()}.{fileio._boot_id()}.999999999"  # a pid no system hands out
+    owner = fileio._owner(999999999)  # a pid no system hands out
     aside = tmp_path / f".dataset.{owner}.abcdefgh.old"
     (aside / "dataset").mkdir(parents=True)
     (aside / "dataset" / "a.jpeg").write_bytes(b"old")
@@ -180,15 +180,20 @@ def test_a_folder_renamed_aside_by_a_killed_writer_comes_back(tmp_path):
     assert (target / "a.jpeg").read_bytes() == b"old"
 
 
-def test_another_machines_temporaries_are_never_touched(tmp_path):
+def test_another_machines_temporaries_are_never_touched_and_an_earlier_boots_go(tmp_path):
     from clipreid import fileio
 
+    _, boot, space, pid = fileio._owner(999999999).split(".")
     other = "0123abcd" if fileio._host_id() != "0123abcd" else "0123abce"
-    foreign = tmp_path / f".out.{other}.{fileio._boot_id()}.999999999.abcdefgh.staging"
-    foreign.mkdir()
+    foreign = [tmp_path / f".out.{other}.{boot}.{space}.{pid}.abcdefgh.staging",  # another machine
+               tmp_path / f".out.{fileio._host_id()}.{boot}.{other}.{pid}.abcdefgh.staging"]  # another container
+    for f in foreign:
+        f.mkdir()
+    earlier_boot = tmp_path / f".out.{fileio._host_id()}.{other}.{space}.{os.getpid()}.abcdefgh.staging"
+    earlier_boot.mkdir()  # this machine before it restarted: every process of then is gone, whatever its pid
     with fileio.file_set(tmp_path / "out") as stage:
         (stage / "a").write_text("x")
-    assert foreign.exists()
+    assert all(f.exists() for f in foreign) and not earlier_boot.exists()
 
 
 def test_a_failed_write_removes_the_folders_it_made(tmp_path):
