@@ -130,7 +130,8 @@ def file_set(folder: str | os.PathLike, members: Sequence[str] = ()) -> Iterator
 
     A new ``folder`` is built whole under a temporary name and renamed into place. Into an existing folder (which
     may hold other things) each file is renamed only after all are written: a rename needs no space, so a full
-    disk or an error while writing leaves the old set untouched. On error the staging folder is removed.
+    disk or an error while writing leaves the old set untouched. On error the staging folder (and any folder made
+    for it) is removed.
     """
     folder = Path(folder)
     sweep_stale(folder)

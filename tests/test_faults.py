@@ -171,6 +171,20 @@ def test_expected_failures_end_in_one_line(exc, code, expected, capsys, monkeypa
     assert one_line(err) == expected
 
 
+def test_every_entry_point_takes_the_one_way_out():
+    """The five scripts end in ``run(Config, main)`` and ``python -m clipreid.export`` in ``run_guarded``: one
+    place says how a failure, Ctrl-C or SIGTERM ends."""
+    import ast
+
+    for script in ("download_data", "preprocess_data", "train", "evaluate", "predict"):
+        tree = ast.parse((ROOT / f"{script}.py").read_text())
+        guard = [n for n in tree.body if isinstance(n, ast.If) and "__main__" in ast.unparse(n.test)]
+        assert [ast.unparse(n) for n in guard[0].body] == ["run(Config, main)"], script
+    source = (ROOT / "clipreid" / "export.py").read_text()
+    main = next(n for n in ast.parse(source).body if isinstance(n, ast.FunctionDef) and n.name == "main")
+    assert "run_guarded(" in ast.unparse(main) and "SystemExit" not in ast.unparse(main)
+
+
 @pytest.mark.parametrize("exc", [RuntimeError("a bug"), OSError("no errno: a bug"), ZeroDivisionError()])
 def test_bugs_keep_their_traceback(exc, capsys, monkeypatch):
     def main(cfg):
