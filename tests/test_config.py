@@ -263,7 +263,7 @@ def test_paths_with_commas_and_spaces_stay_whole(tmp_path):
     assert cfg.checkpoints == (Path(odd), Path("model/c.pt"))
     assert cfg.submissions == (Path("x,y/{set}_raw.csv"),)
     assert cfg.img_size == (128, 64) and cfg.rerank == ("none", "k_reciprocal") and cfg.weights == (1.0, 2.0)
-    # a saved config (and --config) keeps them whole too
-    path = save_config(cfg, tmp_path / "c.json")
+    # a saved config (and --config, itself a path with a comma and a space) keeps them whole too
+    path = save_config(cfg, tmp_path / "runs, v2" / "c.json")
     assert load_config(Paths, path) == cfg
     assert parse_config(Paths, ["--config", str(path)]) == cfg
