@@ -34,8 +34,9 @@ RunWeights = Literal["last", "best"]  # which of them a run folder gives
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """torch.save to a temporary file renamed into place: a crash never leaves a half-written checkpoint."""
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    # through a Python file: torch.save to a path reports a full disk as "unexpected pos", not as the OSError
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(state, f)
 
 
 def checkpoint_file(path: str | Path, weights: RunWeights = "last") -> Path:

@@ -6,6 +6,7 @@ Every field becomes a flag (``batch_size`` -> ``--batch-size``), typed by its an
 
 - ``bool``: ``--flip``, ``--no-flip``, or ``--flip true|false|1|0|yes|no``
 - ``tuple[int, int]`` / ``tuple[str, ...]`` / ``list[...]``: values after the flag, or one comma-separated value
+  (numbers, booleans, names); a list of paths takes one value per path, so a path may hold a comma or a space
 - ``X | None``: ``none`` (any case) gives None
 - ``Literal["a", "b"]``: one of the listed values
 - ``--config run.json`` starts from a saved config; flags after it still override. A preset's ``"description"``
@@ -21,24 +22,27 @@ checks.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import difflib
-import errno
 import inspect
 import io
 import json
 import math
+import os
 import re
+import signal
 import sys
 import textwrap
+import threading
 import tokenize
 import types
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
 
-from .errors import UserError
+from .errors import Terminated, UserError
 from .fileio import describe_os_error, write_json
 
 T = TypeVar("T")
@@ -134,8 +138,10 @@ def convert_value(value: Any, tp: Any, name: str = "value") -> Any:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (tuple, list):
         items = list(value) if isinstance(value, list | tuple) else [value]
-        # "224,224" and "224 224" are the same thing on a command line.
-        if all(isinstance(i, str) for i in items):
+        # "224,224" and "224 224" are the same thing on a command line, where no item can hold a comma: numbers,
+        # booleans and names. A path can ("run a,b/best.pt"), so path lists take one argument per path.
+        if all(isinstance(i, str) for i in items) and all(_splits_on_commas(a) for a in (args or (str,))
+                                                          if a is not Ellipsis):
             items = [part for item in items for part in item.split(",") if part.strip() != ""]
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(items) != len(args):
@@ -149,6 +155,11 @@ def convert_value(value: Any, tp: Any, name: str = "value") -> Any:
             raise ValueError(f"expected one value, got {len(value)}")
         value = value[0]
     return _convert_scalar(value, tp, name)
+
+
+def _splits_on_commas(tp: Any) -> bool:
+    """Whether a list item of type ``tp`` can be given comma-separated: anything but a path."""
+    return tp in (int, float, bool, str) or typing.get_origin(tp) is Literal
 
 
 def _is_sequence_type(tp: Any) -> bool:
@@ -578,29 +589,59 @@ def load_config(cls: type[T], path: str | Path, *, check: bool = True) -> T:
 def run(cls: type[T], main: Callable[[T], Any], argv: Sequence[str] | None = None) -> None:
     """Parse and check the config for ``cls``, call ``main(config)``, and end expected failures with one line.
 
-    The scripts' entry point: ``if __name__ == "__main__": run(Config, main)``. A :class:`UserError` or an
-    operating-system error (a full disk, a read-only or vanished folder) prints ``error: ...`` and exits 1; an
-    interrupt prints ``interrupted`` (with how to continue, when the stage knows) and exits 130. Anything else
-    is a bug and keeps its traceback.
+    The scripts' entry point: ``if __name__ == "__main__": run(Config, main)``; see :func:`run_guarded`.
     """
     prog = Path(sys.argv[0]).name if argv is None else None
     cfg = parse_config(cls, argv, prog=prog)
+    run_guarded(lambda: main(cfg))
+
+
+def run_guarded(work: Callable[[], Any]) -> None:
+    """Call ``work()`` as a command-line stage: every expected way out ends in one line on stderr.
+
+    A :class:`UserError` or an operating-system error (a full disk, a read-only or vanished folder, an I/O
+    error) prints ``error: ...`` and exits 1; Ctrl-C prints ``interrupted`` (with how to continue, when the
+    stage knows) and exits 130; SIGTERM (``kill``, a job scheduler's stop) takes the same way out, so the stage
+    cleans up its temporaries alike, and prints ``terminated``, exit 143 (128 + 15). Anything else is a bug and
+    keeps its traceback.
+    """
+    with _sigterm_as_interrupt() as terminated:
+        try:
+            work()
+        except UserError as e:
+            _fail(f"error: {e}", 1)
+        except KeyboardInterrupt as e:  # also SIGTERM's Terminated, or what a stage raised in its place
+            word, status = ("terminated", 143) if terminated else ("interrupted", 130)
+            _fail(word + (f"; {e.args[0]}" if e.args and e.args[0] else ""), status)
+        except OSError as e:
+            if e.errno is None:  # raised by code, not met in the machine: a bug
+                raise
+            _fail(f"error: {describe_os_error(e)}", 1)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[list[bool]]:
+    """While the block runs, SIGTERM raises :class:`Terminated` (a KeyboardInterrupt) in the main thread, so
+    every ``finally`` and staging cleanup runs as for Ctrl-C; the yielded list becomes truthy once it came. A
+    second SIGTERM ends the process at once."""
+    fired: list[bool] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield fired
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if fired:  # a second SIGTERM while cleaning up: end now, as an unhandled SIGTERM does
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        fired.append(True)
+        raise Terminated("")
+
+    previous = signal.signal(signal.SIGTERM, handler)
     try:
-        main(cfg)
-    except UserError as e:
-        _fail(f"error: {e}", 1)
-    except KeyboardInterrupt as e:
-        _fail("interrupted" + (f"; {e.args[0]}" if e.args and e.args[0] else ""), 130)
-    except OSError as e:
-        if e.errno is None or e.errno not in _EXPECTED_ERRNOS:
-            raise
-        _fail(f"error: {describe_os_error(e)}", 1)
-
-
-# What a stage's reads and writes meet on a real machine; other OSErrors are bugs and keep their traceback.
-_EXPECTED_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT,
-                    errno.ENOTDIR, errno.EISDIR, errno.EIO, errno.EFBIG, errno.ENAMETOOLONG, errno.EEXIST,
-                    errno.ENOTEMPTY, errno.EXDEV}
+        yield fired
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _fail(line: str, status: int) -> typing.NoReturn:

@@ -9,6 +9,10 @@ class UserError(Exception):
     """
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is so that it cleans up as for Ctrl-C (see ``config.run_guarded``)."""
+
+
 def first_line(err: BaseException) -> str:
     """The first line of an exception's message (its type name when it has none): the reason in a one-line error."""
     text = str(err).strip()

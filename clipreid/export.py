@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,8 +35,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import checkpoint_file, run_dir_of
+from .config import run_guarded
 from .errors import UserError, first_line
-from .fileio import file_set, write_json
+from .fileio import check_writable, file_set, os_error_in, write_json
 from .model import BACKENDS, ReIDEncoder, backend_of, build_architecture
 from .weights import CARD_NAME, METADATA_KEY, load_encoder
 
@@ -92,7 +92,13 @@ def save_safetensors(encoder: ReIDEncoder, path: str | Path) -> dict[str, Any]:
 
     card = model_card(encoder)
     state = {k: v.detach().cpu().contiguous() for k, v in encoder.backbone.state_dict().items()}
-    save_file(state, str(path), metadata={METADATA_KEY: json.dumps(card)})
+    try:
+        save_file(state, str(path), metadata={METADATA_KEY: json.dumps(card)})
+    except Exception as err:  # safetensors wraps a full disk or an I/O error in its own error type
+        os_error = os_error_in(err, path)
+        if os_error is None:
+            raise
+        raise os_error from err
     return card
 
 
@@ -178,6 +184,7 @@ def export(checkpoint: str | Path, output_dir: str | Path | None = None, *, opse
         raise UserError(f"opset: torch's ONNX exporter needs opset {DEFAULT_OPSET} or later, got {opset}")
     path = checkpoint_file(checkpoint)
     out = Path(output_dir) if output_dir is not None else run_dir_of(path) / "export"
+    check_writable(out, "--output-dir")  # before the model is loaded, not after the export
     encoder = load_encoder(path, "cpu").float().eval()
     report = ExportReport(out)
     with file_set(out) as stage:
@@ -186,7 +193,9 @@ def export(checkpoint: str | Path, output_dir: str | Path | None = None, *, opse
         module = OnnxEncoder(encoder).eval()
         try:
             _export_onnx(module, stage / ONNX_NAME, opset)
-        except Exception:  # the fast attention blocks did not export: the same weights in open_clip's modules
+        except Exception as err:  # the fast attention blocks did not export: the same weights in open_clip's modules
+            if isinstance(err, OSError) and err.errno is not None:  # the disk, not the blocks
+                raise
             for leftover in stage.glob(f"{ONNX_NAME}*"):
                 leftover.unlink()
             module = OnnxEncoder(_plain_blocks(encoder)).eval()
@@ -194,6 +203,8 @@ def export(checkpoint: str | Path, output_dir: str | Path | None = None, *, opse
             try:
                 _export_onnx(module, stage / ONNX_NAME, opset)
             except Exception as err:
+                if isinstance(err, OSError) and err.errno is not None:
+                    raise
                 raise UserError(f"ONNX export of {encoder.spec.name} failed: {first_line(err)}") from err
         report.max_abs_diff = check_onnx(stage / ONNX_NAME, module)
         if not report.max_abs_diff <= tolerance:
@@ -209,11 +220,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--output-dir", type=Path, default=None, help="default: <run folder>/export")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
     args = parser.parse_args(argv)
-    try:
-        print(export(args.checkpoint, args.output_dir, opset=args.opset).summary())
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        raise SystemExit(1) from None
+    # the scripts' way out: one line for every expected failure, "interrupted" (exit 130) on Ctrl-C
+    run_guarded(lambda: print(export(args.checkpoint, args.output_dir, opset=args.opset).summary()))
 
 
 if __name__ == "__main__":

@@ -301,11 +301,8 @@ def _train(cfg: TrainConfig, rt: Runtime) -> Path:
         check_writable(run_dir.parent if state is None else run_dir, "--output-dir" if state is None else "run folder")
     # A fresh run is built under a hidden name and appears as run_dir once its first checkpoint is saved: a run
     # that fails before leaves nothing that looks like a run (and --overwrite keeps the old one until then).
-    folder = StagedFolder(run_dir)
-    try:
+    with StagedFolder(run_dir) as folder:
         return _train_into(cfg, rt, state, folder)
-    finally:
-        folder.discard()
 
 
 def _train_into(cfg: TrainConfig, rt: Runtime, state: dict[str, Any] | None, folder: StagedFolder) -> Path:

@@ -243,3 +243,27 @@ def test_given_fields_are_what_the_user_typed(tmp_path):
     from_file = parse_config(Checked, ["--config", str(tmp_path / "c.json"), "--mix", "0.5"])
     assert "mix" in given_fields(from_file) and "lr" in given_fields(from_file)
     assert given_fields(Checked()) is None
+
+
+@dataclass
+class Paths:
+    """Lists of paths beside lists of numbers and names."""
+
+    checkpoints: tuple[Path, ...] = ()
+    submissions: tuple[Path, ...] | None = None
+    img_size: tuple[int, int] = (224, 224)
+    rerank: tuple[str, ...] = ("none",)
+    weights: tuple[float, ...] | None = None
+
+
+def test_paths_with_commas_and_spaces_stay_whole(tmp_path):
+    odd = "model/run a,b/best.pt"
+    cfg = parse_config(Paths, ["--checkpoints", odd, "model/c.pt", "--submissions", "x,y/{set}_raw.csv",
+                               "--img-size", "128,64", "--rerank", "none,k_reciprocal", "--weights", "1,2"])
+    assert cfg.checkpoints == (Path(odd), Path("model/c.pt"))
+    assert cfg.submissions == (Path("x,y/{set}_raw.csv"),)
+    assert cfg.img_size == (128, 64) and cfg.rerank == ("none", "k_reciprocal") and cfg.weights == (1.0, 2.0)
+    # a saved config (and --config, itself a path with a comma and a space) keeps them whole too
+    path = save_config(cfg, tmp_path / "runs, v2" / "c.json")
+    assert load_config(Paths, path) == cfg
+    assert parse_config(Paths, ["--config", str(path)]) == cfg

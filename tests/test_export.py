@@ -169,3 +169,121 @@ def test_falls_back_to_open_clips_own_blocks_when_the_fast_ones_do_not_export(ch
     assert not report.fast_blocks and report.max_abs_diff <= 1e-4
     assert sorted(p.name for p in (tmp_path / "plain").iterdir()) == ["model.json", "model.onnx",
                                                                         "model.safetensors"]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the CLI's way out is the scripts' one: one line, nothing left behind
+
+
+def _cli(argv, capsys) -> tuple[int, str]:
+    from clipreid.export import main
+
+    capsys.readouterr()
+    try:
+        main([str(a) for a in argv])
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return code, err.strip()
+
+
+def test_cli_output_that_is_a_file_is_one_line_before_any_work(checkpoint, tmp_path, capsys, monkeypatch):
+    import clipreid.export as export_module
+
+    blocker = tmp_path / "model.onnx"
+    blocker.write_text("a file")
+    monkeypatch.setattr(export_module, "load_encoder", lambda *a: pytest.fail("loaded the model"))
+    code, err = _cli([checkpoint, "--output-dir", blocker], capsys)
+    assert code == 1
+    assert err == f"error: cannot write to the --output-dir {blocker}: a path component is a file, not a folder; " \
+                  "choose another folder"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"] and blocker.read_text() == "a file"
+
+
+def test_cli_ctrl_c_is_interrupted_and_leaves_nothing(checkpoint, tmp_path, capsys, monkeypatch):
+    import clipreid.export as export_module
+
+    def interrupt(module, path, opset):
+        path.write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export_module, "_export_onnx", interrupt)
+    code, err = _cli([checkpoint, "--output-dir", tmp_path / "new" / "export"], capsys)
+    assert (code, err) == (130, "interrupted")
+    assert list(tmp_path.iterdir()) == []  # no staging folder, and not the parent made for it
+
+
+@pytest.mark.parametrize("errno_, reason, line", [
+    (5, "Input/output error", "input/output error (a failing disk or a network folder that went away); check it "
+                              "and run again"),
+    (27, "File too large", "file too large for this file system; choose a folder on another one"),
+    (28, "No space left on device", "no space left on the device; free some space and run again"),
+])
+def test_cli_write_failures_in_safetensors_are_one_line(checkpoint, tmp_path, capsys, monkeypatch, errno_, reason,
+                                                          line):
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    def failing(state, path, metadata=None):
+        Path(path).write_bytes(b"half")
+        raise SafetensorError(f"Error while serializing: I/O error: {reason} (os error {errno_}) at path {path!r}")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", failing)
+    out = tmp_path / "export"
+    code, err = _cli([checkpoint, "--output-dir", out], capsys)
+    assert code == 1
+    assert err == f"error: {out / 'model.safetensors'}: {line}"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_checkpoint_write_failure_is_the_os_error(tmp_path, monkeypatch):
+    """torch.save to a path turns a full disk into "unexpected pos"; through a file it stays the OSError."""
+    import builtins
+    import errno
+
+    real_open = builtins.open
+
+    class Failing:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            raise OSError(errno.EIO, "Input/output error")
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    monkeypatch.setattr(builtins, "open", lambda *a, **k: Failing(real_open(*a, **k)) if "w" in str(
+        a[1] if len(a) > 1 else k.get("mode", "r")) else real_open(*a, **k))
+    with pytest.raises(OSError) as info:
+        save_checkpoint(tmp_path / "runs" / "last.pt", {"w": torch.zeros(3)})
+    assert info.value.errno == errno.EIO
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_a_full_disk_while_writing_onnx_is_the_disk_not_the_blocks(checkpoint, tmp_path, capsys, monkeypatch):
+    import errno
+
+    import clipreid.export as export_module
+
+    tries = []
+
+    def full(module, path, opset):
+        tries.append(path)
+        path.write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(export_module, "_export_onnx", full)
+    out = tmp_path / "export"
+    code, err = _cli([checkpoint, "--output-dir", out], capsys)
+    assert code == 1 and len(tries) == 1  # no second try with other blocks
+    assert err == f"error: {out / 'model.onnx'}: no space left on the device; free some space and run again"
+    assert list(tmp_path.iterdir()) == []

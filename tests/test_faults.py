@@ -172,6 +172,20 @@ def test_expected_failures_end_in_one_line(exc, code, expected, capsys, monkeypa
     assert one_line(err) == expected
 
 
+def test_every_entry_point_takes_the_one_way_out():
+    """The five scripts end in ``run(Config, main)`` and ``python -m clipreid.export`` in ``run_guarded``: one
+    place says how a failure, Ctrl-C or SIGTERM ends."""
+    import ast
+
+    for script in ("download_data", "preprocess_data", "train", "evaluate", "predict"):
+        tree = ast.parse((ROOT / f"{script}.py").read_text())
+        guard = [n for n in tree.body if isinstance(n, ast.If) and "__main__" in ast.unparse(n.test)]
+        assert [ast.unparse(n) for n in guard[0].body] == ["run(Config, main)"], script
+    source = (ROOT / "clipreid" / "export.py").read_text()
+    main = next(n for n in ast.parse(source).body if isinstance(n, ast.FunctionDef) and n.name == "main")
+    assert "run_guarded(" in ast.unparse(main) and "SystemExit" not in ast.unparse(main)
+
+
 @pytest.mark.parametrize("exc", [RuntimeError("a bug"), OSError("no errno: a bug"), ZeroDivisionError()])
 def test_bugs_keep_their_traceback(exc, capsys, monkeypatch):
     def main(cfg):
@@ -271,6 +285,24 @@ def test_full_disk_midway_keeps_the_old_set(synthetic_small, given_csvs, tmp_pat
     assert listing(out) == before  # not one new CSV, no staging left behind
 
 
+@pytest.mark.parametrize("code_, reason", [
+    (errno.EIO, "input/output error (a failing disk or a network folder that went away); check it and run again"),
+    (errno.ESTALE, "Stale file handle"), (errno.ENXIO, "No such device or address"),
+])
+def test_every_write_failure_is_one_line(synthetic_small, given_csvs, tmp_path, capsys, monkeypatch, code_, reason):
+    out = tmp_path / "submission"
+    before = old_set(out)
+
+    def fails(path, *args):
+        raise OSError(code_, reason, str(path))
+
+    monkeypatch.setattr("clipreid.predict.write_distance_matrix", fails)
+    code, _, err = run_script(predict_script, predict_argv(synthetic_small, given_csvs, out), capsys)
+    assert code == 1
+    assert one_line(err) == f"error: {out / 'test_raw.csv'}: {reason}"
+    assert listing(out) == before
+
+
 def test_a_vanished_output_folder_is_one_line(synthetic_small, given_csvs, tmp_path, capsys, monkeypatch):
     out = tmp_path / "submission"
     old_set(out)
@@ -301,7 +333,7 @@ def test_predict_set_replaces_the_old_one_and_keeps_other_files(synthetic_small,
     assert f"wrote {out / 'test_raw.csv'}" in stdout
 
 
-def test_predict_killed_while_writing_leaves_the_old_set(synthetic_small, given_csvs, tmp_path):
+def test_predict_killed_while_writing_leaves_the_old_set(synthetic_small, given_csvs, tmp_path, capsys):
     out = tmp_path / "submission"
     before = old_set(out)
     code = (
@@ -321,6 +353,42 @@ def test_predict_killed_while_writing_leaves_the_old_set(synthetic_small, given_
     after = listing(out)
     # the visible files are the old set; only a hidden staging folder may remain from the killed process
     assert {k: v for k, v in after.items() if not k.startswith(".")} == before
+    assert not no_hidden(out)
+    # ... until the next run of the same output, which removes it (its process is gone)
+    code, _, err = run_script(predict_script, predict_argv(synthetic_small, given_csvs, out), capsys)
+    assert code == 0, err
+    assert no_hidden(out) and no_hidden(tmp_path)
+
+
+PREDICT_STAND_IN = (
+    "import os, signal, sys\n"
+    "import clipreid.predict as P, predict\n"
+    "from clipreid.config import run\n"
+    "real = P.write_distance_matrix\n"
+    "def write_then_stop(path, *a):\n"
+    "    real(path, *a)\n"
+    "    os.kill(os.getpid(), signal.SIGTERM)\n"
+    "P.write_distance_matrix = write_then_stop\n"
+    "run(predict.Config, predict.main, sys.argv[1:])\n"
+)
+
+
+def test_sigterm_cleans_up_like_ctrl_c(synthetic_small, given_csvs, tmp_path):
+    """``kill`` (or a job scheduler's stop) midway: the old set stays, no staging folder, no parent made for it."""
+    out = tmp_path / "submission"
+    before = old_set(out)
+    r = subprocess.run([sys.executable, "-c", PREDICT_STAND_IN, *map(str, predict_argv(synthetic_small, given_csvs,
+                                                                                          out))],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 143, r.stderr
+    assert one_line(r.stderr) == "terminated"
+    assert listing(out) == before
+    fresh = tmp_path / "new" / "a" / "b"
+    r = subprocess.run([sys.executable, "-c", PREDICT_STAND_IN, *map(str, predict_argv(synthetic_small, given_csvs,
+                                                                                          fresh))],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 143 and one_line(r.stderr) == "terminated"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["submission"]
 
 
 def test_repeated_ids_in_another_order_are_refused(synthetic_small, given_csvs, tmp_path, capsys):
@@ -398,6 +466,40 @@ def test_training_that_fails_before_its_first_checkpoint_leaves_nothing(syntheti
     assert code == 1
     assert one_line(err).endswith("no space left on the device; free some space and run again")
     assert not (tmp_path / "runs").exists() or list((tmp_path / "runs").iterdir()) == []
+
+
+def test_training_stopped_by_sigterm_before_its_first_checkpoint_leaves_nothing(synthetic_small, tmp_path):
+    code = (
+        "import os, signal, sys\n"
+        "import train\n"
+        "from clipreid import trainer\n"
+        "from clipreid.config import run\n"
+        "def stop(*a, **k):\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "trainer._train_epoch = stop\n"
+        "run(train.Config, train.main, sys.argv[1:])\n"
+    )
+    argv = ["--data-dir", synthetic_small, "--output-dir", tmp_path / "new" / "runs", "--run-name", "r",
+            "--validation", "none", *TINY]
+    r = subprocess.run([sys.executable, "-c", code, *map(str, argv)], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 143, r.stderr
+    assert one_line(r.stderr) == "terminated"
+    assert list(tmp_path.iterdir()) == []  # no hidden run folder, no parents made for it
+
+
+def test_a_failure_writing_the_run_folder_is_one_line_naming_it(synthetic_small, tmp_path, capsys, monkeypatch):
+    def stale(cfg, path):
+        raise OSError(errno.ESTALE, "Stale file handle", str(path))
+
+    monkeypatch.setattr(trainer, "save_config", stale)
+    monkeypatch.setattr(trainer, "_train_epoch", lambda *a, **k: pytest.fail("trained"))
+    runs = tmp_path / "new" / "runs"
+    code, _, err = run_script(train_script, ["--data-dir", synthetic_small, "--output-dir", runs, "--run-name", "r",
+                                             "--validation", "none", *TINY], capsys)
+    assert code == 1
+    assert one_line(err) == f"error: {runs / 'r' / 'train_config.json'}: Stale file handle"
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_interrupted_training_says_how_to_resume_and_overwrite_keeps_the_old_run(synthetic_small, tmp_path, capsys,
