@@ -249,10 +249,11 @@ def compute_scores(
             chunk = torch.from_numpy(np.ascontiguousarray(chunk))
         chunk = chunk.to(device)
         if chunk.dtype in (torch.float16, torch.bfloat16):
-            chunk = chunk.float()  # exact
+            chunk = chunk.float()  # exact; checked for NaN below like every float dtype
         elif not chunk.is_floating_point():
             chunk = chunk.long()  # integer distances stay exact
-        elif bool(torch.isnan(chunk.sum())):  # one cheap pass; inf - inf also makes NaN, so look closer
+        # one cheap pass for every float dtype (inf - inf also makes NaN, so look closer)
+        if chunk.is_floating_point() and bool(torch.isnan(chunk.sum())):
             bad = torch.isnan(chunk).any(1)
             if bool(bad.any()):
                 row = start + int(bad.nonzero()[0, 0])

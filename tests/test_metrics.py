@@ -313,3 +313,24 @@ def test_no_float64_on_the_device_for_float32_input(ids_as_tensors):
         torch.ones(2, dtype=torch.float32).double()
     ref = reference_scores(dist.astype(np.float32), qids, gids, qcams, gcams)
     assert_close(ours, ref, tol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
+@pytest.mark.parametrize("where", [(3, 1), (0, 0), (5, 9)])  # one true match's own distance among them
+def test_nan_is_an_error_in_every_precision(kind, dtype, where):
+    """The same rule for every float dtype: half precisions were widened before the check and scored NaN."""
+    if kind == "numpy" and dtype == "bfloat16":
+        pytest.skip("numpy has no bfloat16")
+    gen = np.random.default_rng(0)
+    distmat = gen.random((6, 10))
+    query_ids, gallery_ids = np.arange(6) % 3, np.arange(10) % 3
+    distmat[where] = np.nan
+    if kind == "numpy":
+        distmat = distmat.astype(dtype)
+    else:
+        distmat = torch.from_numpy(distmat).to(getattr(torch, dtype))
+    with pytest.raises(ValueError, match=rf"distmat contains NaN \(first in query row {where[0]}\)"):
+        compute_scores(distmat, query_ids, gallery_ids)
+    with pytest.raises(ValueError, match=rf"distmat contains NaN \(first in query row {where[0]}\)"):
+        compute_scores(distmat, query_ids, gallery_ids, chunk_size=2)
