@@ -235,10 +235,13 @@ def _zhong(rows: _Rows, pairs: _Pairs, q: int, total: int, k1: int, k2: int, lam
         mx = torch.where(mx > 0, mx, 1)
         row_max[a:b] = mx
         near[a:b] = top.indices
-        if a < q:
+        if a < q:  # the normalised squares of the query rows, written straight into the output
             e = min(b, q)
-            dq = d[:e - a, q:] if squared else d[:e - a, q:].square()
-            out[a:e] = dq / mx[:e - a, None]
+            dq, o = d[:e - a, q:], out[a:e]
+            if squared:
+                torch.div(dq, mx[:e - a, None], out=o)
+            else:
+                torch.mul(dq, dq, out=o).div_(mx[:e - a, None])
     del buf
 
     owner = torch.arange(total, device=device)
