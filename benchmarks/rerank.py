@@ -11,9 +11,18 @@ just before the call (inputs included there, not in the peak), and on a GPU the 
 - ours, features: ``k_reciprocal_features(query, gallery)`` from the features, distances included;
 - ours, hard: ``hard_k_reciprocal(query, gallery)`` (the 2023 variant; timed only, it computes other numbers).
 
+The floors, each in its own subprocess on the same threads, plain torch: what any k-reciprocal re-ranking must do.
+"floor, top-k" finds each row's k1 + 1 nearest in the (q+g) x (q+g) distance matrix (``torch.topk`` per row chunk,
+the chunks ours uses; the matrix is built before the timing); "floor, mm+top-k" also computes those chunks from the
+features (one ``addmm`` each). "x floor" is ours from matrices over the first, ours from features (and hard) over
+the second.
+
     .venv/bin/python benchmarks/rerank.py                                  # 50x910, 618x9505, 3368x15913
     .venv/bin/python benchmarks/rerank.py --sizes 618x9505 --no-reference
     .venv/bin/python benchmarks/rerank.py --scale --scale-sizes 10000 50000 100000   # ours alone, vs N
+
+torch's CPU threads wait passively (``OMP_WAIT_POLICY=PASSIVE`` unless set), as in ``benchmarks/metrics.py``: on a
+machine shared with other jobs, spin-waiting made every variant many times slower.
 """
 
 from __future__ import annotations
@@ -27,8 +36,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts its threads: see benchmarks/metrics.py
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -155,7 +166,27 @@ def _worker(task: dict, conn) -> None:
     device = torch.device(task["device"])
     params = dict(k1=task["k1"], k2=task["k2"], lambda_value=task["lambda_value"])
     method = task["method"]
-    if method == "reference":
+    if method.startswith("floor"):
+        x, y = torch.from_numpy(qf).to(device), torch.from_numpy(gf).to(device)
+        z = torch.cat([x, y])
+        n, k = len(z), min(task["k1"] + 1, len(z))
+        step = max(1, (1 << 23 if device.type == "cpu" else 1 << 26) // n)
+        buf = torch.empty(min(step, n), n, device=device)
+        if method == "floor_topk":
+            full = squared_distances(z, z)
+
+            def call():
+                for a in range(0, n, step):
+                    full[a:a + step].topk(k, 1, largest=False, sorted=True)
+        else:
+            z_sq = (z * z).sum(1)
+
+            def call():
+                for a in range(0, n, step):
+                    d = torch.addmm(z_sq[None, :], z[a:a + step], z.T, alpha=-2, out=buf[:len(z[a:a + step])])
+                    d.topk(k, 1, largest=False, sorted=True)
+        call()  # warm-up: faults the buffer in
+    elif method == "reference":
         mats = [squared_distances(a, b) for a, b in ((qf, gf), (qf, qf), (gf, gf))]
         reference_re_ranking(*_tiny_matrices(), **params)  # warm-up
 
@@ -195,7 +226,7 @@ def _worker(task: dict, conn) -> None:
         host_peak = max(host_peak, _peak_rss() - rss)
         if cuda:
             gpu_peak = max(gpu_peak, torch.cuda.max_memory_allocated() - gpu_base)
-    if task.get("out"):
+    if task.get("out") and out is not None:
         np.save(task["out"], out.cpu().numpy() if isinstance(out, torch.Tensor) else out)
     conn.send(dict(seconds=best, host_peak=host_peak, gpu_peak=gpu_peak))
 
@@ -233,7 +264,8 @@ def _mb(n_bytes: float) -> str:
 
 
 def compare(cfg: Config, device: str, work: Path) -> None:
-    print(f"{'size':>14} {'N':>7}  {'variant':<16} {'time':>9}  {'host peak':>11}  {'gpu peak':>11}  vs reference")
+    print(f"{'size':>14} {'N':>7}  {'variant':<16} {'time':>9}  {'host peak':>11}  {'gpu peak':>11}  x floor  "
+          f"vs reference")
     for spec in cfg.sizes:
         try:
             num_query, num_gallery = (int(v) for v in spec.lower().split("x"))
@@ -253,7 +285,14 @@ def compare(cfg: Config, device: str, work: Path) -> None:
             variants.append(("ours, features", dict(method="features", device=device)))
         if cfg.hard:
             variants.append(("ours, hard", dict(method="hard", device=device)))
+        floors = {}
+        for kind in ("topk", "mm"):
+            result = measure({**base, "method": f"floor_{kind}", "device": device})
+            floors[kind] = result["seconds"] if result else float("nan")
         ref, ref_out, label = None, None, f"{num_query} x {num_gallery}"
+        for name, seconds in (("floor, top-k", floors["topk"]), ("floor, mm+top-k", floors["mm"])):
+            print(f"{label:>14} {n:>7,}  {name:<16} {seconds:7.2f} s", flush=True)
+            label = ""
         for name, extra in variants:
             out_path = work / f"{extra['method']}.npy"
             result = measure({**base, **extra, "out": str(out_path)})
@@ -261,7 +300,10 @@ def compare(cfg: Config, device: str, work: Path) -> None:
                 print(f"{label:>14} {n:>7,}  {name:<16} failed (out of memory?)", flush=True)
                 continue
             gpu = _mb(result["gpu_peak"]) if extra["device"].startswith("cuda") else f"{'-':>11}"
-            line = f"{label:>14} {n:>7,}  {name:<16} {result['seconds']:7.2f} s  {_mb(result['host_peak'])}  {gpu}"
+            floor = floors["topk" if extra["method"] == "matrices" else "mm"]
+            x_floor = f"{result['seconds'] / floor:6.1f}x" if extra["method"] != "reference" else f"{'':>7}"
+            line = (f"{label:>14} {n:>7,}  {name:<16} {result['seconds']:7.2f} s  {_mb(result['host_peak'])}  {gpu}"
+                    f"  {x_floor}")
             out = np.load(out_path)
             if extra["method"] == "reference":
                 ref, ref_out = result, out
@@ -275,26 +317,31 @@ def compare(cfg: Config, device: str, work: Path) -> None:
 
 
 def scale(cfg: Config, device: str, work: Path) -> None:
-    print(f"ours from features, {cfg.scale_query_fraction:.0%} queries; 'output' is the q x g float32 result itself")
-    print(f"{'N':>8} {'q x g':>16} {'time':>9}  {'host peak':>11}  {'gpu peak':>11}  {'output':>11}  "
-          f"{'peak - output per image':>24}")
+    print(f"ours from features, {cfg.scale_query_fraction:.0%} queries; 'output' is the q x g float32 result itself; "
+          f"floor: addmm + top-k per row chunk over all N x N distances")
+    print(f"{'N':>8} {'q x g':>16} {'time':>9}  {'floor':>9}  x floor  {'per query':>9}  {'host peak':>11}  "
+          f"{'gpu peak':>11}  {'output':>11}  {'peak - output per image':>24}")
     for n in cfg.scale_sizes:
         num_query = max(1, round(n * cfg.scale_query_fraction))
         qf, gf = clustered_features(num_query, n - num_query, cfg.dim, cfg.seed)
         np.save(work / "q.npy", qf)
         np.save(work / "g.npy", gf)
         del qf, gf
-        result = measure(dict(query=str(work / "q.npy"), gallery=str(work / "g.npy"), k1=cfg.k1, k2=cfg.k2,
-                              lambda_value=cfg.lambda_value, repeats=cfg.repeats, method="features", device=device))
+        base = dict(query=str(work / "q.npy"), gallery=str(work / "g.npy"), k1=cfg.k1, k2=cfg.k2,
+                    lambda_value=cfg.lambda_value, repeats=cfg.repeats, device=device)
+        result = measure({**base, "method": "features"})
         label = f"{num_query:,} x {n - num_query:,}"
         if result is None:
             print(f"{n:>8,} {label:>16} failed (out of memory?)", flush=True)
             continue
+        floor = measure({**base, "method": "floor_mm"})
+        floor_s = floor["seconds"] if floor else float("nan")
         output = num_query * (n - num_query) * 4
         cuda = device.startswith("cuda")
         peak = result["gpu_peak"] if cuda else result["host_peak"]
         gpu = _mb(result["gpu_peak"]) if cuda else f"{'-':>11}"
-        print(f"{n:>8,} {label:>16} {result['seconds']:7.2f} s  {_mb(result['host_peak'])}  {gpu}  {_mb(output)}  "
+        print(f"{n:>8,} {label:>16} {result['seconds']:7.2f} s  {floor_s:7.2f} s  {result['seconds'] / floor_s:6.1f}x  "
+              f"{result['seconds'] / num_query * 1e3:6.2f} ms  {_mb(result['host_peak'])}  {gpu}  {_mb(output)}  "
               f"{(peak - output) / n / 1024:18.1f} KiB", flush=True)
 
 
@@ -302,9 +349,11 @@ def main(cfg: Config) -> None:
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     where = torch.cuda.get_device_name(device) if device.startswith("cuda") else f"{os.cpu_count()} CPU cores"
     print(f"device: {device} ({where}), torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"features: {cfg.dim}-d clustered, float32; k1={cfg.k1} k2={cfg.k2} lambda={cfg.lambda_value}")
+          f"features: {cfg.dim}-d clustered, float32; k1={cfg.k1} k2={cfg.k2} lambda={cfg.lambda_value}; "
+          f"load average {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
     with tempfile.TemporaryDirectory(prefix="bench_rerank_") as tmp:
         (scale if cfg.scale else compare)(cfg, device, Path(tmp))
+    print(f"load average at the end {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
 
 
 if __name__ == "__main__":

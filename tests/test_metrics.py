@@ -313,3 +313,39 @@ def test_no_float64_on_the_device_for_float32_input(ids_as_tensors):
         torch.ones(2, dtype=torch.float32).double()
     ref = reference_scores(dist.astype(np.float32), qids, gids, qcams, gcams)
     assert_close(ours, ref, tol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
+@pytest.mark.parametrize("where", [(3, 1), (0, 0), (5, 9)])  # one true match's own distance among them
+def test_nan_is_an_error_in_every_precision(kind, dtype, where):
+    """The same rule for every float dtype: half precisions were widened before the check and scored NaN."""
+    if kind == "numpy" and dtype == "bfloat16":
+        pytest.skip("numpy has no bfloat16")
+    gen = np.random.default_rng(0)
+    distmat = gen.random((6, 10))
+    query_ids, gallery_ids = np.arange(6) % 3, np.arange(10) % 3
+    distmat[where] = np.nan
+    if kind == "numpy":
+        distmat = distmat.astype(dtype)
+    else:
+        distmat = torch.from_numpy(distmat).to(getattr(torch, dtype))
+    with pytest.raises(ValueError, match=rf"distmat contains NaN \(first in query row {where[0]}\)"):
+        compute_scores(distmat, query_ids, gallery_ids)
+    with pytest.raises(ValueError, match=rf"distmat contains NaN \(first in query row {where[0]}\)"):
+        compute_scores(distmat, query_ids, gallery_ids, chunk_size=2)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_matches_sklearn_on_hard_distances(dtype):
+    """A weak model: true matches spread through the whole row, so no query's scores come from a short head."""
+    rng = np.random.default_rng(5)
+    qids, gids = rng.integers(0, 12, 30), rng.integers(0, 12, 400)
+    qcams, gcams = rng.integers(0, 3, 30), rng.integers(0, 3, 400)
+    same = qids[:, None] == gids[None, :]
+    dist = np.where(same, rng.random(same.shape), 0.35 + rng.random(same.shape)).astype(dtype)
+    dist[:, 7] = dist[:, 3]  # a few exact ties between items of any identity
+    ours, ref = compute_scores(dist, qids, gids, qcams, gcams), reference_scores(dist, qids, gids, qcams, gcams)
+    assert_close(ours, ref, tol=1e-12)
+    assert ours["rank1_allshots"] == pytest.approx(reference_allshots(dist, qids, gids, qcams, gcams), abs=1e-12)
+    assert compute_scores(torch.from_numpy(dist), qids, gids, qcams, gcams, chunk_size=4) == ours

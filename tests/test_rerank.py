@@ -158,6 +158,14 @@ def test_non_symmetric_matrices_follow_the_reference():
     np.testing.assert_allclose(k_reciprocal(q_g, q_q, g_g, k1=5, k2=3), zhong(q_g, q_q, g_g, 5, 3, 0.3), atol=1e-5)
 
 
+def test_negative_distances_are_squared_before_ranking():
+    # neighbours come from the raw distances only where squaring keeps their order (all non-negative)
+    qf, gf, _, _ = clustered(10, 80, 10, seed=4)
+    q_g, q_q, g_g = (m - 0.5 for m in matrices(qf, gf))
+    assert (g_g < 0).any() and (g_g > 0.6).any()
+    np.testing.assert_allclose(k_reciprocal(q_g, q_q, g_g, k1=6, k2=3), zhong(q_g, q_q, g_g, 6, 3, 0.3), atol=1e-5)
+
+
 @pytest.mark.parametrize("k1,k2", [(20, 6), (7, 1)])
 def test_features_entry_matches_matrix_api(k1, k2):
     qf, gf, _, _ = clustered(30, 200, 25, seed=2)
