@@ -108,20 +108,31 @@ def _ddp_worker():
     return module
 
 
-@pytest.mark.parametrize(("losses", "augment"), [("infonce", "on"), ("infonce,id,triplet", "on")])
-def test_ddp_loss_and_gradients_equal_single_process(tmp_path, losses, augment):
-    """Two gloo processes with 4 pairs each give the loss and gradients of one process with all 8 pairs, with
-    flip, sharpen and random erasing on too: each rank augments its slice of the global batch's draws."""
+DDP_CASES = [("infonce", "on"), ("infonce,id,triplet", "on")]
+
+
+@pytest.fixture(scope="module")
+def ddp_results(tmp_path_factory) -> Path:
+    """Every case of DDP_CASES in one launch of two gloo processes (their start is most of the time)."""
+    out = tmp_path_factory.mktemp("ddp")
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        str(ROOT / "tests/helpers/ddp_loss_worker.py"), str(tmp_path), losses, augment],
+                        str(ROOT / "tests/helpers/ddp_loss_worker.py"), str(out),
+                        *(f"{losses}:{augment}" for losses, augment in DDP_CASES)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
+    return out
+
+
+@pytest.mark.parametrize(("losses", "augment"), DDP_CASES)
+def test_ddp_loss_and_gradients_equal_single_process(ddp_results, losses, augment):
+    """Two gloo processes with 4 pairs each give the loss and gradients of one process with all 8 pairs, with
+    flip, sharpen and random erasing on too: each rank augments its slice of the global batch's draws."""
     worker = _ddp_worker()
     encoder, loss_fn, aug, (anchors, positives, labels) = worker.setup(losses, augment)
     loss, _ = forward_backward(encoder, encoder, loss_fn, anchors, positives, labels, aug, torch.float32,
                                torch.Generator().manual_seed(worker.STEP_SEED))
     for rank in range(2):
-        got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        got = torch.load(ddp_results / worker.case_dir(losses, augment) / f"rank{rank}.pt", weights_only=True)
         assert got["loss"].item() == pytest.approx(loss.item(), abs=1e-5)
         for name, param in [*encoder.named_parameters(), *(("loss." + k, p) for k, p in loss_fn.named_parameters())]:
             torch.testing.assert_close(got["grads"][name], param.grad, atol=1e-5, rtol=1e-4, msg=name)
