@@ -29,8 +29,9 @@ def _make_synthetic(root: Path, train_players: int, **spec) -> Path:
 
 @pytest.fixture(scope="session")
 def synthetic_data(tmp_path_factory) -> Path:
-    """The demo's synthetic dataset (200 training players) with its DataFrames (about 5 s), shared by the session."""
-    return _make_synthetic(tmp_path_factory.mktemp("synthetic") / "synthetic_reid", 200)
+    """A synthetic dataset to learn on (300 training players of 2-4 crops: many identities in few images, so that
+    two short epochs clearly learn), with its DataFrames, shared by the session."""
+    return _make_synthetic(tmp_path_factory.mktemp("synthetic") / "synthetic_reid", 300, frames_per_player=(2, 4))
 
 
 @pytest.fixture(scope="session")

@@ -399,10 +399,10 @@ def test_fold_and_none_validation_splits(synthetic_small):
 
 
 def test_short_run_learns(synthetic_data, tmp_path):
-    """A few CPU epochs of the tiny ViT must clearly beat the untrained model on the synthetic test split."""
-    run_dir = train(tiny_config(synthetic_data, tmp_path, epochs=6, batch_size=16, zero_shot=True))
+    """Two CPU epochs of the tiny ViT must clearly beat the untrained model on the synthetic test split."""
+    run_dir = train(tiny_config(synthetic_data, tmp_path, epochs=2, batch_size=16, zero_shot=True))
     log = [json.loads(x) for x in (run_dir / "log.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in log] == list(range(7))
+    assert [r["epoch"] for r in log] == list(range(3))
     assert log[-1]["train_loss"] < log[1]["train_loss"]
     best = max(r["mAP"] for r in log[1:])
     assert best > log[0]["mAP"] + 0.05, [round(r["mAP"], 3) for r in log]
