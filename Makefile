@@ -1,6 +1,6 @@
 # The two commands a new user needs: `make demo` and `make test`.
 # Both create (or reuse) the virtual environment in .venv and install requirements-dev.txt into it (the runtime
-# requirements.txt, the export and tensorboard extras, pytest and ruff).
+# requirements.txt, the export and tensorboard extras, pytest with pytest-xdist, and ruff).
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -51,8 +51,10 @@ demo: $(STAMP)
 	@echo "  submissions           $(DEMO_RUN)/submission/{test,challenge}_{raw,k_reciprocal}.csv"
 	@echo "  evaluation            $(DEMO_RUN)/eval/eval_results.md  (ranked lists: $(DEMO_RUN)/eval/ranked_lists.png)"
 
+# One worker process per core (pytest-xdist), each test file whole on one worker (its module fixtures built once);
+# every test runs one torch thread (tests/conftest.py), so the workers do not compete for the cores.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadfile
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

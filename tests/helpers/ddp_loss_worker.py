@@ -1,8 +1,9 @@
 """Run under torchrun (gloo, CPU): each rank trains one micro-batch on its half of a fixed batch of uint8 pairs
 with the trainer's own ``forward_backward`` (augmentation drawn for the global batch, all-gathered loss).
 
-Usage: ddp_loss_worker.py OUT LOSSES AUGMENT, with LOSSES comma-separated and AUGMENT "on" (flip, sharpen and
-random erasing) or "off". Writes the loss and every parameter gradient (after DDP's averaging) to OUT/rank<r>.pt.
+Usage: ddp_loss_worker.py OUT CASE..., each CASE LOSSES:AUGMENT with LOSSES comma-separated and AUGMENT "on" (flip,
+sharpen and random erasing) or "off"; the cases share one launch (the processes' start is most of the time). Writes
+each case's loss and every parameter gradient (after DDP's averaging) to OUT/<case_dir(CASE)>/rank<r>.pt.
 """
 
 import sys
@@ -37,11 +38,12 @@ def setup(losses: str, augment: str) -> tuple[ReIDEncoder, ReIDLoss, AugmentConf
     return encoder, loss_fn, aug, (anchors, positives, torch.arange(PAIRS))
 
 
-def main() -> None:
-    out = Path(sys.argv[1])
-    dist.init_process_group("gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
-    encoder, loss_fn, aug, (anchors, positives, labels) = setup(sys.argv[2], sys.argv[3])
+def case_dir(losses: str, augment: str) -> str:
+    return f"{losses.replace(',', '+')}-{augment}"
+
+
+def run_case(out: Path, losses: str, augment: str, rank: int, world: int) -> None:
+    encoder, loss_fn, aug, (anchors, positives, labels) = setup(losses, augment)
     n = PAIRS // world
     part = slice(rank * n, (rank + 1) * n)
     model = nn.parallel.DistributedDataParallel(encoder)
@@ -50,7 +52,17 @@ def main() -> None:
     grads = {k: p.grad.clone() for k, p in encoder.named_parameters()}
     grads.update({f"loss.{k}": p.grad.clone() for k, p in loss_fn.named_parameters()})
     # the classifier is outside DDP: every rank computes the same global loss, so its gradient is already global
-    torch.save({"loss": loss.detach(), "grads": grads}, out / f"rank{rank}.pt")
+    folder = out / case_dir(losses, augment)
+    folder.mkdir(exist_ok=True)
+    torch.save({"loss": loss.detach(), "grads": grads}, folder / f"rank{rank}.pt")
+
+
+def main() -> None:
+    out = Path(sys.argv[1])
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    for case in sys.argv[2:]:
+        run_case(out, *case.split(":"), rank, world)
     dist.destroy_process_group()
 
 
