@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from clipreid.errors import UserError
-from clipreid.transforms import letterbox, letterbox_array, resize_uint8
+from clipreid.transforms import letterbox_array, resize_uint8
 
 
 def opencv_linear(image: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -62,5 +61,4 @@ def test_letterbox_geometry_is_the_same_for_both_interpolations():
         cols = np.where(boxed.any(axis=(0, 2)))[0]
         assert (cols[0], cols[-1]) == (10, 52)  # 43 columns, (64 - 43) // 2 = 10 on the left
         assert boxed[:, cols[0]:cols[-1] + 1].min() == 200  # a flat image stays flat
-    assert np.array_equal(np.asarray(letterbox(Image.fromarray(image), (128, 64))), boxes[0])
-    assert torch.equal(torch.from_numpy(boxes[0]), torch.from_numpy(boxes[0]))
+        assert boxed.shape == (128, 64, 3) and boxed.any(axis=(1, 2)).all()  # the full height is used
