@@ -48,6 +48,8 @@ def k_reciprocal(q_g: Array, q_q: Array, g_g: Array, k1: int = 20, k2: int = 6, 
     exp(-d) over the expanded k1-reciprocal sets (round(k1/2) sets join on more than 2/3 overlap), query
     expansion over k2 neighbours, Jaccard 1 - S/(2 - S) with S the sum of element-wise minima, and
     ``(1 - lambda_value) * jaccard + lambda_value * normalised original``. Returns q x g, numpy or torch like q_g.
+    Where float32 normalised squares tie across a neighbour-set boundary (copies of an image, or two distances
+    one rounding apart), the lower index joins first, as the reference's argsort does (see ``_break_ties``).
     ``chunk_size`` rows of the full matrix are assembled at a time (default: about 16M elements on the CPU).
     """
     qg, qq, gg = _as_tensor(q_g), _as_tensor(q_q), _as_tensor(g_g)
@@ -230,6 +232,9 @@ def _zhong(rows: _Rows, pairs: _Pairs, q: int, total: int, k1: int, k2: int, lam
     dense, sparse = _budgets(device)
     chunk = chunk_size or max(1, dense // total)
     k_all = min(max(k1 + 1, k2), total)
+    k_ext = min(k_all + 1, total)  # one more: a tie across the last boundary shows
+    # the set sizes whose membership matters: forward (k1 + 1), half (round(k1 / 2) + 1), query expansion (k2)
+    bounds = sorted({b for b in (k1 + 1, round(k1 / 2) + 1, k2) if 0 < b < k_ext})
     near = torch.empty(total, k_all, dtype=torch.long, device=device)
     row_max = torch.empty(total, dtype=dtype, device=device)
     out = torch.empty(q, total - g_start, dtype=dtype, device=device)
@@ -240,17 +245,18 @@ def _zhong(rows: _Rows, pairs: _Pairs, q: int, total: int, k1: int, k2: int, lam
         rows(a, b, d)
         # squaring and dividing by the row's maximum keep the order of non-negative distances: their neighbours
         # come from the distances as they are, and the smallest of them says whether all are non-negative
-        top = d.topk(k_all, 1, largest=False, sorted=True)
+        top = d.topk(k_ext, 1, largest=False, sorted=True)
         squared = not bool(top.values[:, 0].amin() >= 0)
         if squared:
             d.square_()
             mx = d.amax(1)
-            top = d.topk(k_all, 1, largest=False, sorted=True)
+            top = d.topk(k_ext, 1, largest=False, sorted=True)
         else:
             mx = d.amax(1).square_()  # the maximum of the squares, exactly
         mx = torch.where(mx > 0, mx, 1)
         row_max[a:b] = mx
-        near[a:b] = top.indices
+        near[a:b] = top.indices[:, :k_all]
+        _break_ties(near[a:b], top.values, d, mx, squared, bounds)
         if a < q:  # the normalised squares of the query rows, written straight into the output
             e = min(b, q)
             dq, o = d[:e - a, g_start:], out[a:e]
@@ -279,6 +285,26 @@ def _zhong(rows: _Rows, pairs: _Pairs, q: int, total: int, k1: int, k2: int, lam
         s.div_(torch.sub(2, s)).neg_().add_(1).mul_(1 - lambda_value)
         out[a:b].mul_(lambda_value).add_(s)
     return out
+
+
+def _break_ties(near: Tensor, top: Tensor, d: Tensor, mx: Tensor, squared: bool, bounds: list[int]) -> None:
+    """Neighbour sets as the reference's argsort picks them where values tie across a set boundary.
+
+    The reference sorts the float32 normalised squares d² / max, where two different distances can round to one
+    value (and duplicate images give equal ones); it then takes the lower index first, as a stable sort does.
+    ``top`` holds each row's k_all + 1 smallest of ``d`` in order (d² already when ``squared``); a row whose
+    normalised squares tie across a boundary gets its k_all neighbours again from its whole row, stably sorted.
+    Such rows are rare (12 of 19,281 at Market-1501 size), so the exact rule costs nothing measurable.
+    """
+    if not bounds:
+        return
+    key = top / mx[:, None] if squared else torch.mul(top, top).div_(mx[:, None])
+    at = torch.tensor(bounds, device=top.device)
+    tied = (key[:, at - 1] == key[:, at]).any(1).nonzero().flatten()
+    if len(tied):
+        rows = d[tied] / mx[tied, None] if squared else torch.mul(d[tied], d[tied]).div_(mx[tied, None])
+        order = np.argsort(rows.cpu().numpy(), axis=1, kind="stable")[:, :near.shape[1]]
+        near[tied] = torch.from_numpy(order).to(near.device)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ def zhong_reference(q_g, q_q, g_g, k1, k2, lambda_value):
     full = np.power(full, 2).astype(np.float32)
     dist = (full / full.max(axis=0)).T  # each column divided by its maximum, then transposed
     n = len(dist)
-    rank = np.argsort(dist, axis=1)
+    rank = np.argsort(dist, axis=1, kind="stable")  # equal values: the lower index first
 
     def reciprocal(i, k):
         return [j for j in rank[i, :k + 1] if i in rank[j, :k + 1]]
@@ -37,7 +37,7 @@ def zhong_reference(q_g, q_q, g_g, k1, k2, lambda_value):
         for c in r_full[i]:
             if len(np.intersect1d(r_half[c], r_full[i])) > 2 / 3 * len(r_half[c]):
                 expanded += r_half[c]
-        expanded = np.unique(expanded)
+        expanded = np.unique(np.array(expanded, dtype=int))
         weight = np.exp(-dist[i, expanded])
         v[i, expanded] = weight / weight.sum()
     if k2 != 1:
@@ -156,6 +156,29 @@ def test_non_symmetric_matrices_follow_the_reference():
     np.fill_diagonal(q_q, 0)
     np.fill_diagonal(g_g, 0)
     np.testing.assert_allclose(k_reciprocal(q_g, q_q, g_g, k1=5, k2=3), zhong(q_g, q_q, g_g, 5, 3, 0.3), atol=1e-5)
+
+
+@pytest.mark.parametrize("k1,k2", [(5, 3), (20, 6), (4, 2)])
+def test_tied_distances_pick_neighbours_as_the_reference(k1, k2):
+    # distances on a coarse grid tie across every set boundary (forward k1 + 1, half, k2): the neighbour sets are
+    # the reference's, whose argsort takes the lower index first among equal values
+    rng = np.random.default_rng(k1)
+    n_q, n_g = 8, 60
+    full = (np.round(rng.random((n_q + n_g, n_q + n_g)) * 5) + 1) / 6  # 6 levels, self (0) still nearest
+    full = np.triu(full, 1) + np.triu(full, 1).T
+    q_g, q_q, g_g = (full[:n_q, n_q:].astype(np.float32), full[:n_q, :n_q].astype(np.float32),
+                     full[n_q:, n_q:].astype(np.float32))
+    np.testing.assert_allclose(k_reciprocal(q_g, q_q, g_g, k1=k1, k2=k2), zhong(q_g, q_q, g_g, k1, k2, 0.3),
+                               atol=1e-5)
+
+
+def test_duplicate_images_rank_as_the_reference():
+    # byte-identical copies (distance 0 to each other and to themselves): the reference's tie order, both entries
+    qf, gf, _, _ = clustered(10, 60, 10, seed=5)
+    gf = np.concatenate([qf[:6], gf[:30], gf[:30]])  # queries copied into the gallery, the gallery twice
+    q_g, q_q, g_g = matrices(qf, gf)
+    ref = zhong(q_g, q_q, g_g, 20, 6, 0.3)
+    np.testing.assert_allclose(k_reciprocal(q_g, q_q, g_g), ref, atol=1e-5)
 
 
 def test_negative_distances_are_squared_before_ranking():
