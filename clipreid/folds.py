@@ -27,31 +27,26 @@ def _aheapsort(v: Sequence, tosort: list[int], start: int, n: int) -> None:
     base = start - 1  # heap indices run 1..n, as numpy's ``a = tosort - 1``
     a = tosort
     for l in range(n >> 1, 0, -1):  # noqa: E741 (numpy's names)
-        tmp = a[base + l]
-        i, j = l, l << 1
-        while j <= n:
-            if j < n and v[a[base + j]] < v[a[base + j + 1]]:
-                j += 1
-            if v[tmp] < v[a[base + j]]:
-                a[base + i] = a[base + j]
-                i, j = j, j + j
-            else:
-                break
-        a[base + i] = tmp
+        _sift_down(v, a, base, a[base + l], l, n)
     while n > 1:
         tmp = a[base + n]
         a[base + n] = a[base + 1]
         n -= 1
-        i, j = 1, 2
-        while j <= n:
-            if j < n and v[a[base + j]] < v[a[base + j + 1]]:
-                j += 1
-            if v[tmp] < v[a[base + j]]:
-                a[base + i] = a[base + j]
-                i, j = j, j + j
-            else:
-                break
-        a[base + i] = tmp
+        _sift_down(v, a, base, tmp, 1, n)
+
+
+def _sift_down(v: Sequence, a: list[int], base: int, tmp: int, i: int, n: int) -> None:
+    """The sift-down loop that numpy's ``aheapsort_`` writes out twice: ``tmp`` from heap position ``i`` down."""
+    j = i << 1
+    while j <= n:
+        if j < n and v[a[base + j]] < v[a[base + j + 1]]:
+            j += 1
+        if v[tmp] < v[a[base + j]]:
+            a[base + i] = a[base + j]
+            i, j = j, j + j
+        else:
+            break
+    a[base + i] = tmp
 
 
 def introsort_argsort(v: Sequence) -> list[int]:

@@ -12,45 +12,28 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers.images import random_checkpoint, random_crop
 from PIL import Image
 
-from clipreid.checkpoint import checkpoint_labels, save_checkpoint
+from clipreid.checkpoint import checkpoint_labels
 from clipreid.errors import UserError
 from clipreid.evaluation import evaluate
 from clipreid.features import embed, image_features, list_images
 from clipreid.fusion import dissimilarity_fusion, dissimilarity_weights
-from clipreid.model import ModelSpec, build_encoder
 from clipreid.predict import model_folders, predict
 from clipreid.rank_folders import rank_folders
 from clipreid.rerank import hard_k_reciprocal, k_reciprocal_features, squared_distances
 from clipreid.transforms import load_image
-from clipreid.weights import encoder_checkpoint, load_encoder
+from clipreid.weights import load_encoder
 from evaluate import Config as EvalConfig
 from predict import Config as PredictConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _checkpoint(path: Path, seed: int) -> Path:
-    torch.manual_seed(seed)
-    encoder = build_encoder(ModelSpec("tiny-vit", "none"))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(path, encoder_checkpoint(encoder))
-    return path
-
-
-def _crop(path: Path, seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    h, w = int(rng.integers(40, 90)), int(rng.integers(20, 50))
-    base = rng.integers(0, 256, size=3)
-    pixels = np.clip(base + rng.normal(0, 40, size=(h, w, 3)), 0, 255).astype(np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels).save(path)
-
-
 def _truncated(path: Path, seed: int) -> None:
     """A JPEG cut in half: its header opens, its pixels do not decode."""
-    _crop(path, seed)
+    random_crop(path, seed)
     data = path.read_bytes()
     path.write_bytes(data[:len(data) // 2])
 
@@ -58,7 +41,7 @@ def _truncated(path: Path, seed: int) -> None:
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("models")
-    return _checkpoint(root / "one.pt", 0), _checkpoint(root / "two.pt", 1)
+    return random_checkpoint(root / "one.pt", 0), random_checkpoint(root / "two.pt", 1)
 
 
 def _cfg(checkpoints, query, out, **overrides) -> PredictConfig:
@@ -75,10 +58,10 @@ def _bad_folder(root: Path) -> tuple[Path, list[str]]:
     """A gallery folder with 6 good crops, a truncated JPEG between them, a macOS ._ file and a hidden folder."""
     gallery = root / "gallery"
     for i in range(6):
-        _crop(gallery / f"g{i}.jpg", 10 + i)
+        random_crop(gallery / f"g{i}.jpg", 10 + i)
     _truncated(gallery / "g2b.jpg", 99)
     (gallery / "._g1.jpg").write_bytes(b"\x00\x05\x16\x07 AppleDouble resource fork")
-    _crop(gallery / ".thumbs" / "g7.jpg", 7)
+    random_crop(gallery / ".thumbs" / "g7.jpg", 7)
     return gallery, [f"g{i}.jpg" for i in range(6)]
 
 
@@ -96,7 +79,7 @@ def test_an_unreadable_gallery_image_leaves_with_its_name_for_one_or_two_checkpo
     gallery, good = _bad_folder(tmp_path)
     query = tmp_path / "query"
     for i in range(3):
-        _crop(query / f"q{i}.png", 50 + i)
+        random_crop(query / f"q{i}.png", 50 + i)
     encoder = load_encoder(one, "cpu")
     clean = image_features(encoder, [gallery / n for n in good], batch_size=3, progress=False).features
     clean_q = image_features(encoder, sorted(query.iterdir()), batch_size=3, progress=False).features
@@ -158,7 +141,7 @@ def test_a_decompression_bomb_is_an_unreadable_image_everywhere(models, tmp_path
     one, _ = models
     folder = tmp_path / "imgs"
     for i in range(3):
-        _crop(folder / f"a{i}.png", i)
+        random_crop(folder / f"a{i}.png", i)
     Image.fromarray(np.zeros((80, 80, 3), np.uint8)).save(folder / "a1big.png")  # 6400 pixels
     # more than twice MAX_IMAGE_PIXELS is PIL's DecompressionBombError (an Exception, not an OSError); a
     # 200-megapixel photo meets the default limit the same way
@@ -178,8 +161,8 @@ def test_names_that_are_not_utf8_are_refused_before_any_model_runs(models, tmp_p
     one, _ = models
     folder = tmp_path / "imgs"
     for i in range(2):
-        _crop(folder / f"a{i}.png", i)
-    _crop(folder / os.fsdecode(b"caf\xe9.png"), 5)
+        random_crop(folder / f"a{i}.png", i)
+    random_crop(folder / os.fsdecode(b"caf\xe9.png"), 5)
     with pytest.raises(UserError, match=r"caf\\xe9.png: the file name is not valid UTF-8") as err:
         rank_folders(_cfg([one], folder, tmp_path / "out"))
     assert "\n" not in str(err.value)
@@ -190,8 +173,8 @@ def test_an_output_folder_inside_an_image_folder_is_refused(models, tmp_path):
     one, _ = models
     query, gallery = tmp_path / "q", tmp_path / "g"
     for i in range(2):
-        _crop(query / f"a{i}.png", i)
-        _crop(gallery / f"b{i}.png", 10 + i)
+        random_crop(query / f"a{i}.png", i)
+        random_crop(gallery / f"b{i}.png", 10 + i)
     for out, kwargs in ((query / "ranked", {}), (gallery / "sub" / "ranked", {"gallery_dir": gallery}),
                         (query, {})):
         with pytest.raises(UserError, match="is inside the image folder") as err:
@@ -210,8 +193,8 @@ def test_model_folders_never_collide(synthetic_small, tmp_path):
         "run_best", "run_best-2", "Run_best-3", "run_best-2-2"]
     best = tmp_path / "run" / "best.pt"
     last = tmp_path / "run_best" / "last.pt"
-    _checkpoint(best, 0)
-    _checkpoint(last, 1)
+    random_checkpoint(best, 0)
+    random_checkpoint(last, 1)
     assert checkpoint_labels([best, last]) == ["run/best", "run_best"]
     assert checkpoint_labels([best, best]) == [str(best), f"{best} #2"]
     out = tmp_path / "sub"
@@ -266,10 +249,10 @@ def test_rerank_holds_a_shared_image_once():
 
 def test_self_ranking_excludes_itself_before_fusion(models, tmp_path):
     # three models: with two, a strict majority is both, so their agreements are always equal
-    checkpoints = [*models, _checkpoint(tmp_path / "three.pt", 2)]
+    checkpoints = [*models, random_checkpoint(tmp_path / "three.pt", 2)]
     folder = tmp_path / "imgs"
     for i in range(9):
-        _crop(folder / f"a{i}.png", 20 + i)
+        random_crop(folder / f"a{i}.png", 20 + i)
     singles = []
     for i, c in enumerate(checkpoints):
         rank_folders(_cfg([c], folder, tmp_path / f"s{i}"))
@@ -287,8 +270,8 @@ def test_a_gallery_holding_the_query_folder_ranks_those_queries_as_self_mode_doe
     one, two = models
     parent = tmp_path / "all"
     for i in range(5):
-        _crop(parent / f"a{i}.png", 30 + i)
-        _crop(parent / "sub" / f"s{i}.png", 40 + i)
+        random_crop(parent / f"a{i}.png", 30 + i)
+        random_crop(parent / "sub" / f"s{i}.png", 40 + i)
     k = dict(rerank=("none", method), k1=3, k2=2, fusion="dissimilarity", topk_fusion=3)
     rank_folders(_cfg([one, two], parent, tmp_path / "self", **k))
     inside = tmp_path / "inside"

@@ -13,38 +13,20 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers.images import random_checkpoint, random_crop
 from PIL import Image
 
-from clipreid.checkpoint import save_checkpoint
 from clipreid.errors import UserError
 from clipreid.features import embed
 from clipreid.inference import rerank_distances
-from clipreid.model import ModelSpec, build_encoder
 from clipreid.rank_folders import rank_folders
 from clipreid.rerank import squared_distances
-from clipreid.weights import encoder_checkpoint
 from predict import Config as PredictConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _checkpoint(path: Path, seed: int) -> Path:
-    torch.manual_seed(seed)
-    encoder = build_encoder(ModelSpec("tiny-vit", "none"))
-    save_checkpoint(path, encoder_checkpoint(encoder))
-    return path
-
-
-def _crop(path: Path, seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    h, w = int(rng.integers(40, 90)), int(rng.integers(20, 50))
-    base = rng.integers(0, 256, size=3)
-    pixels = np.clip(base + rng.normal(0, 40, size=(h, w, 3)), 0, 255).astype(np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels).save(path)
 
 
 @pytest.fixture(scope="module")
@@ -54,11 +36,11 @@ def folders(tmp_path_factory) -> tuple[Path, Path, Path, Path]:
     root = tmp_path_factory.mktemp("ranking")
     query, gallery = root / "query", root / "gallery"
     for i, name in enumerate(["a.png", "b.jpg", "c.jpeg", "sub/d.png"]):
-        _crop(query / name, i)
+        random_crop(query / name, i)
     for i in range(8):
-        _crop(gallery / f"g{i}.jpg", 100 + i)
+        random_crop(gallery / f"g{i}.jpg", 100 + i)
     (gallery / "copy_of_a.png").write_bytes((query / "a.png").read_bytes())
-    return query, gallery, _checkpoint(root / "one.pt", 0), _checkpoint(root / "two.pt", 1)
+    return query, gallery, random_checkpoint(root / "one.pt", 0), random_checkpoint(root / "two.pt", 1)
 
 
 def _cfg(checkpoints, query, out, **overrides) -> PredictConfig:
@@ -197,7 +179,7 @@ def test_bad_inputs_are_one_line_errors(folders, tmp_path):
         assert "\n" not in str(err.value)
     assert not (tmp_path / "o").exists()
     single = tmp_path / "single"
-    _crop(single / "only.png", 0)
+    random_crop(single / "only.png", 0)
     with pytest.raises(UserError, match="at least two"):
         rank_folders(dataclasses.replace(_cfg([one], single, tmp_path / "o")))
 
