@@ -75,6 +75,12 @@ class _Matches(NamedTuple):
     start: torch.Tensor
     count: torch.Tensor
 
+    def slots(self, g: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(valid, cols), each (q, max count): query i's same-identity gallery columns in cols[i, valid[i]]."""
+        slot = torch.arange(max(int(self.count.max()), 1), device=self.order.device)
+        valid = slot[None, :] < self.count[:, None]
+        return valid, self.order[(self.start[:, None] + slot).clamp(max=g - 1)]
+
 
 def _group_matches(qid: torch.Tensor, gid: torch.Tensor) -> _Matches:
     order = torch.argsort(gid, stable=True)
@@ -143,10 +149,7 @@ def _head_counts(dist: torch.Tensor, qid: torch.Tensor, gid: torch.Tensor, qcam:
     n, g = dist.shape
     device = dist.device
     # the true matches from the gallery's identity groups (no q x g comparison of ids): their largest distance
-    width = max(int(same.count.max()), 1)
-    slot = torch.arange(width, device=device)
-    true = slot[None, :] < same.count[:, None]
-    cols = same.order[(same.start[:, None] + slot).clamp(max=g - 1)]
+    true, cols = same.slots(g)
     if qcam is not None:
         true &= gcam[cols] != qcam[:, None]
     n_pos = true.sum(1)
@@ -236,10 +239,7 @@ def _chunk_counts(dist: torch.Tensor, qid: torch.Tensor, gid: torch.Tensor, qcam
     """
     n, g = dist.shape
     device = dist.device
-    width = max(int(same.count.max()), 1)
-    slot = torch.arange(width, device=device)
-    valid = slot[None, :] < same.count[:, None]
-    cols = same.order[(same.start[:, None] + slot).clamp(max=g - 1)]
+    valid, cols = same.slots(g)
     true = valid & (gcam[cols] != qcam[:, None]) if qcam is not None else valid
     ignored = valid & ~true
     v = dist.gather(1, cols)

@@ -104,12 +104,8 @@ def k_reciprocal_features(query_features: Array, gallery_features: Array, k1: in
     folder is ranked against itself). The q+g set of the algorithm then holds each image once, as the reference
     holds each query once: an image's neighbourhoods include itself, never a twin of it.
     """
-    x, y = _as_tensor(query_features), _as_tensor(gallery_features)
-    _check_features(x, y)
-    _check_params(k1, k2, lambda_value)
-    _check_shared(shared, len(x), len(y))
+    x, y, dtype = _feature_inputs(query_features, gallery_features, k1, k2, lambda_value, shared)
     device = x.device
-    dtype = _compute_dtype(x.dtype)
     z = torch.cat([x.to(dtype), y[shared:].to(device=device, dtype=dtype)], 0)
     z_sq = (z * z).sum(1)
 
@@ -162,12 +158,8 @@ def hard_k_reciprocal(query_features: Array, gallery_features: Array, k1: int = 
     among the m+n items, as for ``k_reciprocal_features``; such an item is a gallery item of R(p) and brings
     its query vector to the query expansion.
     """
-    x, y = _as_tensor(query_features), _as_tensor(gallery_features)
-    _check_features(x, y)
-    _check_params(k1, k2, lambda_value)
-    _check_shared(shared, len(x), len(y))
+    x, y, dtype = _feature_inputs(query_features, gallery_features, k1, k2, lambda_value, shared)
     device = x.device
-    dtype = _compute_dtype(x.dtype)
     m, n = len(x), len(y)
     g0 = m - shared  # the items g0.. are the gallery
     z = torch.cat([x.to(dtype), y[shared:].to(device=device, dtype=dtype)], 0)
@@ -509,6 +501,16 @@ def _like(result: Tensor, template: np.ndarray | Tensor) -> np.ndarray | Tensor:
         dtype = template.dtype if np.issubdtype(template.dtype, np.floating) else np.float32
         return result.cpu().numpy().astype(dtype, copy=False)
     return result.to(template.dtype if template.dtype.is_floating_point else torch.float32)
+
+
+def _feature_inputs(query: Array, gallery: Array, k1: int, k2: int, lambda_value: float, shared: int
+                    ) -> tuple[Tensor, Tensor, torch.dtype]:
+    """The features as tensors, checked with the parameters, and the dtype to compute in."""
+    x, y = _as_tensor(query), _as_tensor(gallery)
+    _check_features(x, y)
+    _check_params(k1, k2, lambda_value)
+    _check_shared(shared, len(x), len(y))
+    return x, y, _compute_dtype(x.dtype)
 
 
 def _check_params(k1: int, k2: int, lambda_value: float) -> None:
