@@ -539,3 +539,13 @@ def build_architecture(spec: ModelSpec, arch: dict[str, Any] | None, *, fast_blo
         bare = dataclasses.replace(architecture_only(spec), grad_checkpointing=spec.grad_checkpointing)
         return build_encoder(bare, fast_blocks=fast_blocks)
     return _assemble(parts, spec, fast_blocks)
+
+
+def __getattr__(name: str) -> Any:
+    """``clipreid.model.load_encoder`` stays importable (a public name): it lives in ``clipreid.weights``, which
+    imports this module, so it is looked up on first use rather than imported here (no import cycle)."""
+    if name == "load_encoder":
+        from .weights import load_encoder
+
+        return load_encoder
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

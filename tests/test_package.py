@@ -113,3 +113,40 @@ def test_top_level_api_is_the_modules_own():
         assert getattr(clipreid, name) is not None
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         clipreid.nope  # noqa: B018
+
+
+def test_design_public_names_import_with_their_signatures():
+    # ../shared/DESIGN.md section 5: names that tests and benchmarks outside the project rely on
+    import inspect
+
+    from clipreid.dataset import PairBatchSampler
+    from clipreid.fusion import dissimilarity_fusion, similarity_fusion
+    from clipreid.loss import info_nce
+    from clipreid.metrics import compute_scores
+    from clipreid.model import build_encoder, load_encoder
+    from clipreid.rerank import hard_k_reciprocal, k_reciprocal
+    from clipreid.submission import read_distance_matrix, write_distance_matrix
+    from clipreid.weights import load_encoder as weights_load_encoder
+
+    assert load_encoder is weights_load_encoder
+    expected = {
+        compute_scores: ["distmat", "query_ids", "gallery_ids", "query_cams", "gallery_cams"],
+        k_reciprocal: ["q_g", "q_q", "g_g", "k1", "k2", "lambda_value"],
+        hard_k_reciprocal: ["query_features", "gallery_features", "k1", "k2", "lambda_value"],
+        similarity_fusion: ["matrices", "weights"],
+        dissimilarity_fusion: ["matrices", "topk"],
+        write_distance_matrix: ["path", "distmat", "query_ids", "gallery_ids"],
+        read_distance_matrix: ["path"],
+        load_encoder: ["path"],
+        build_encoder: ["spec"],
+        info_nce: ["anchors", "positives", "scale"],
+    }
+    for fn, names in expected.items():
+        params = list(inspect.signature(fn).parameters)
+        assert params[:len(names)] == names, fn.__name__
+    assert {"seed", "world_size", "rank"} <= set(inspect.signature(PairBatchSampler).parameters)
+    assert hasattr(PairBatchSampler, "global_batches")
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        from clipreid import model
+
+        model.nope  # noqa: B018
