@@ -23,7 +23,7 @@ from typing import ClassVar, Literal
 
 from clipreid.config import Checks, at_least, non_negative, nonempty, rule, run
 from clipreid.inference import FUSION_CHECKS, INFERENCE_CHECKS, RERANK_CHECKS, Rerank
-from clipreid.predict import PredictConfig, SetName, predict
+from clipreid.prediction import PredictConfig, SetName, predict
 from clipreid.rank_folders import RankConfig, rank_folders
 
 

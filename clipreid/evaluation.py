@@ -10,7 +10,7 @@
 
 For several checkpoints on the test or fold split, a ``fused`` row is the similarity fusion (element-wise mean)
 of their distance matrices, per re-ranking method. The helpers here (features of a checkpoint, re-ranking by
-name, fusion by name) are shared with ``clipreid.predict`` and the trainer.
+name, fusion by name) are shared with ``clipreid.prediction`` and the trainer.
 
 Which weights are scored is said out loud (README: "Which weights"; ``clipreid.checkpoint`` reads them): every row
 names its epoch, scoring a ``best.pt`` on the split that selected it adds a warning line, and a fold checkpoint is

@@ -1,7 +1,7 @@
 """Rank your own images: unlabelled query (and gallery) folders, ranked with trained checkpoints.
 
 ``rank_folders(cfg)`` takes a :class:`RankConfig` (``predict.py``'s Config inherits it beside
-``clipreid.predict.PredictConfig``; ``--query-dir`` chooses this stage) and writes into ``cfg.output_dir``, as
+``clipreid.prediction.PredictConfig``; ``--query-dir`` chooses this stage) and writes into ``cfg.output_dir``, as
 one set (staged, then moved into place: a failure leaves none of it):
 
 - ``ranking_<method>.csv``: the ``topk`` nearest gallery images of every query, columns

@@ -22,7 +22,7 @@ from clipreid.errors import UserError
 from clipreid.evaluation import evaluate
 from clipreid.features import embed
 from clipreid.metrics import compute_scores
-from clipreid.predict import predict
+from clipreid.prediction import predict
 from clipreid.rerank import squared_distances
 from clipreid.submission import read_distance_matrix
 from clipreid.trainer import train

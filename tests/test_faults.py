@@ -30,7 +30,7 @@ from clipreid.config import load_config, run, save_config
 from clipreid.errors import UserError
 from clipreid.features import embed
 from clipreid.model import ModelSpec, build_encoder
-from clipreid.predict import load_set
+from clipreid.prediction import load_set
 from clipreid.submission import write_distance_matrix
 from clipreid.weights import encoder_checkpoint
 
@@ -205,7 +205,7 @@ def test_unwritable_output_folders_fail_before_any_work(synthetic_small, tmp_pat
     blocker.write_text("not a folder")
     # evaluate and predict: a model must not even be loaded
     monkeypatch.setattr("clipreid.evaluation.load_for_inference", lambda *a: pytest.fail("loaded a model"))
-    monkeypatch.setattr("clipreid.predict.load_set", lambda *a: pytest.fail("read the data"))
+    monkeypatch.setattr("clipreid.prediction.load_set", lambda *a: pytest.fail("read the data"))
     ckpt = tmp_path / "best.pt"
     ckpt.write_bytes(b"")
     for module, argv in [(evaluate_script, ["--checkpoints", ckpt, "--data-dir", synthetic_small]),
@@ -278,7 +278,7 @@ def test_full_disk_midway_keeps_the_old_set(synthetic_small, given_csvs, tmp_pat
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         real(path, *args)
 
-    monkeypatch.setattr("clipreid.predict.write_distance_matrix", second_write_fills_the_disk)
+    monkeypatch.setattr("clipreid.prediction.write_distance_matrix", second_write_fills_the_disk)
     code, _, err = run_script(predict_script, predict_argv(synthetic_small, given_csvs, out), capsys)
     assert code == 1 and len(calls) == 2
     assert one_line(err).endswith("challenge_raw.csv: no space left on the device; free some space and run again")
@@ -296,7 +296,7 @@ def test_every_write_failure_is_one_line(synthetic_small, given_csvs, tmp_path, 
     def fails(path, *args):
         raise OSError(code_, reason, str(path))
 
-    monkeypatch.setattr("clipreid.predict.write_distance_matrix", fails)
+    monkeypatch.setattr("clipreid.prediction.write_distance_matrix", fails)
     code, _, err = run_script(predict_script, predict_argv(synthetic_small, given_csvs, out), capsys)
     assert code == 1
     assert one_line(err) == f"error: {out / 'test_raw.csv'}: {reason}"
@@ -314,7 +314,7 @@ def test_a_vanished_output_folder_is_one_line(synthetic_small, given_csvs, tmp_p
 
         shutil.rmtree(out)  # another process cleans up the folder while predict writes
 
-    monkeypatch.setattr("clipreid.predict.write_distance_matrix", write_then_lose_the_folder)
+    monkeypatch.setattr("clipreid.prediction.write_distance_matrix", write_then_lose_the_folder)
     code, _, err = run_script(predict_script, predict_argv(synthetic_small, given_csvs, out), capsys)
     assert code == 1
     assert "no such file" in one_line(err)
@@ -338,7 +338,7 @@ def test_predict_killed_while_writing_leaves_the_old_set(synthetic_small, given_
     before = old_set(out)
     code = (
         "import os, signal, sys\n"
-        "import clipreid.predict as P, predict\n"
+        "import clipreid.prediction as P, predict\n"
         "from clipreid.config import run\n"
         "real = P.write_distance_matrix\n"
         "def write_then_die(path, *a):\n"
@@ -362,7 +362,7 @@ def test_predict_killed_while_writing_leaves_the_old_set(synthetic_small, given_
 
 PREDICT_STAND_IN = (
     "import os, signal, sys\n"
-    "import clipreid.predict as P, predict\n"
+    "import clipreid.prediction as P, predict\n"
     "from clipreid.config import run\n"
     "real = P.write_distance_matrix\n"
     "def write_then_stop(path, *a):\n"

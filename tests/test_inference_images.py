@@ -20,7 +20,7 @@ from clipreid.errors import UserError
 from clipreid.evaluation import evaluate
 from clipreid.features import embed, image_features, list_images
 from clipreid.fusion import dissimilarity_fusion, dissimilarity_weights
-from clipreid.predict import model_folders, predict
+from clipreid.prediction import model_folders, predict
 from clipreid.rank_folders import rank_folders
 from clipreid.rerank import hard_k_reciprocal, k_reciprocal_features, squared_distances
 from clipreid.transforms import load_image

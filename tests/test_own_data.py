@@ -17,7 +17,7 @@ from clipreid.dataset import read_train_df
 from clipreid.errors import UserError
 from clipreid.evaluation import evaluate
 from clipreid.layout import IDENTITIES_CSV, TRAIN_COLUMNS, TRAIN_DF
-from clipreid.predict import predict
+from clipreid.prediction import predict
 from clipreid.submission import read_distance_matrix
 from clipreid.trainer import train
 from evaluate import Config as EvalConfig

@@ -12,7 +12,7 @@ import pytest
 from clipreid.config import build_parser, config_to_dict, parse_config
 from clipreid.evaluation import EvaluateConfig
 from clipreid.inference import FusionOptions, InferenceOptions, RerankOptions
-from clipreid.predict import PredictConfig
+from clipreid.prediction import PredictConfig
 from clipreid.rank_folders import RankConfig
 from clipreid.trainer import TrainConfig
 
