@@ -286,7 +286,8 @@ def embed(
             path, reason = got.unreadable[0]
             raise UserError(f"none of the {len(names)} images could be read, e.g. {path}: {reason}")
         if got.unreadable:
-            bad = [names[i] for i in range(len(names)) if i not in set(got.kept)]
+            kept = set(got.kept)
+            bad = [names[i] for i in range(len(names)) if i not in kept]
             listed = ", ".join(bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
             warnings.warn(f"skipped {len(bad)} unreadable image(s): {listed}", stacklevel=2)
         return got.features, [names[i] for i in got.kept]

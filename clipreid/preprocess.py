@@ -165,11 +165,16 @@ def find_copies(data_dir: Path, result: PreprocessResult) -> list[tuple[str, str
     gallery image by path): real re-id sets ship such copies, and each one is an exact match at distance 0."""
     copies = []
     for name, (queries, gallery) in result.query_sets().items():
+        # a copy has its original's size: only files whose size occurs on both sides are read and hashed
+        q_size = {q: (data_dir / q).stat().st_size for q in queries}
+        g_size = {g: (data_dir / g).stat().st_size for g in sorted(gallery)}
+        both = set(q_size.values()) & set(g_size.values())
         by_digest: dict[bytes, str] = {}
-        for g in sorted(gallery):
-            by_digest.setdefault(_file_digest(data_dir / g), g)
+        for g, size in g_size.items():
+            if size in both:
+                by_digest.setdefault(_file_digest(data_dir / g), g)
         for q in queries:
-            g = by_digest.get(_file_digest(data_dir / q))
+            g = by_digest.get(_file_digest(data_dir / q)) if q_size[q] in both else None
             if g is not None:
                 copies.append((name, q, g))
     return copies
