@@ -15,10 +15,12 @@ with another identity's item ranks after it exactly when it comes later in the g
 With cameras, gallery items of the query's id *and* camera are removed for that query (Market-1501 rule).
 Queries without a true match are skipped by every score.
 
-Nothing sorts a whole row. Every score of a query depends only on its "head", the items at or below the distance
-of its last true match (a few percent of the gallery in a typical ranking): one comparison per item finds the
-heads of a chunk of queries, the heads alone are ordered (an integer radix sort on the CPU), and the scores follow
-from running counts over them read off at the true matches. The device only sees the distances' own dtype,
+Every score of a query is read off at its true matches: per match, how many items of its row lie at or below its
+distance and how many come before it in the stable order, and the same counts over the query's few items of its
+own identity. On the CPU only a row's "head" is ordered, the items at or below its last true match (a few percent
+of the gallery in a typical ranking): one comparison per item finds it, numpy sorts it (many times faster than
+torch there); rows whose head is most of the row are sorted whole. On a GPU each chunk of rows is sorted whole,
+stably. The device only sees the distances' own dtype,
 int64 and bool; the float64 averaging happens in numpy on the CPU (Apple GPUs have no float64).
 """
 
@@ -33,8 +35,10 @@ import torch
 
 ArrayLike = np.ndarray | torch.Tensor | Sequence[Any]
 
-# elements of q x g handled per chunk: 1 byte each, plus about 40 bytes per head item (all of them in the worst case)
+# elements of q x g handled per chunk on a GPU (a stable sort of the chunk: about 24 bytes each) and on the CPU
+# (where the kernel works in cache-sized blocks: the chunk bounds a dtype conversion's copy and the per-slot tables)
 CHUNK_ELEMENTS = 2**23
+CPU_CHUNK_ELEMENTS = 2**25
 RANKS = (1, 5, 10)
 
 
@@ -100,182 +104,142 @@ class _Counts(NamedTuple):
     kept_upto: torch.Tensor  # per true match, row-major: kept items at a distance <= its own
 
 
-def _count(index: torch.Tensor, n: int) -> torch.Tensor:
-    """How often each of 0..n-1 occurs in ``index`` (int64 on its device)."""
-    return torch.zeros(n, dtype=torch.int64, device=index.device).index_add_(0, index, torch.ones_like(index))
-
-
-def _sort_key(values: torch.Tensor) -> torch.Tensor:
-    """int64 keys in the order of ``values`` (floats by their bits, -0.0 = 0.0), so that sorts run as integers."""
-    if not values.is_floating_point():
-        return values
-    values = values + 0.0  # -0.0 becomes 0.0
-    if values.dtype == torch.float64:
-        bits = values.view(torch.int64)
-        return torch.where(bits < 0, bits ^ 0x7FFFFFFFFFFFFFFF, bits)
-    bits = values.view(torch.int32).long()
-    return torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
-
-
-def _sorted_head(flat: torch.Tensor, values: torch.Tensor, g: int) -> tuple[torch.Tensor, ...]:
-    """Row, column and "last of its tie group" flag of the items at ``flat`` (row-major indices) in the order
-    row, then distance, then column (the stable order of each row).
-
-    Sorts integer keys, stably: torch sorts those by radix on the CPU, many times faster than floats.
-    """
-    rows = flat // g
-    key = _sort_key(values)
-    if values.dtype == torch.float32:  # one sort of (row, distance) packed into an int64
-        key = torch.sort(rows * 2**32 + (key + 2**31), stable=True)
-        order, group = key.indices, key.values
-        rows = group >> 32
-        ends = torch.ones_like(rows, dtype=torch.bool)
-        ends[:-1] = group[1:] != group[:-1]
-    else:
-        order = torch.sort(key, stable=True).indices
-        order = order.index_select(0, torch.sort(rows.index_select(0, order), stable=True).indices)
-        rows, key = rows.index_select(0, order), key.index_select(0, order)
-        ends = torch.ones_like(rows, dtype=torch.bool)
-        ends[:-1] = (key[1:] != key[:-1]) | (rows[1:] != rows[:-1])
-    return rows, flat.index_select(0, order) - rows * g, ends
-
-
-def _head_counts(dist: torch.Tensor, qid: torch.Tensor, gid: torch.Tensor, qcam: torch.Tensor | None,
-                  gcam: torch.Tensor | None, same: _Matches) -> _Counts:
-    """The :class:`_Counts` of each query row of ``dist`` from its ordered "head" (the items at or below the
-    distance of its last true match): exact for every tie, used for the rows where a true match ties with an
-    item of another identity (the column order then decides the ranks).
-    """
-    n, g = dist.shape
-    device = dist.device
-    # the true matches from the gallery's identity groups (no q x g comparison of ids): their largest distance
-    true, cols = same.slots(g)
-    if qcam is not None:
-        true &= gcam[cols] != qcam[:, None]
-    n_pos = true.sum(1)
-    # rows without a true match reach nowhere (their few heads items, if any, are never read)
-    reach = dist.gather(1, cols).masked_fill_(~true, _smallest(dist.dtype)).amax(1)
-    del true, cols
-
-    flat = (dist <= reach[:, None]).view(-1).nonzero()[:, 0]  # row-major: columns ascend within each row
-    r, c, ends = _sorted_head(flat, dist.view(-1).index_select(0, flat), g)
-    del flat
-    same_id = gid.index_select(0, c) == qid.index_select(0, r)
-    if qcam is not None:
-        kept = ~same_id | (gcam.index_select(0, c) != qcam.index_select(0, r))
-        true = same_id & kept
-    else:
-        kept, true = torch.ones_like(same_id), same_id
-    at = true.nonzero()[:, 0]  # the true matches, by row and rank
-    rt = r.index_select(0, at)
-    head_start = torch.searchsorted(r, torch.arange(n, device=device)).index_select(0, rt)  # of each match's row
-
-    def per_row(flags: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """Inclusive running count of ``flags`` over the match's row of the heads, at ``index``."""
-        running = torch.cumsum(flags, 0)
-        return running.index_select(0, index) - running.index_select(0, head_start) + flags[head_start]
-
-    rank = per_row(kept, at)  # 1-based rank of each true match among its row's kept items
-    # sklearn's AP: equal distances are one threshold, so precision is counted at the end of each tie group
-    group_end = ends.nonzero()[:, 0]
-    end = group_end.index_select(0, torch.searchsorted(group_end, at))
-    kept_upto = per_row(kept, end)
-    true_start = torch.searchsorted(rt, rt)  # index in ``at`` of the row's first true match
-    true_upto = torch.searchsorted(at, end, right=True) - true_start
-    lead = _count(rt[per_row(~same_id, at) == 0], n)  # no item of another identity before the match
-    first = torch.zeros(n, dtype=torch.int64, device=device).scatter_reduce_(0, rt, rank, "amin",
-                                                                             include_self=False)
-    last = torch.zeros(n, dtype=torch.int64, device=device).scatter_reduce_(0, rt, rank, "amax",
-                                                                            include_self=False)
-    return _Counts(*(x.cpu() for x in (n_pos, first, last, lead, true_upto, kept_upto)))
-
-
 def _largest(dtype: torch.dtype) -> float | int:
     return float("inf") if dtype.is_floating_point else torch.iinfo(dtype).max
 
 
-def _row_counts(dist: torch.Tensor, values: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(le, lt): how many entries of row r of ``dist`` are <= and < ``values[r, j]``, where ``valid[r, j]``
-    (elsewhere anything).
+class _NaNRow(Exception):
+    """A chunk row holds NaN (the chunk-local row index is the argument)."""
 
-    Only the entries up to a row's largest valid value can count, so only those are sorted: on the CPU with numpy
-    (its vectorised sort is many times faster than torch's there), rows split over torch's threads.
+
+# elements of the matrix the CPU kernel compares and picks from at a time: a block of about 1 MiB stays in cache
+BLOCK_ELEMENTS = 2**18
+
+
+def _below(v: np.ndarray) -> np.ndarray:
+    """The largest value of ``v``'s dtype below each of ``v`` (where there is one): ``x < v`` iff ``x <= below``."""
+    if v.dtype.kind == "f":
+        return np.nextafter(v, -np.inf)
+    return v - (v > np.iinfo(v.dtype).min)
+
+
+def _row_counts_cpu(dist: np.ndarray, needles: np.ndarray, reach: np.ndarray, out: np.ndarray, rows: range,
+                    stride: int) -> None:
+    """:func:`_row_counts` for ``rows`` of a numpy matrix: ``out[r] = searchsorted(sorted head of row r,
+    needles[r], "right")``.
+
+    Per block of rows: one comparison with each row's reach, the items at or below it picked out (row-major), then
+    per row a sort of those few items and one binary search per needle. NaN, found by the sorts, raises
+    :class:`_NaNRow` with its row.
     """
-    if dist.device.type != "cpu":
-        ordered = torch.sort(dist, 1).values
-        return (torch.searchsorted(ordered, values, right=True), torch.searchsorted(ordered, values))
-    reach = torch.where(valid, values, _smallest(values.dtype)).amax(1).numpy()
-    d, v = dist.numpy(), values.numpy()
-    le, lt = np.zeros(v.shape, np.int64), np.zeros(v.shape, np.int64)
+    g = dist.shape[1]
+    step = max(1, BLOCK_ELEMENTS // g)
+    nan = dist.dtype.kind == "f"
+    for a in range(rows.start, rows.stop, stride):
+        b = min(a + step, rows.stop)
+        block = dist[a:b]
+        head = np.greater(block, reach[a:b, None])
+        np.logical_not(head, out=head)  # NaN is in every head, so that the sorts below find it
+        if 3 * np.count_nonzero(head) > head.size:  # most of each row: sorting it whole beats picking items out
+            ordered = np.sort(block, 1)
+            if nan and np.isnan(ordered[:, -1]).any():  # NaN sorts last
+                raise _NaNRow(a + int(np.isnan(ordered[:, -1]).nonzero()[0][0]))
+            for i in range(b - a):
+                out[a + i] = np.searchsorted(ordered[i], needles[a + i], "right")
+            continue
+        flat = np.flatnonzero(head)
+        values = block.ravel().take(flat)
+        if nan and np.isnan(values).any():
+            raise _NaNRow(a + int(flat[np.isnan(values).argmax()] // g))
+        bounds = np.searchsorted(flat, np.arange(b - a + 1) * g)
+        for i in range(b - a):
+            out[a + i] = np.searchsorted(np.sort(values[bounds[i]:bounds[i + 1]]), needles[a + i], "right")
 
-    def rows(a: int, b: int) -> None:
-        for r in range(a, b):
-            row = d[r]
-            head = np.compress(row <= reach[r], row)  # 2-3x faster than row[mask]
-            head.sort()
-            le[r] = np.searchsorted(head, v[r], "right")
-            lt[r] = np.searchsorted(head, v[r], "left")
 
-    workers = max(1, min(torch.get_num_threads(), len(d) // 64))
-    if workers == 1:
-        rows(0, len(d))
-    else:
-        step = -(-len(d) // workers)
-        with ThreadPoolExecutor(workers) as pool:  # numpy releases the GIL while it compares and sorts
-            list(pool.map(lambda a: rows(a, min(a + step, len(d))), range(0, len(d), step)))
-    return torch.from_numpy(le), torch.from_numpy(lt)
+def _row_counts(dist: torch.Tensor, v: torch.Tensor, cols: torch.Tensor,
+                valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(le, before): per slot, how many items of its row of ``dist`` are <= ``v[r, j]``, and how many come before
+    gallery column ``cols[r, j]`` in the row's stable order; exact where ``valid[r, j]`` (elsewhere anything).
 
-
-def _chunk_counts(dist: torch.Tensor, qid: torch.Tensor, gid: torch.Tensor, qcam: torch.Tensor | None,
-                  gcam: torch.Tensor | None, same: _Matches) -> _Counts:
-    """The :class:`_Counts` of each query row of ``dist``.
-
-    Every score of a query is read off at its true matches: per match, how many items of the row lie below its
-    distance and how many tie with it. Those counts come from the row's own items up to its last true match,
-    sorted (the floor is one comparison per item; that sort is what it costs beyond it), minus the counts over
-    the query's few items of the same identity (true matches and camera-ignored ones). Rows where a true match
-    ties with an item of another identity need the column order for their ranks: :func:`_head_counts` redoes
-    their ranks.
+    On a GPU by one stable sort of the rows; on the CPU by :func:`_row_counts_cpu` (numpy sorts many times
+    faster than torch there), rows split over torch's threads.
     """
     n, g = dist.shape
-    device = dist.device
+    if dist.device.type != "cpu":
+        ordered = torch.sort(dist, dim=1, stable=True)
+        le = torch.searchsorted(ordered.values, v, right=True)
+        place = torch.empty_like(ordered.indices)  # each column's place in the stable order
+        place.scatter_(1, ordered.indices, torch.arange(g, device=dist.device).expand(n, g))
+        return le, place.gather(1, cols)
+    reach = torch.where(valid, v, _smallest(v.dtype)).amax(1).numpy()
+    d, vn = dist.numpy(), v.numpy()
+    m = vn.shape[1]
+    needles = np.concatenate([_below(vn), vn], 1)  # lt(v) = le(below(v))
+    counts = np.zeros(needles.shape, np.int64)
+    step = max(1, BLOCK_ELEMENTS // g)
+    workers = max(1, min(torch.get_num_threads(), -(-n // step)))
+    if workers == 1:
+        _row_counts_cpu(d, needles, reach, counts, range(0, n), step)
+    else:
+        with ThreadPoolExecutor(workers) as pool:  # numpy releases the GIL while it compares, picks and sorts
+            list(pool.map(lambda w: _row_counts_cpu(d, needles, reach, counts, range(w * step, n), workers * step),
+                          range(workers)))
+    lt, le = counts[:, :m], counts[:, m:]
+    lt[vn == _below(vn)] = 0  # nothing lies below the dtype's smallest value
+    before = lt.copy()
+    # where other items of the row tie with a slot, those at lower columns come before it
+    for r, j in zip(*np.nonzero((le - lt > 1) & valid.numpy()), strict=True):
+        before[r, j] += np.count_nonzero(d[r, :cols[r, j]] == vn[r, j])
+    return torch.from_numpy(le), torch.from_numpy(before)
+
+
+def _among(v: torch.Tensor, flags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(le, before), each (rows, slots, kinds): per slot and kind of ``flags`` (rows, slots, kinds), how many
+    slots of its row flagged so have a distance <= its own, and how many come before it in the stable order
+    (slots are in gallery column order)."""
+    m = v.shape[1]
+    ordered = torch.sort(v, dim=1, stable=True)
+    running = torch.cumsum(flags.gather(1, ordered.indices[:, :, None].expand_as(flags)).long(), 1)
+    running = torch.nn.functional.pad(running, (0, 0, 1, 0))  # running[:, k]: flagged among the first k sorted
+    place = torch.empty_like(ordered.indices)  # each slot's place in the sorted order
+    place.scatter_(1, ordered.indices, torch.arange(m, device=v.device).expand_as(v))
+    # one past the end of each sorted value's run of equal values
+    index = torch.arange(1, m + 1, device=v.device).expand_as(v)
+    last = torch.ones_like(v, dtype=torch.bool)
+    last[:, :-1] = ordered.values[:, 1:] != ordered.values[:, :-1]
+    end = torch.where(last, index, m).flip(1).cummin(1).values.flip(1)
+
+    def upto(k: torch.Tensor) -> torch.Tensor:
+        return running.gather(1, k[:, :, None].expand(-1, -1, flags.shape[2]))
+
+    return upto(end.gather(1, place)), upto(place)
+
+
+def _chunk_counts(dist: torch.Tensor, qcam: torch.Tensor | None, gcam: torch.Tensor | None,
+                  same: _Matches) -> _Counts:
+    """The :class:`_Counts` of each query row of ``dist``.
+
+    Every score of a query is read off at its true matches: per match, how many items of its row lie below its
+    distance, tie with it, and come before it in the stable order (:func:`_row_counts`), minus the same counts
+    over the query's few items of the same identity (true matches and camera-ignored ones).
+    """
+    g = dist.shape[1]
     valid, cols = same.slots(g)
     true = valid & (gcam[cols] != qcam[:, None]) if qcam is not None else valid
     ignored = valid & ~true
     v = dist.gather(1, cols)
-    del cols
-
-    sentinel = _largest(v.dtype)
-
-    def among(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(le, lt) of each v[r, j] over the v[r, k] with mask[r, k]."""
-        ordered = torch.where(mask, v, sentinel).sort(1).values
-        le = torch.searchsorted(ordered, v, right=True)
-        le -= torch.where(v == sentinel, (~mask).sum(1, keepdim=True), 0)  # the padding ties with itself
-        return le, torch.searchsorted(ordered, v)
-
-    all_le, all_lt = (x.to(device) for x in _row_counts(dist, v, valid))
-    same_le, same_lt = among(valid)
-    ign_le, ign_lt = among(ignored)
-    true_le = among(true)[0]
-    kept_le, kept_lt = all_le - ign_le, all_lt - ign_lt
-    other_lt = all_lt - same_lt  # items of other identities strictly below
-    other_tie = (all_le - all_lt) - (same_le - same_lt)
+    all_le, all_before = (x.to(dist.device) for x in _row_counts(dist, v, cols, true))
+    le, before = _among(v, torch.stack([valid, ignored, true], 2))
+    same_before, ign_before = before[:, :, 0], before[:, :, 1]
+    ign_le, true_le = le[:, :, 1], le[:, :, 2]
+    rank = all_before - ign_before + 1  # among the kept items, in the stable order
     n_pos = true.sum(1)
-    first = torch.where(true, kept_lt, g).amin(1) + 1
+    first = torch.where(true, rank, g + 1).amin(1)
     first = torch.where(n_pos > 0, first, 0)
-    last = torch.where(true, kept_le, 0).amax(1)
-    lead = (true & (other_lt == 0)).sum(1)
-    counts = _Counts(n_pos, first, last, lead, true_le[true], kept_le[true])
-    counts = _Counts(*(x.cpu() for x in counts))
-    tied = (true & (other_tie > 0)).any(1).nonzero()[:, 0]
-    if len(tied):
-        exact = _head_counts(dist[tied], qid[tied], gid, None if qcam is None else qcam[tied], gcam,
-                             _Matches(same.order, same.start[tied], same.count[tied]))
-        tied = tied.cpu()
-        for mine, theirs in ((counts.first, exact.first), (counts.last, exact.last), (counts.lead, exact.lead)):
-            mine[tied] = theirs
-    return counts
+    last = torch.where(true, rank, 0).amax(1)
+    lead = (true & (all_before == same_before)).sum(1)  # no item of another identity before the match
+    counts = _Counts(n_pos, first, last, lead, true_le[true], (all_le - ign_le)[true])
+    return _Counts(*(x.cpu() for x in counts))
 
 
 def compute_scores(
@@ -330,7 +294,7 @@ def compute_scores(
     qcam = gcam = None
     if query_cams is not None:
         qcam, gcam = _codes(query_cams, gallery_cams, device)
-    step = chunk_size or max(1, CHUNK_ELEMENTS // max(n_gallery, 1))
+    step = chunk_size or max(1, (CPU_CHUNK_ELEMENTS if device.type == "cpu" else CHUNK_ELEMENTS) // n_gallery)
 
     parts = []
     for start in range(0, n_query, step):
@@ -342,17 +306,21 @@ def compute_scores(
             chunk = chunk.float()  # exact; checked for NaN below like every float dtype
         elif not chunk.is_floating_point():
             chunk = chunk.long()  # integer distances stay exact
-        # one cheap pass for every float dtype (inf - inf also makes NaN, so look closer)
-        if chunk.is_floating_point() and bool(torch.isnan(chunk.sum())):
-            bad = torch.isnan(chunk).any(1)
-            if bool(bad.any()):
-                row = start + int(bad.nonzero()[0, 0])
-                raise ValueError(f"distmat contains NaN (first in query row {row})")
+        # one cheap pass for every float dtype (inf - inf also makes NaN, so look closer); on the CPU the
+        # kernel checks each block of rows as it reads it
+        if chunk.is_floating_point() and chunk.device.type != "cpu" and bool(torch.isnan(chunk.sum())):
+            _raise_nan(start + int(torch.isnan(chunk).any(1).nonzero()[0, 0]))
         stop = start + len(chunk)
         rows = _Matches(same.order, same.start[start:stop], same.count[start:stop])
-        parts.append(_chunk_counts(chunk.contiguous(), qid[start:stop], gid,
-                                   None if qcam is None else qcam[start:stop], gcam, rows))
+        try:
+            parts.append(_chunk_counts(chunk.contiguous(), None if qcam is None else qcam[start:stop], gcam, rows))
+        except _NaNRow as e:
+            _raise_nan(start + e.args[0])
     return _summarise(_Counts(*(torch.cat(p).numpy() for p in zip(*parts, strict=True))))
+
+
+def _raise_nan(row: int) -> None:
+    raise ValueError(f"distmat contains NaN (first in query row {row})")
 
 
 def _summarise(counts: _Counts) -> dict[str, float]:

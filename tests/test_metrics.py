@@ -349,3 +349,26 @@ def test_matches_sklearn_on_hard_distances(dtype):
     assert_close(ours, ref, tol=1e-12)
     assert ours["rank1_allshots"] == pytest.approx(reference_allshots(dist, qids, gids, qcams, gcams), abs=1e-12)
     assert compute_scores(torch.from_numpy(dist), qids, gids, qcams, gcams, chunk_size=4) == ours
+
+
+def test_cpu_kernel_blocks_threads_and_both_ways_of_ordering(monkeypatch):
+    """Small blocks over two threads: rows whose head is most of the row (sorted whole) beside rows with short
+    heads (picked out first), ties between identities at every boundary, in float32, float64 and int64."""
+    import clipreid.metrics as metrics
+
+    monkeypatch.setattr(metrics, "BLOCK_ELEMENTS", 3 * 97)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    rng = np.random.default_rng(8)
+    qids, gids = rng.integers(0, 9, 50), rng.integers(0, 9, 97)
+    qcams, gcams = rng.integers(0, 3, 50), rng.integers(0, 3, 97)
+    same = qids[:, None] == gids[None, :]
+    weak = np.where(same, rng.random(same.shape), 0.35 + rng.random(same.shape))  # heads: most of the row
+    strong = np.where(same, 0.2 * rng.random(same.shape), 0.1 + rng.random(same.shape))  # heads: a few items
+    dist = np.round(np.where(rng.random(50)[:, None] < 0.5, weak, strong), 2)
+    for values in (dist.astype(np.float32), dist, (dist * 100).astype(np.int64)):
+        ours, ref = compute_scores(values, qids, gids, qcams, gcams), reference_scores(values, qids, gids, qcams, gcams)
+        assert_close(ours, ref, tol=1e-12)
+        assert ours["rank1_allshots"] == pytest.approx(reference_allshots(values, qids, gids, qcams, gcams), abs=1e-12)
+    dist[37, 5] = np.nan
+    with pytest.raises(ValueError, match=r"distmat contains NaN \(first in query row 37\)"):
+        compute_scores(dist, qids, gids, qcams, gcams)
