@@ -109,8 +109,19 @@ def k_reciprocal_features(query_features: Array, gallery_features: Array, k1: in
     z = torch.cat([x.to(dtype), y[shared:].to(device=device, dtype=dtype)], 0)
     z_sq = (z * z).sum(1)
 
+    q = len(x)
+
     def rows(a: int, b: int, out: Tensor) -> None:
-        _sq_dist(z[a:b], z_sq[a:b], z, z_sq, out=out)
+        # In the order k_reciprocal reads squared_distances' matrices, query rows against the gallery come from
+        # q_g as computed, every other entry from a matrix transposed: the squared norms added in that same
+        # order give the very bits of those matrices, so near-ties fall as they fall there
+        if a < q:
+            e = min(b, q)
+            _sq_dist(z[a:e], z_sq[a:e], z[:q], z_sq[:q], out=out[:e - a, :q], transposed=True)
+            _sq_dist(z[a:e], z_sq[a:e], z[q:], z_sq[q:], out=out[:e - a, q:])
+        if b > q:
+            s = max(a, q)
+            _sq_dist(z[s:b], z_sq[s:b], z, z_sq, out=out[s - a:], transposed=True)
 
     def pairs(r: Tensor, c: Tensor) -> Tensor:
         return _pair_dist(z, z_sq, r, c)
@@ -453,11 +464,18 @@ def _min_join(qs: _Sparse, gs: _Sparse, num_cols: int, budget: int, max_rows: in
 # distances, types and checks
 
 
-def _sq_dist(x: Tensor, x_sq: Tensor, y: Tensor, y_sq: Tensor, out: Tensor | None = None) -> Tensor:
+def _sq_dist(x: Tensor, x_sq: Tensor, y: Tensor, y_sq: Tensor, out: Tensor | None = None, *,
+             transposed: bool = False) -> Tensor:
+    """Squared distances (|y|² - 2 x·y) + |x|², clamped at 0; ``transposed``: (|x|² - 2 x·y) + |y|², the rounding
+    of ``_sq_dist(y, ..., x, ...)ᵀ``."""
     if out is None:
         out = torch.empty(len(x), len(y), dtype=x.dtype, device=x.device)
-    torch.addmm(y_sq[None, :], x, y.T, alpha=-2, out=out)
-    out += x_sq[:, None]
+    if transposed:
+        torch.addmm(x_sq[:, None].expand(-1, len(y)), x, y.T, alpha=-2, out=out)
+        out += y_sq[None, :]
+    else:
+        torch.addmm(y_sq[None, :], x, y.T, alpha=-2, out=out)
+        out += x_sq[:, None]
     return out.clamp_min_(0)
 
 

@@ -203,6 +203,20 @@ def test_features_entry_matches_matrix_api(k1, k2):
     np.testing.assert_allclose(from_torch.numpy(), from_features, atol=1e-6)
 
 
+@pytest.mark.parametrize("seed", [1, 3])
+def test_features_entry_breaks_near_ties_as_the_matrices_do(seed):
+    """Features on a grid of sevenths: many distances are equal in exact arithmetic and differ in float32 only by
+    the order their terms were added. The features path adds them in squared_distances' order for each matrix
+    the reference reads (transposed ones included), so its neighbour sets are the matrices' (adding them in one
+    order everywhere moved results by up to 0.15)."""
+    rng = np.random.default_rng(seed)
+    f = (rng.integers(-3, 4, (130, 6)) / 7).astype(np.float32) + 0.1
+    qf, gf = f[:30], f[30:]
+    mats = [squared_distances(a, b) for a, b in ((qf, gf), (qf, qf), (gf, gf))]
+    np.testing.assert_allclose(k_reciprocal_features(qf, gf, k1=7, k2=3), k_reciprocal(*mats, k1=7, k2=3),
+                               rtol=0, atol=1e-6)
+
+
 def test_chunk_size_does_not_change_the_result():
     qf, gf, _, _ = clustered(25, 160, 20, seed=4)
     q_g, q_q, g_g = matrices(qf, gf)
