@@ -284,9 +284,10 @@ def _zhong(rows: _Rows, pairs: _Pairs, q: int, total: int, k1: int, k2: int, lam
         v = _neighbour_mean(v, near[:, :min(k2, k_all)], total, sparse)
 
     for a, b, s in _min_join(_row_slice(v, 0, q), _row_slice(v, g_start, total), total, sparse, chunk):
-        # (1 - lambda) * (1 - s / (2 - s)) + lambda * out, in place: the same operations, no q x g temporaries
-        s.div_(torch.sub(2, s)).neg_().add_(1).mul_(1 - lambda_value)
-        out[a:b].mul_(lambda_value).add_(s)
+        # (1 - lambda) * (1 - s / (2 - s)) + lambda * out as lambda * out + (1 - lambda) - (1 - lambda) * s / (2 - s),
+        # in place
+        o = out[a:b]
+        o.mul_(lambda_value).add_(1 - lambda_value).addcdiv_(s, torch.sub(2, s), value=lambda_value - 1)
     return out
 
 
@@ -452,11 +453,15 @@ def _min_join(qs: _Sparse, gs: _Sparse, num_cols: int, budget: int, max_rows: in
     for a, b in _cost_chunks(row_cost, budget, max_rows):
         e0, e1 = int(qs.ptr[a]), int(qs.ptr[b])
         cnt = pair_count[e0:e1]
-        idx = _segment_index(col_start[qs.col[e0:e1]], cnt)
-        qi = torch.repeat_interleave(q_row[e0:e1] - a, cnt, output_size=len(idx))
-        qv = torch.repeat_interleave(qs.val[e0:e1], cnt, output_size=len(idx))
+        total = int(cnt.sum())
+        # per pair: its gallery entry (the column's run, then the place in it) and its cell of the chunk; each
+        # from one value per query non-zero repeated over its pairs
+        shift = col_start[qs.col[e0:e1]] - (cnt.cumsum(0) - cnt)
+        idx = torch.arange(total, device=device).add_(torch.repeat_interleave(shift, cnt, output_size=total))
+        cell = torch.repeat_interleave((q_row[e0:e1] - a) * ng, cnt, output_size=total).add_(g_row[idx])
+        qv = torch.repeat_interleave(qs.val[e0:e1], cnt, output_size=total)
         s = torch.zeros((b - a) * ng, dtype=qs.val.dtype, device=device)
-        s.index_add_(0, qi * ng + g_row[idx], torch.minimum(qv, g_val[idx]))
+        s.index_add_(0, cell, torch.minimum(qv, g_val[idx], out=qv))
         yield a, b, s.view(b - a, ng)
 
 
