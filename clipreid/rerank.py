@@ -115,10 +115,13 @@ def k_reciprocal_features(query_features: Array, gallery_features: Array, k1: in
         # In the order k_reciprocal reads squared_distances' matrices, query rows against the gallery come from
         # q_g as computed, every other entry from a matrix transposed: the squared norms added in that same
         # order give the very bits of those matrices, so near-ties fall as they fall there
-        if a < q:
-            e = min(b, q)
-            _sq_dist(z[a:e], z_sq[a:e], z[:q], z_sq[:q], out=out[:e - a, :q], transposed=True)
-            _sq_dist(z[a:e], z_sq[a:e], z[q:], z_sq[q:], out=out[:e - a, q:])
+        if a < q:  # whole rows in the order of their larger part, then the smaller part again (a product into
+            e = min(b, q)  # part of a row goes through a temporary copy)
+            first = 2 * q >= len(z)
+            _sq_dist(z[a:e], z_sq[a:e], z, z_sq, out=out[:e - a], transposed=first)
+            part = slice(q, None) if first else slice(0, q)
+            if len(z[part]):
+                _sq_dist(z[a:e], z_sq[a:e], z[part], z_sq[part], out=out[:e - a, part], transposed=not first)
         if b > q:
             s = max(a, q)
             _sq_dist(z[s:b], z_sq[s:b], z, z_sq, out=out[s - a:], transposed=True)
