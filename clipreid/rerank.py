@@ -382,16 +382,20 @@ def _expand(base: Tensor, in_base: Tensor, cand: Tensor, in_cand: Tensor, half: 
     h = half.shape[1]
     sentinel = num_cols
     rows_out, cols_out = [], []
-    step = max(1, budget // max(1, w * h))
+    # rows per chunk: about ``budget`` candidate pairs, and a dense membership table of at most 8M flags
+    step = max(1, min(budget // max(1, w * h), (1 << 23) // (num_cols + 1)))
+    marks = torch.zeros(min(step, num_rows), num_cols + 1, dtype=torch.bool, device=cand.device)
     for a in range(0, num_rows, step):
         b = min(a + step, num_rows)
         c = b - a
-        members = _sort_rows(torch.where(in_cand[a:b], cand[a:b], sentinel))
+        members = torch.where(in_cand[a:b], cand[a:b], sentinel)
         hc = half[cand[a:b]]  # (c, w, h)
         in_hc = in_half[cand[a:b]] & in_cand[a:b, :, None]
-        flat = hc.reshape(c, w * h)
-        pos = torch.searchsorted(members, flat).clamp_max_(w - 1)
-        found = (members.gather(1, pos) == flat).view(c, w, h) & in_hc
+        # which members of each H(c) are candidates of the row: flags set at the row's candidates, read, cleared
+        mark = marks[:c]
+        mark.scatter_(1, members, True)
+        found = mark.gather(1, hc.reshape(c, w * h)).view(c, w, h) & in_hc
+        mark.scatter_(1, members, False)
         # count > 2/3 size (the reference's float64 2. / 3 * len(...)) in exact integers: 3 count > 2 size,
         # which no float64 rounding of size * (2/3) changes for any size up to 200,000 (checked); no float64
         # tensor on the device (Apple GPUs have none)
