@@ -432,7 +432,10 @@ def _neighbour_mean(sp: _Sparse, nbr: Tensor, num_cols: int, budget: int) -> _Sp
         idx = _segment_index(starts[a:b].reshape(-1), lens[a:b].reshape(-1))
         local = torch.repeat_interleave(torch.arange(b - a, device=device), cost[a:b], output_size=len(idx))
         key = local * num_cols + sp.col.index_select(0, idx)
+        if (b - a) * num_cols < 2**31:
+            key = key.int()  # torch.unique sorts int32 keys about 1.5x faster than int64 ones
         uniq, inv = torch.unique(key, sorted=True, return_inverse=True)
+        uniq = uniq.long()
         summed = torch.zeros(len(uniq), dtype=sp.val.dtype, device=device)
         summed.index_add_(0, inv, sp.val.index_select(0, idx))
         rows.append(uniq // num_cols + a)
@@ -450,7 +453,8 @@ def _min_join(qs: _Sparse, gs: _Sparse, num_cols: int, budget: int, max_rows: in
     """
     device = qs.col.device
     nq, ng = len(qs.ptr) - 1, len(gs.ptr) - 1
-    order = torch.argsort(gs.col, stable=True)
+    # int32 keys sort about twice as fast as int64 ones on the CPU
+    order = torch.argsort(gs.col.int() if num_cols < 2**31 else gs.col, stable=True)
     g_row, g_val = _row_ids(gs)[order], gs.val[order]
     col_count = torch.bincount(gs.col, minlength=num_cols)
     col_start = col_count.cumsum(0) - col_count
