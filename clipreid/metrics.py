@@ -172,9 +172,10 @@ def _row_counts(dist: torch.Tensor, v: torch.Tensor, cols: torch.Tensor,
         place.scatter_(1, ordered.indices, torch.arange(g, device=dist.device).expand(n, g))
         return le, place.gather(1, cols)
     reach = torch.where(valid, v, _smallest(v.dtype)).amax(1).numpy()
-    d, vn = dist.numpy(), v.numpy()
+    d, vn, cn = dist.numpy(), v.numpy(), cols.numpy()
     m = vn.shape[1]
-    needles = np.concatenate([_below(vn), vn], 1)  # lt(v) = le(below(v))
+    below = _below(vn)
+    needles = np.concatenate([below, vn], 1)  # lt(v) = le(below(v))
     counts = np.zeros(needles.shape, np.int64)
     step = max(1, BLOCK_ELEMENTS // g)
     workers = max(1, min(torch.get_num_threads(), -(-n // step)))
@@ -185,11 +186,11 @@ def _row_counts(dist: torch.Tensor, v: torch.Tensor, cols: torch.Tensor,
             list(pool.map(lambda w: _row_counts_cpu(d, needles, reach, counts, range(w * step, n), workers * step),
                           range(workers)))
     lt, le = counts[:, :m], counts[:, m:]
-    lt[vn == _below(vn)] = 0  # nothing lies below the dtype's smallest value
+    lt[vn == below] = 0  # nothing lies below the dtype's smallest value
     before = lt.copy()
     # where other items of the row tie with a slot, those at lower columns come before it
     for r, j in zip(*np.nonzero((le - lt > 1) & valid.numpy()), strict=True):
-        before[r, j] += np.count_nonzero(d[r, :cols[r, j]] == vn[r, j])
+        before[r, j] += np.count_nonzero(d[r, :cn[r, j]] == vn[r, j])
     return torch.from_numpy(le), torch.from_numpy(before)
 
 
