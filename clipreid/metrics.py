@@ -104,10 +104,6 @@ class _Counts(NamedTuple):
     kept_upto: torch.Tensor  # per true match, row-major: kept items at a distance <= its own
 
 
-def _largest(dtype: torch.dtype) -> float | int:
-    return float("inf") if dtype.is_floating_point else torch.iinfo(dtype).max
-
-
 class _NaNRow(Exception):
     """A chunk row holds NaN (the chunk-local row index is the argument)."""
 
@@ -310,7 +306,9 @@ def compute_scores(
         # one cheap pass for every float dtype (inf - inf also makes NaN, so look closer); on the CPU the
         # kernel checks each block of rows as it reads it
         if chunk.is_floating_point() and chunk.device.type != "cpu" and bool(torch.isnan(chunk.sum())):
-            _raise_nan(start + int(torch.isnan(chunk).any(1).nonzero()[0, 0]))
+            bad = torch.isnan(chunk).any(1)
+            if bool(bad.any()):
+                _raise_nan(start + int(bad.nonzero()[0, 0]))
         stop = start + len(chunk)
         rows = _Matches(same.order, same.start[start:stop], same.count[start:stop])
         try:
