@@ -119,20 +119,19 @@ def _below(v: np.ndarray) -> np.ndarray:
     return v - (v > np.iinfo(v.dtype).min)
 
 
-def _row_counts_cpu(dist: np.ndarray, needles: np.ndarray, reach: np.ndarray, out: np.ndarray, rows: range,
-                    stride: int) -> None:
-    """:func:`_row_counts` for ``rows`` of a numpy matrix: ``out[r] = searchsorted(sorted head of row r,
-    needles[r], "right")``.
+def _row_counts_cpu(dist: np.ndarray, needles: np.ndarray, reach: np.ndarray, out: np.ndarray, blocks: range,
+                    step: int) -> None:
+    """:func:`_row_counts` for the blocks of ``step`` rows of a numpy matrix that start at ``blocks``:
+    ``out[r] = searchsorted(sorted head of row r, needles[r], "right")``.
 
     Per block of rows: one comparison with each row's reach, the items at or below it picked out (row-major), then
     per row a sort of those few items and one binary search per needle. NaN, found by the sorts, raises
     :class:`_NaNRow` with its row.
     """
-    g = dist.shape[1]
-    step = max(1, BLOCK_ELEMENTS // g)
+    n, g = dist.shape
     nan = dist.dtype.kind == "f"
-    for a in range(rows.start, rows.stop, stride):
-        b = min(a + step, rows.stop)
+    for a in blocks:
+        b = min(a + step, n)
         block = dist[a:b]
         head = np.greater(block, reach[a:b, None])
         np.logical_not(head, out=head)  # NaN is in every head, so that the sorts below find it
@@ -176,11 +175,11 @@ def _row_counts(dist: torch.Tensor, v: torch.Tensor, cols: torch.Tensor,
     step = max(1, BLOCK_ELEMENTS // g)
     workers = max(1, min(torch.get_num_threads(), -(-n // step)))
     if workers == 1:
-        _row_counts_cpu(d, needles, reach, counts, range(0, n), step)
-    else:
-        with ThreadPoolExecutor(workers) as pool:  # numpy releases the GIL while it compares, picks and sorts
-            list(pool.map(lambda w: _row_counts_cpu(d, needles, reach, counts, range(w * step, n), workers * step),
-                          range(workers)))
+        _row_counts_cpu(d, needles, reach, counts, range(0, n, step), step)
+    else:  # blocks dealt out in turn; numpy releases the GIL while it compares, picks and sorts
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(lambda w: _row_counts_cpu(d, needles, reach, counts, range(w * step, n, workers * step),
+                                                    step), range(workers)))
     lt, le = counts[:, :m], counts[:, m:]
     lt[vn == below] = 0  # nothing lies below the dtype's smallest value
     before = lt.copy()
