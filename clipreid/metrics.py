@@ -17,11 +17,12 @@ Queries without a true match are skipped by every score.
 
 Every score of a query is read off at its true matches: per match, how many items of its row lie at or below its
 distance and how many come before it in the stable order, and the same counts over the query's few items of its
-own identity. On the CPU only a row's "head" is ordered, the items at or below its last true match (a few percent
-of the gallery in a typical ranking): one comparison per item finds it, numpy sorts it (many times faster than
-torch there); rows whose head is most of the row are sorted whole. On a GPU each chunk of rows is sorted whole,
-stably. The device only sees the distances' own dtype,
-int64 and bool; the float64 averaging happens in numpy on the CPU (Apple GPUs have no float64).
+own identity. On the CPU only a row's "head" is looked at, the items at or below its last true match (a few
+percent of the gallery in a typical ranking, most of it for a weak model): one comparison per item finds it, then
+numpy sorts a short head, and compares a long one with every true match's distance at once (numpy's sort of long
+arrays is 6x slower on some CPUs than on others; its comparisons are fast everywhere). On a GPU each chunk of
+rows is sorted whole, stably. The device only sees the distances' own dtype, int64 and bool; the float64
+averaging happens in numpy on the CPU (Apple GPUs have no float64).
 """
 
 from __future__ import annotations
@@ -110,6 +111,86 @@ class _NaNRow(Exception):
 
 # elements of the matrix the CPU kernel compares and picks from at a time: a block of about 1 MiB stays in cache
 BLOCK_ELEMENTS = 2**18
+# a head this long or longer is counted by comparing it with each needle; a shorter one is sorted (numpy's sort
+# of large arrays runs 6x slower on some CPUs than on others, its comparisons do not)
+COMPARE_HEAD = 2048
+# bools per counting lane: 255 words of 8 bytes keep every byte of a uint64 running sum at most 255
+LANE = 8 * 255
+
+
+def _head_counts_cpu(dist: np.ndarray, needles: np.ndarray, n_needles: np.ndarray, reach: np.ndarray,
+                     same_cols: np.ndarray, counts: np.ndarray, low: np.ndarray, blocks: range, step: int) -> None:
+    """:func:`_row_counts`' counting for the blocks of ``step`` rows of a numpy matrix that start at ``blocks``:
+    ``counts[r, j]`` = items of row r at or below ``needles[r, j]`` (for ``j < n_needles[r]``; every needle at
+    most the row's ``reach``), and ``low[r]`` = the smallest item at or below the reach whose column is not in
+    ``same_cols[r]`` (-1 pads it; the dtype's largest value where there is none).
+
+    Per block of rows: one comparison with each row's reach picks out the row's head (the items at or below it,
+    a few percent of a typical row); a short head is sorted and searched once per needle, a long one is compared
+    with every needle at once (:func:`_count_long`). NaN, put into every head, raises :class:`_NaNRow` with its
+    row.
+    """
+    n, g = dist.shape
+    nan = dist.dtype.kind == "f"
+    top = np.inf if nan else np.iinfo(dist.dtype).max
+    mask = np.empty((step, g), bool)
+    hits = np.empty(0, bool)  # scratch of _count_long, kept from block to block
+    for a in blocks:
+        b = min(a + step, n)
+        block = dist[a:b]
+        head = mask[: b - a]
+        np.greater(block, reach[a:b, None], out=head)
+        np.logical_not(head, out=head)  # NaN is in every head, so the check below finds it
+        flat = np.flatnonzero(head)
+        values = block.ravel().take(flat)
+        if nan and np.isnan(values).any():
+            raise _NaNRow(a + int(flat[np.isnan(values).argmax()] // g))
+        bounds = np.searchsorted(flat, np.arange(b - a + 1) * g)
+        size = bounds[1:] - bounds[:-1]
+        k = n_needles[a:b]
+        short = np.flatnonzero((k > 0) & (size < COMPARE_HEAD))
+        for i, start, stop, n_i in zip(short.tolist(), bounds[short].tolist(), bounds[short + 1].tolist(),
+                                       k[short].tolist(), strict=True):
+            counts[a + i, :n_i] = np.searchsorted(np.sort(values[start:stop]), needles[a + i, :n_i], "right")
+        long = np.flatnonzero((k > 0) & (size >= COMPARE_HEAD))
+        if len(long):
+            hits = _count_long(values, bounds, long, needles[a:b], k, counts[a:b], hits)
+        # the smallest head item of another identity: the same identity's items set aside (values is ours)
+        cols = same_cols[a:b]
+        target = (cols + (np.arange(b - a) * g)[:, None])[cols >= 0]
+        if len(flat):
+            at = np.minimum(np.searchsorted(flat, target), len(flat) - 1)
+            values[at[flat[at] == target]] = top
+        low[a:b] = top
+        if len(values):
+            filled = np.flatnonzero(size)
+            low[a + filled] = np.minimum.reduceat(values, bounds[filled])
+
+
+def _count_long(values: np.ndarray, bounds: np.ndarray, rows: np.ndarray, needles: np.ndarray, k: np.ndarray,
+                counts: np.ndarray, hits: np.ndarray) -> np.ndarray:
+    """``counts[i, :k[i]]`` for the ``rows`` i of a block whose heads ``values[bounds[i]:bounds[i + 1]]`` are long:
+    each head compared with all its needles at once, and the bools of the whole block counted as bytes in 64-bit
+    lanes (many times faster than a count per needle). Returns ``hits``, the bool scratch, grown if it had to."""
+    size = bounds[rows + 1] - bounds[rows]
+    lanes = -(-size // LANE)  # per needle
+    need = int((k[rows] * lanes).sum()) * LANE
+    if len(hits) < need:
+        hits = np.empty(need, bool)
+    offset = 0
+    for i, h, n_lanes in zip(rows.tolist(), size.tolist(), lanes.tolist(), strict=True):
+        out = hits[offset: offset + k[i] * n_lanes * LANE].reshape(k[i], -1)
+        np.less_equal(values[bounds[i]: bounds[i] + h], needles[i, : k[i], None], out=out[:, :h])
+        out[:, h:] = False
+        offset += out.size
+    per_lane = np.add.reduce(hits[:need].view(np.uint64).reshape(-1, LANE // 8), axis=1)
+    per_lane = per_lane.view(np.uint8).reshape(-1, 8).sum(1)
+    needle_lanes = np.repeat(lanes, k[rows])  # needle after needle, row after row
+    per_needle = np.add.reduceat(per_lane, np.cumsum(needle_lanes) - needle_lanes)
+    row = np.repeat(rows, k[rows])
+    slot = np.arange(len(row)) - np.repeat(np.cumsum(k[rows]) - k[rows], k[rows])  # the needle's place in its row
+    counts[row, slot] = per_needle
+    return hits
 
 
 def _below(v: np.ndarray) -> np.ndarray:
@@ -119,121 +200,159 @@ def _below(v: np.ndarray) -> np.ndarray:
     return v - (v > np.iinfo(v.dtype).min)
 
 
-def _row_counts_cpu(dist: np.ndarray, needles: np.ndarray, reach: np.ndarray, out: np.ndarray, blocks: range,
-                    step: int) -> None:
-    """:func:`_row_counts` for the blocks of ``step`` rows of a numpy matrix that start at ``blocks``:
-    ``out[r] = searchsorted(sorted head of row r, needles[r], "right")``.
+class _Among(NamedTuple):
+    """Per slot (rows, slots, kinds): how many slots of its row flagged as each kind lie at or below its distance
+    (``le``), below it (``lt``), and before it in the stable order (``before``); and its place in that order."""
 
-    Per block of rows: one comparison with each row's reach, the items at or below it picked out (row-major), then
-    per row a sort of those few items and one binary search per needle. NaN, found by the sorts, raises
-    :class:`_NaNRow` with its row.
-    """
-    n, g = dist.shape
-    nan = dist.dtype.kind == "f"
-    for a in blocks:
-        b = min(a + step, n)
-        block = dist[a:b]
-        head = np.greater(block, reach[a:b, None])
-        np.logical_not(head, out=head)  # NaN is in every head, so that the sorts below find it
-        if 3 * np.count_nonzero(head) > head.size:  # most of each row: sorting it whole beats picking items out
-            ordered = np.sort(block, 1)
-            if nan and np.isnan(ordered[:, -1]).any():  # NaN sorts last
-                raise _NaNRow(a + int(np.isnan(ordered[:, -1]).nonzero()[0][0]))
-            for i in range(b - a):
-                out[a + i] = np.searchsorted(ordered[i], needles[a + i], "right")
-            continue
-        flat = np.flatnonzero(head)
-        values = block.ravel().take(flat)
-        if nan and np.isnan(values).any():
-            raise _NaNRow(a + int(flat[np.isnan(values).argmax()] // g))
-        bounds = np.searchsorted(flat, np.arange(b - a + 1) * g)
-        for i in range(b - a):
-            out[a + i] = np.searchsorted(np.sort(values[bounds[i]:bounds[i + 1]]), needles[a + i], "right")
+    le: torch.Tensor
+    lt: torch.Tensor
+    before: torch.Tensor
+    place: torch.Tensor
 
 
-def _row_counts(dist: torch.Tensor, v: torch.Tensor, cols: torch.Tensor,
-                valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(le, before): per slot, how many items of its row of ``dist`` are <= ``v[r, j]``, and how many come before
-    gallery column ``cols[r, j]`` in the row's stable order; exact where ``valid[r, j]`` (elsewhere anything).
-
-    On a GPU by one stable sort of the rows; on the CPU by :func:`_row_counts_cpu` (numpy sorts many times
-    faster than torch there), rows split over torch's threads.
-    """
-    n, g = dist.shape
-    if dist.device.type != "cpu":
-        ordered = torch.sort(dist, dim=1, stable=True)
-        le = torch.searchsorted(ordered.values, v, right=True)
-        place = torch.empty_like(ordered.indices)  # each column's place in the stable order
-        place.scatter_(1, ordered.indices, torch.arange(g, device=dist.device).expand(n, g))
-        return le, place.gather(1, cols)
-    reach = torch.where(valid, v, _smallest(v.dtype)).amax(1).numpy()
-    d, vn, cn = dist.numpy(), v.numpy(), cols.numpy()
-    m = vn.shape[1]
-    below = _below(vn)
-    needles = np.concatenate([below, vn], 1)  # lt(v) = le(below(v))
-    counts = np.zeros(needles.shape, np.int64)
-    step = max(1, BLOCK_ELEMENTS // g)
-    workers = max(1, min(torch.get_num_threads(), -(-n // step)))
-    if workers == 1:
-        _row_counts_cpu(d, needles, reach, counts, range(0, n, step), step)
-    else:  # blocks dealt out in turn; numpy releases the GIL while it compares, picks and sorts
-        with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(lambda w: _row_counts_cpu(d, needles, reach, counts, range(w * step, n, workers * step),
-                                                    step), range(workers)))
-    lt, le = counts[:, :m], counts[:, m:]
-    lt[vn == below] = 0  # nothing lies below the dtype's smallest value
-    before = lt.copy()
-    # where other items of the row tie with a slot, those at lower columns come before it
-    for r, j in zip(*np.nonzero((le - lt > 1) & valid.numpy()), strict=True):
-        before[r, j] += np.count_nonzero(d[r, :cn[r, j]] == vn[r, j])
-    return torch.from_numpy(le), torch.from_numpy(before)
-
-
-def _among(v: torch.Tensor, flags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(le, before), each (rows, slots, kinds): per slot and kind of ``flags`` (rows, slots, kinds), how many
-    slots of its row flagged so have a distance <= its own, and how many come before it in the stable order
-    (slots are in gallery column order)."""
+def _among(v: torch.Tensor, flags: torch.Tensor) -> _Among:
+    """The :class:`_Among` counts of the slots ``v`` (rows, slots) for each kind of ``flags`` (rows, slots,
+    kinds); slots are in gallery column order, so the stable order breaks ties by slot."""
     m = v.shape[1]
     ordered = torch.sort(v, dim=1, stable=True)
     running = torch.cumsum(flags.gather(1, ordered.indices[:, :, None].expand_as(flags)).long(), 1)
     running = torch.nn.functional.pad(running, (0, 0, 1, 0))  # running[:, k]: flagged among the first k sorted
     place = torch.empty_like(ordered.indices)  # each slot's place in the sorted order
     place.scatter_(1, ordered.indices, torch.arange(m, device=v.device).expand_as(v))
-    # one past the end of each sorted value's run of equal values
-    index = torch.arange(1, m + 1, device=v.device).expand_as(v)
+    # each sorted value's run of equal values: where it begins, and one past where it ends
+    index = torch.arange(m, device=v.device).expand_as(v)
+    change = ordered.values[:, 1:] != ordered.values[:, :-1]
+    first = torch.ones_like(v, dtype=torch.bool)
+    first[:, 1:] = change
     last = torch.ones_like(v, dtype=torch.bool)
-    last[:, :-1] = ordered.values[:, 1:] != ordered.values[:, :-1]
-    end = torch.where(last, index, m).flip(1).cummin(1).values.flip(1)
+    last[:, :-1] = change
+    begin = torch.where(first, index, 0).cummax(1).values
+    end = torch.where(last, index + 1, m).flip(1).cummin(1).values.flip(1)
 
     def upto(k: torch.Tensor) -> torch.Tensor:
         return running.gather(1, k[:, :, None].expand(-1, -1, flags.shape[2]))
 
-    return upto(end.gather(1, place)), upto(place)
+    return _Among(upto(end.gather(1, place)), upto(begin.gather(1, place)), upto(place), place)
+
+
+class _Rows(NamedTuple):
+    """What :func:`_row_counts` needs of a chunk's slots besides the distances."""
+
+    v: torch.Tensor  # (rows, slots) each same-identity slot's distance
+    cols: torch.Tensor  # its gallery column
+    valid: torch.Tensor  # a real slot (rows have different numbers of items of their identity)
+    true: torch.Tensor  # a true match (a real slot the camera rule keeps)
+    same: _Among  # counts among the row's real slots (kinds: real, camera-ignored, true match)
+    first: torch.Tensor  # (rows,) the slot of the first true match in the stable order
+    last: torch.Tensor  # the slot of the last
+
+
+def _row_counts(dist: torch.Tensor, rows: _Rows) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(le, first, last, lead): per slot, how many items of its row of ``dist`` lie at or below its distance
+    (exact at true matches); per row, how many items come before its first and its last true match in the
+    stable order, and how many true matches have no item of another identity before them.
+
+    On a GPU by one stable sort of the rows; on the CPU by :func:`_row_counts_cpu`.
+    """
+    if dist.device.type == "cpu":
+        return _row_counts_cpu(dist, rows)
+    n, g = dist.shape
+    ordered = torch.sort(dist, dim=1, stable=True)
+    le = torch.searchsorted(ordered.values, rows.v, right=True)
+    place = torch.empty_like(ordered.indices)  # each column's place in the stable order
+    place.scatter_(1, ordered.indices, torch.arange(g, device=dist.device).expand(n, g))
+    before = place.gather(1, rows.cols)
+    lead = (rows.true & (before == rows.same.before[:, :, 0])).sum(1)
+    at = torch.arange(n, device=dist.device)
+    return le, before[at, rows.first], before[at, rows.last], lead
+
+
+def _row_counts_cpu(dist: torch.Tensor, rows: _Rows) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`_row_counts` on the CPU: per row, counts at every true match's distance and just below the first's
+    and the last's (:func:`_head_counts_cpu`, blocks of rows dealt over torch's threads) and the lowest distance
+    of another identity; then exact column counts for the few matches tied with an item of another identity.
+    """
+    n, g = dist.shape
+    d, v, cols = dist.numpy(), rows.v.numpy(), rows.cols.numpy()
+    true, valid = rows.true.numpy(), rows.valid.numpy()
+    first, last = rows.first.numpy(), rows.last.numpy()
+    r = np.arange(n)
+    n_true = true.sum(1)
+    width = int(n_true.max())
+    order = np.argsort(~true, axis=1, kind="stable")[:, :width]  # each row's true matches first
+    # needles: every true match's distance, then just below the first's and the last's (lt(v) = le(below(v)))
+    needles = np.empty((n, width + 2), v.dtype)
+    needles[:, :width] = np.take_along_axis(v, order, 1)
+    has = np.flatnonzero(n_true)
+    below = [_below(v[r, slot]) for slot in (first, last)]
+    needles[has, n_true[has]] = below[0][has]
+    needles[has, n_true[has] + 1] = below[1][has]
+    n_needles = np.where(n_true > 0, n_true + 2, 0)
+    reach = np.where(true, v, _smallest(rows.v.dtype)).max(1)
+    same_cols = np.where(valid, cols, -1)
+    counts = np.zeros(needles.shape, np.int64)
+    low = np.empty(n, v.dtype)
+    step = max(1, BLOCK_ELEMENTS // g)
+    workers = max(1, min(torch.get_num_threads(), -(-n // step)))
+    args = (d, needles, n_needles, reach, same_cols, counts, low)
+    if workers == 1:
+        _head_counts_cpu(*args, range(0, n, step), step)
+    else:  # blocks dealt out in turn; numpy releases the GIL while it compares, picks and counts
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(lambda w: _head_counts_cpu(*args, range(w * step, n, workers * step), step),
+                          range(workers)))
+    le = np.zeros(v.shape, np.int64)
+    np.put_along_axis(le, order, counts[:, :width], 1)
+    same_le, same_lt, same_before = (x[:, :, 0].numpy() for x in rows.same[:3])
+
+    def before(slot: np.ndarray, lt: np.ndarray) -> np.ndarray:
+        """Items before ``slot`` in its row's stable order, from those below it (``lt``)."""
+        value, col = v[r, slot], cols[r, slot]
+        s_le, s_lt, s_before = same_le[r, slot], same_lt[r, slot], same_before[r, slot]
+        count = lt - s_lt + s_before  # other identities below it, the same identity before it
+        # items of another identity at its distance: those at lower columns come before it too
+        for i in np.flatnonzero((le[r, slot] - lt > s_le - s_lt) & (n_true > 0)):
+            count[i] += np.count_nonzero(d[i, : col[i]] == value[i]) - (s_before[i] - s_lt[i])
+        return count
+
+    lead_col = np.full(n, g)  # the first column of another identity at the row's lowest such distance
+    for i in np.flatnonzero((true & (v == low[:, None])).any(1)):
+        other = np.ones(g, bool)
+        other[cols[i, valid[i]]] = False
+        tied = np.flatnonzero(other & (d[i] == low[i]))
+        lead_col[i] = tied[0] if len(tied) else g
+    lead = (true & ((v < low[:, None]) | ((v == low[:, None]) & (cols < lead_col[:, None])))).sum(1)
+    # nothing lies below the dtype's smallest value
+    lt = [np.where(v[r, slot] == low_end, 0, counts[r, n_true + i]) for i, (slot, low_end) in
+          enumerate(zip((first, last), below, strict=True))]
+    return tuple(torch.from_numpy(x) for x in (le, before(first, lt[0]), before(last, lt[1]), lead))
 
 
 def _chunk_counts(dist: torch.Tensor, qcam: torch.Tensor | None, gcam: torch.Tensor | None,
                   same: _Matches) -> _Counts:
     """The :class:`_Counts` of each query row of ``dist``.
 
-    Every score of a query is read off at its true matches: per match, how many items of its row lie below its
-    distance, tie with it, and come before it in the stable order (:func:`_row_counts`), minus the same counts
-    over the query's few items of the same identity (true matches and camera-ignored ones).
+    Every score of a query is read off at its true matches: per match, how many items of its row lie at or below
+    its distance (:func:`_row_counts`), minus the same count over the query's few items of the same identity
+    (true matches and camera-ignored ones); ranks come from the items before the first and the last match.
     """
     g = dist.shape[1]
     valid, cols = same.slots(g)
     true = valid & (gcam[cols] != qcam[:, None]) if qcam is not None else valid
     ignored = valid & ~true
     v = dist.gather(1, cols)
-    all_le, all_before = (x.to(dist.device) for x in _row_counts(dist, v, cols, true))
-    le, before = _among(v, torch.stack([valid, ignored, true], 2))
-    same_before, ign_before = before[:, :, 0], before[:, :, 1]
-    ign_le, true_le = le[:, :, 1], le[:, :, 2]
-    rank = all_before - ign_before + 1  # among the kept items, in the stable order
+    among = _among(v, torch.stack([valid, ignored, true], 2))
     n_pos = true.sum(1)
-    first = torch.where(true, rank, g + 1).amin(1)
-    first = torch.where(n_pos > 0, first, 0)
-    last = torch.where(true, rank, 0).amax(1)
-    lead = (true & (all_before == same_before)).sum(1)  # no item of another identity before the match
+    place = among.place
+    first = torch.where(true, place, place.shape[1]).argmin(1)
+    last = torch.where(true, place, -1).argmax(1)
+    rows = _Rows(v, cols, valid, true, among, first, last)
+    all_le, first_before, last_before, lead = (x.to(dist.device) for x in _row_counts(dist, rows))
+    at = torch.arange(len(dist), device=dist.device)
+    ign_before = among.before[:, :, 1]
+    first = torch.where(n_pos > 0, first_before - ign_before[at, first] + 1, 0)  # ranks among the kept items
+    last = torch.where(n_pos > 0, last_before - ign_before[at, last] + 1, 0)
+    ign_le, true_le = among.le[:, :, 1], among.le[:, :, 2]
     counts = _Counts(n_pos, first, last, lead, true_le[true], (all_le - ign_le)[true])
     return _Counts(*(x.cpu() for x in counts))
 

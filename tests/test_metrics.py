@@ -351,12 +351,15 @@ def test_matches_sklearn_on_hard_distances(dtype):
     assert compute_scores(torch.from_numpy(dist), qids, gids, qcams, gcams, chunk_size=4) == ours
 
 
-def test_cpu_kernel_blocks_threads_and_both_ways_of_ordering(monkeypatch):
-    """Small blocks over two threads: rows whose head is most of the row (sorted whole) beside rows with short
-    heads (picked out first), ties between identities at every boundary, in float32, float64 and int64."""
+def test_cpu_kernel_blocks_threads_and_both_ways_of_counting(monkeypatch):
+    """Small blocks over two threads: rows whose head is most of the row (compared with every needle, counted in
+    several short lanes) beside rows with short heads (sorted), ties between identities at every boundary, in
+    float32, float64 and int64."""
     import clipreid.metrics as metrics
 
     monkeypatch.setattr(metrics, "BLOCK_ELEMENTS", 3 * 97)
+    monkeypatch.setattr(metrics, "COMPARE_HEAD", 30)  # weak rows' heads hold about 55 items, strong rows' a few
+    monkeypatch.setattr(metrics, "LANE", 16)  # several lanes per needle, and a tail to clear in the last
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     rng = np.random.default_rng(8)
     qids, gids = rng.integers(0, 9, 50), rng.integers(0, 9, 97)
