@@ -299,8 +299,14 @@ def _row_counts_cpu(dist: torch.Tensor, rows: _Rows) -> tuple[torch.Tensor, torc
         _head_counts_cpu(*args, range(0, n, step), step)
     else:  # blocks dealt out in turn; numpy releases the GIL while it compares, picks and counts
         with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(lambda w: _head_counts_cpu(*args, range(w * step, n, workers * step), step),
-                          range(workers)))
+            done = [pool.submit(_head_counts_cpu, *args, range(w * step, n, workers * step), step)
+                    for w in range(workers)]
+        errors = [f.exception() for f in done if f.exception() is not None]
+        for error in errors:
+            if not isinstance(error, _NaNRow):
+                raise error
+        if errors:  # each worker stops at its first NaN row: the first of those is the matrix's first
+            raise _NaNRow(min(error.args[0] for error in errors))
     le = np.zeros(v.shape, np.int64)
     np.put_along_axis(le, order, counts[:, :width], 1)
     same_le, same_lt, same_before = (x[:, :, 0].numpy() for x in rows.same[:3])

@@ -375,3 +375,7 @@ def test_cpu_kernel_blocks_threads_and_both_ways_of_counting(monkeypatch):
     dist[37, 5] = np.nan
     with pytest.raises(ValueError, match=r"distmat contains NaN \(first in query row 37\)"):
         compute_scores(dist, qids, gids, qcams, gcams)
+    dist[37, 5] = 0.5
+    dist[[39, 42], 5] = np.nan  # blocks of 3 rows: row 42 is the first thread's, which stops there; 39 the other's
+    with pytest.raises(ValueError, match=r"distmat contains NaN \(first in query row 39\)"):
+        compute_scores(dist, qids, gids, qcams, gcams)
