@@ -328,9 +328,9 @@ def _row_counts_cpu(dist: torch.Tensor, rows: _Rows) -> tuple[torch.Tensor, torc
         tied = np.flatnonzero(other & (d[i] == low[i]))
         lead_col[i] = tied[0] if len(tied) else g
     lead = (true & ((v < low[:, None]) | ((v == low[:, None]) & (cols < lead_col[:, None])))).sum(1)
-    # nothing lies below the dtype's smallest value
-    lt = [np.where(v[r, slot] == low_end, 0, counts[r, n_true + i]) for i, (slot, low_end) in
-          enumerate(zip((first, last), below, strict=True))]
+    # items below the first's and the last's distance; nothing lies below the dtype's smallest value
+    lt = [np.where(v[r, slot] == under, 0, counts[r, n_true + i])
+          for i, (slot, under) in enumerate(zip((first, last), below, strict=True))]
     return tuple(torch.from_numpy(x) for x in (le, before(first, lt[0]), before(last, lt[1]), lead))
 
 
