@@ -111,9 +111,12 @@ class _NaNRow(Exception):
 
 # elements of the matrix the CPU kernel compares and picks from at a time: a block of about 1 MiB stays in cache
 BLOCK_ELEMENTS = 2**18
-# a head this long or longer is counted by comparing it with each needle; a shorter one is sorted (numpy's sort
-# of large arrays runs 6x slower on some CPUs than on others, its comparisons do not)
+# a head this long or longer is counted by comparing it with each needle, if it has at most COMPARE_NEEDLES of them;
+# other heads are sorted (numpy's sort of long arrays runs 6x slower on some CPUs than on others, its comparisons do
+# not; a comparison per needle costs 0.07 ns an item, so with more needles than this a fast sort wins, and the
+# scratch of the comparisons stays under 50 bytes an item)
 COMPARE_HEAD = 2048
+COMPARE_NEEDLES = 48
 # bools per counting lane: 255 words of 8 bytes keep every byte of a uint64 running sum at most 255
 LANE = 8 * 255
 
@@ -126,8 +129,8 @@ def _head_counts_cpu(dist: np.ndarray, needles: np.ndarray, n_needles: np.ndarra
     ``same_cols[r]`` (-1 pads it; the dtype's largest value where there is none).
 
     Per block of rows: one comparison with each row's reach picks out the row's head (the items at or below it,
-    a few percent of a typical row); a short head is sorted and searched once per needle, a long one is compared
-    with every needle at once (:func:`_count_long`). NaN, put into every head, raises :class:`_NaNRow` with its
+    a few percent of a typical row); a short head (or one with many needles) is sorted and searched once per
+    needle, a long one is compared with every needle at once (:func:`_count_long`). NaN, put into every head, raises :class:`_NaNRow` with its
     row.
     """
     n, g = dist.shape
@@ -148,11 +151,12 @@ def _head_counts_cpu(dist: np.ndarray, needles: np.ndarray, n_needles: np.ndarra
         bounds = np.searchsorted(flat, np.arange(b - a + 1) * g)
         size = bounds[1:] - bounds[:-1]
         k = n_needles[a:b]
-        short = np.flatnonzero((k > 0) & (size < COMPARE_HEAD))
+        compare = (size >= COMPARE_HEAD) & (k <= COMPARE_NEEDLES)
+        short = np.flatnonzero((k > 0) & ~compare)
         for i, start, stop, n_i in zip(short.tolist(), bounds[short].tolist(), bounds[short + 1].tolist(),
                                        k[short].tolist(), strict=True):
             counts[a + i, :n_i] = np.searchsorted(np.sort(values[start:stop]), needles[a + i, :n_i], "right")
-        long = np.flatnonzero((k > 0) & (size >= COMPARE_HEAD))
+        long = np.flatnonzero((k > 0) & compare)
         if len(long):
             hits = _count_long(values, bounds, long, needles[a:b], k, counts[a:b], hits)
         # the smallest head item of another identity: the same identity's items set aside (values is ours)

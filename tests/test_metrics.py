@@ -360,6 +360,7 @@ def test_cpu_kernel_blocks_threads_and_both_ways_of_counting(monkeypatch):
     monkeypatch.setattr(metrics, "BLOCK_ELEMENTS", 3 * 97)
     monkeypatch.setattr(metrics, "COMPARE_HEAD", 30)  # weak rows' heads hold about 55 items, strong rows' a few
     monkeypatch.setattr(metrics, "LANE", 16)  # several lanes per needle, and a tail to clear in the last
+    monkeypatch.setattr(metrics, "COMPARE_NEEDLES", 6)  # rows with more matches are sorted, however long their head
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     rng = np.random.default_rng(8)
     qids, gids = rng.integers(0, 9, 50), rng.integers(0, 9, 97)
