@@ -130,8 +130,8 @@ def _head_counts_cpu(dist: np.ndarray, needles: np.ndarray, n_needles: np.ndarra
 
     Per block of rows: one comparison with each row's reach picks out the row's head (the items at or below it,
     a few percent of a typical row); a short head (or one with many needles) is sorted and searched once per
-    needle, a long one is compared with every needle at once (:func:`_count_long`). NaN, put into every head, raises :class:`_NaNRow` with its
-    row.
+    needle, a long one is compared with every needle at once (:func:`_count_long`). NaN, put into every head,
+    raises :class:`_NaNRow` with its row.
     """
     n, g = dist.shape
     nan = dist.dtype.kind == "f"
