@@ -380,3 +380,32 @@ def test_cpu_kernel_blocks_threads_and_both_ways_of_counting(monkeypatch):
     dist[[39, 42], 5] = np.nan  # blocks of 3 rows: row 42 is the first thread's, which stops there; 39 the other's
     with pytest.raises(ValueError, match=r"distmat contains NaN \(first in query row 39\)"):
         compute_scores(dist, qids, gids, qcams, gcams)
+
+
+@pytest.mark.parametrize("compare_head, lane, block, needles", [(1, 8, 7, 48), (3, 16, 50, 2), (1, 2040, 300, 5)])
+def test_every_counting_path_matches_sklearn(monkeypatch, compare_head, lane, block, needles):
+    """Small odd matrices (one-column galleries, ties everywhere, -0.0, integers) through each way the CPU kernel
+    can count a row: sorted or compared heads, one or many lanes, blocks of one row or many."""
+    import clipreid.metrics as metrics
+
+    for name, value in (("COMPARE_HEAD", compare_head), ("LANE", lane), ("BLOCK_ELEMENTS", block),
+                        ("COMPARE_NEEDLES", needles)):
+        monkeypatch.setattr(metrics, name, value)
+    rng = np.random.default_rng(compare_head + lane + block)
+    for trial in range(30):
+        q, g = int(rng.integers(1, 10)), int(rng.integers(1, 30))
+        qids, gids = rng.integers(0, 4, q), rng.integers(0, 4, g)
+        if trial % 3 == 0:
+            dist = rng.integers(-3, 4, (q, g))
+        else:
+            dist = np.round(rng.normal(size=(q, g)), 1).astype([np.float32, np.float64][trial % 2])
+            dist[rng.random((q, g)) < 0.1] = -0.0
+        cams = (rng.integers(0, 3, q), rng.integers(0, 3, g)) if trial % 2 else (None, None)
+        matched = qids[:, None] == gids[None, :]
+        if cams[0] is not None:
+            matched &= cams[0][:, None] != cams[1][None, :]
+        if not matched.any():
+            continue
+        ours = compute_scores(dist, qids, gids, *cams)
+        assert_close(ours, reference_scores(dist, qids, gids, *cams), tol=1e-12)
+        assert ours["rank1_allshots"] == pytest.approx(reference_allshots(dist, qids, gids, *cams), abs=1e-12)
