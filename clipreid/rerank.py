@@ -1,10 +1,11 @@
 """k-reciprocal re-ranking (Zhong et al., CVPR 2017) and the MMSports 2023 winners' hard-weight variant.
 
 Both run in torch on the input's device (numpy input runs on the CPU) and never build a dense N x N matrix:
-distances are scanned in row chunks keeping only each row's nearest neighbours, the k-reciprocal vectors are
-stored sparse (CSR: a few dozen non-zeros per row), and the Jaccard term is a sparse join that pairs the
-non-zeros of each query with the gallery non-zeros of the same column. Temporary memory grows with N * k,
-plus the q x g output.
+distances are scanned in row chunks keeping only each row's nearest neighbours (on the CPU found by
+``clipreid.nearest``, several times faster than ``torch.topk``, and the gallery rows of the distance-matrix API
+read in place as columns of q_g and g_g, with no transposed copy), the k-reciprocal vectors are stored sparse
+(CSR: a few dozen non-zeros per row), and the Jaccard term is a sparse join that pairs the non-zeros of each
+query with the gallery non-zeros of the same column. Temporary memory grows with N * k, plus the q x g output.
 
     k_reciprocal(q_g, q_q, g_g)                  the reference's distance-matrix API and numbers
     k_reciprocal_features(query, gallery)        the same computation from features (no N x N matrix at all)
@@ -20,10 +21,19 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .nearest import smallest_in_columns, smallest_in_rows
+
 Array = TypeVar("Array", np.ndarray, Tensor)
 
 _Rows = Callable[[int, int, Tensor], None]  # rows(a, b, out): rows a..b-1 of the distance matrix into out
 _Pairs = Callable[[Tensor, Tensor], Tensor]  # pairs(r, c): the distance matrix at (r[k], c[k])
+
+
+class _Columns(NamedTuple):
+    """The gallery rows of the full distance matrix as columns of other matrices, read in place (on the CPU)."""
+
+    parts: list[np.ndarray]  # the matrices whose rows, one after another, make the columns
+    lines: Callable[[Tensor], Tensor]  # lines(i): gallery rows i (counted from the first gallery row), whole
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -87,7 +97,12 @@ def k_reciprocal(q_g: Array, q_q: Array, g_g: Array, k1: int = 20, k2: int = 6, 
         out[m] = gg[c[m] - q, r[m] - q].to(dtype)
         return out
 
-    out = _zhong(rows, pairs, q, q + g, k1, k2, lambda_value, chunk_size, device, dtype)
+    # the gallery rows are the columns of q_g and g_g: read in place where they hold the dtype computed in
+    columns = None
+    if (device.type == "cpu" and qg.dtype == gg.dtype == dtype and qg.stride(1) == gg.stride(1) == 1
+            and min(qg.stride(0), gg.stride(0)) >= g):
+        columns = _Columns([qg.numpy(), gg.numpy()], lambda i: torch.cat([qg[:, i], gg[:, i]]).T)
+    out = _zhong(rows, pairs, q, q + g, k1, k2, lambda_value, chunk_size, device, dtype, columns=columns)
     return _like(out, q_g)
 
 
@@ -231,9 +246,13 @@ def hard_k_reciprocal(query_features: Array, gallery_features: Array, k1: int = 
 
 
 def _zhong(rows: _Rows, pairs: _Pairs, q: int, total: int, k1: int, k2: int, lambda_value: float,
-           chunk_size: int | None, device: torch.device, dtype: torch.dtype, g_start: int | None = None) -> Tensor:
+           chunk_size: int | None, device: torch.device, dtype: torch.dtype, g_start: int | None = None,
+           columns: _Columns | None = None) -> Tensor:
     """Re-ranked q x (total - g_start) distances from a row provider of the full (total x total) distance
-    matrix: items 0..q-1 are the queries, g_start..total-1 the gallery (g_start < q: shared items)."""
+    matrix: items 0..q-1 are the queries, g_start..total-1 the gallery (g_start < q: shared items).
+
+    ``columns``, on the CPU: the gallery rows q..total-1 read in place as the columns of other matrices (rows
+    of a transposed matrix cost a transposed copy otherwise)."""
     g_start = q if g_start is None else g_start
     dense, sparse = _budgets(device)
     chunk = chunk_size or max(1, dense // total)
@@ -244,25 +263,38 @@ def _zhong(rows: _Rows, pairs: _Pairs, q: int, total: int, k1: int, k2: int, lam
     near = torch.empty(total, k_all, dtype=torch.long, device=device)
     row_max = torch.empty(total, dtype=dtype, device=device)
     out = torch.empty(q, total - g_start, dtype=dtype, device=device)
-    buf = torch.empty(min(chunk, total), total, dtype=dtype, device=device)  # reused: no page faults per chunk
-    for a in range(0, total, chunk):
-        b = min(a + chunk, total)
+    cpu = device.type == "cpu"
+    found = smallest_in_columns(columns.parts, k_ext) if cpu and columns is not None and total > q else None
+    if found is not None:  # the gallery rows, without their transposed copy
+        top, mx = torch.from_numpy(found.values), _squared_max(torch.from_numpy(found.maxima))
+        near[q:], row_max[q:] = torch.from_numpy(found.indices[:, :k_all]), mx
+        _break_ties(near[q:], top, columns.lines, mx, False, bounds)
+    stop = q if found is not None else total
+    buf = torch.empty(min(chunk, stop), total, dtype=dtype, device=device)  # reused: no page faults per chunk
+    for a in range(0, stop, chunk):
+        b = min(a + chunk, stop)
         d = buf[:b - a]
         rows(a, b, d)
         # squaring and dividing by the row's maximum keep the order of non-negative distances: their neighbours
-        # come from the distances as they are, and the smallest of them says whether all are non-negative
-        top = d.topk(k_ext, 1, largest=False, sorted=True)
-        squared = not bool(top.values[:, 0].amin() >= 0)
-        if squared:
-            d.square_()
-            mx = d.amax(1)
-            top = d.topk(k_ext, 1, largest=False, sorted=True)
+        # come from the distances as they are; negative ones (or NaN) take the general way, squared first
+        fast = smallest_in_rows(d.numpy(), k_ext) if cpu else None
+        if fast is not None:
+            top, mx, squared = torch.from_numpy(fast.values), _squared_max(torch.from_numpy(fast.maxima)), False
+            near[a:b] = torch.from_numpy(fast.indices[:, :k_all])
         else:
-            mx = d.amax(1).square_()  # the maximum of the squares, exactly
-        mx = torch.where(mx > 0, mx, 1)
+            top = d.topk(k_ext, 1, largest=False, sorted=True)
+            squared = not bool(top.values[:, 0].amin() >= 0)
+            if squared:
+                d.square_()
+                mx = d.amax(1)
+                mx = torch.where(mx > 0, mx, 1)
+                top = d.topk(k_ext, 1, largest=False, sorted=True)
+            else:
+                mx = _squared_max(d.amax(1))
+            near[a:b] = top.indices[:, :k_all]
+            top = top.values
         row_max[a:b] = mx
-        near[a:b] = top.indices[:, :k_all]
-        _break_ties(near[a:b], top.values, d, mx, squared, bounds)
+        _break_ties(near[a:b], top, d.__getitem__, mx, squared, bounds)
         if a < q:  # the normalised squares of the query rows, written straight into the output
             e = min(b, q)
             dq, o = d[:e - a, g_start:], out[a:e]
@@ -294,14 +326,22 @@ def _zhong(rows: _Rows, pairs: _Pairs, q: int, total: int, k1: int, k2: int, lam
     return out
 
 
-def _break_ties(near: Tensor, top: Tensor, d: Tensor, mx: Tensor, squared: bool, bounds: list[int]) -> None:
+def _squared_max(maxima: Tensor) -> Tensor:
+    """Each row's largest square (the maximum of the squares, exactly), 1 where it is 0 (or NaN)."""
+    mx = maxima.square()
+    return torch.where(mx > 0, mx, 1)
+
+
+def _break_ties(near: Tensor, top: Tensor, line: Callable[[Tensor], Tensor], mx: Tensor, squared: bool,
+                bounds: list[int]) -> None:
     """Neighbour sets as the reference's argsort picks them where values tie across a set boundary.
 
     The reference sorts the float32 normalised squares d² / max, where two different distances can round to one
     value (and duplicate images give equal ones); it then takes the lower index first, as a stable sort does.
-    ``top`` holds each row's k_all + 1 smallest of ``d`` in order (d² already when ``squared``); a row whose
-    normalised squares tie across a boundary gets its k_all neighbours again from its whole row, stably sorted.
-    Such rows are rare (12 of 19,281 at Market-1501 size), so the exact rule costs nothing measurable.
+    ``top`` holds each row's k_all + 1 smallest of its distances in order (d² already when ``squared``);
+    ``line(rows)`` gives those rows whole; a row whose normalised squares tie across a boundary gets its k_all
+    neighbours again from its whole row, stably sorted. Such rows are rare (12 of 19,281 at Market-1501 size),
+    so the exact rule costs nothing measurable.
     """
     if not bounds:
         return
@@ -309,7 +349,8 @@ def _break_ties(near: Tensor, top: Tensor, d: Tensor, mx: Tensor, squared: bool,
     at = torch.tensor(bounds, device=top.device)
     tied = (key[:, at - 1] == key[:, at]).any(1).nonzero().flatten()
     if len(tied):
-        rows = d[tied] / mx[tied, None] if squared else torch.mul(d[tied], d[tied]).div_(mx[tied, None])
+        d = line(tied)
+        rows = d / mx[tied, None] if squared else torch.mul(d, d).div_(mx[tied, None])
         order = np.argsort(rows.cpu().numpy(), axis=1, kind="stable")[:, :near.shape[1]]
         near[tied] = torch.from_numpy(order).to(near.device)
 

@@ -181,6 +181,31 @@ def test_duplicate_images_rank_as_the_reference():
     np.testing.assert_allclose(k_reciprocal(q_g, q_q, g_g), ref, atol=1e-5)
 
 
+def test_every_way_of_finding_neighbours_gives_the_same_numbers(monkeypatch):
+    # the CPU reads the gallery's rows of the full matrix in place as columns of q_g and g_g, or copies them
+    # transposed (g_g not in rows), or takes the general way (torch.topk; negative distances, a GPU): one result
+    import clipreid.nearest as nearest
+    import clipreid.rerank as rerank
+
+    for name, value in (("GROUP", 4), ("CHUNK_COLUMNS", 7), ("ROWS", 12), ("KEYS", 9), ("BLOCK_ELEMENTS", 500)):
+        monkeypatch.setattr(nearest, name, value)
+    qf, gf, _, _ = clustered(12, 90, 8, seed=9)
+    gf = np.concatenate([gf, gf[:20], qf[:3]])  # copies tie across the neighbour sets' boundaries
+    q_g, q_q, g_g = (torch.from_numpy(m) for m in matrices(qf, gf))
+    calls = []
+    monkeypatch.setattr(rerank, "smallest_in_columns", lambda *a: calls.append(1) or nearest.smallest_in_columns(*a))
+    in_place = k_reciprocal(q_g, q_q, g_g)
+    assert calls  # the columns were read in place
+    transposed = k_reciprocal(q_g, q_q, g_g.T.contiguous().T)  # the same values, laid out by column
+    assert len(calls) == 1
+    torch.testing.assert_close(in_place, transposed, rtol=0, atol=0)
+    monkeypatch.setattr(rerank, "smallest_in_rows", lambda *a: None)
+    monkeypatch.setattr(rerank, "smallest_in_columns", lambda *a: None)
+    torch.testing.assert_close(k_reciprocal(q_g, q_q, g_g), in_place, rtol=0, atol=1e-6)
+    torch.testing.assert_close(in_place, torch.from_numpy(zhong(*(m.numpy() for m in (q_g, q_q, g_g)), 20, 6, 0.3)),
+                               rtol=0, atol=1e-5)
+
+
 def test_negative_distances_are_squared_before_ranking():
     # neighbours come from the raw distances only where squaring keeps their order (all non-negative)
     qf, gf, _, _ = clustered(10, 80, 10, seed=4)
