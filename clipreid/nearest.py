@@ -29,7 +29,7 @@ GROUP = 32
 # elements of a block of rows handled at once (its passes stay in cache); columns go CHUNK_COLUMNS at a time, ROWS
 # rows of them at once (wide enough to read whole pages of a row-major matrix, short enough to stay in cache)
 BLOCK_ELEMENTS = 2**19
-CHUNK_COLUMNS = 1024
+CHUNK_COLUMNS = 512
 ROWS = 256
 KEYS = 4096
 
@@ -68,13 +68,19 @@ def _empty(n_lines: int, k: int, dtype: np.dtype) -> Smallest:
 
 
 def _in_threads(work: Callable[[int], bool], starts: range) -> bool:
-    """``work(start)`` for every start, dealt over torch's CPU threads in turn; False if any returned False."""
+    """``work(start)`` for every start, dealt over torch's CPU threads in turn (this one among them: memory
+    freed in other threads stays with them); False if any returned False."""
     workers = max(1, min(torch.get_num_threads(), len(starts)))
+
+    def share(w: int) -> bool:
+        return all(work(a) for a in starts[w::workers])
+
     if workers == 1:
-        return all(work(a) for a in starts)
-    with ThreadPoolExecutor(workers) as pool:
-        done = [pool.submit(lambda w: all(work(a) for a in starts[w::workers]), w) for w in range(workers)]
-    return all(f.result() for f in done)
+        return share(0)
+    with ThreadPoolExecutor(workers - 1) as pool:
+        others = [pool.submit(share, w) for w in range(1, workers)]
+        mine = share(0)
+    return all([mine] + [f.result() for f in others])
 
 
 def _group(n: int, k: int) -> tuple[int, int]:
