@@ -5,8 +5,8 @@ row at about 3 ns an element on one thread. Here each line is cut into ``GROUP``
 v + 2G, ...`` of a line of G groups) and each group's minimum taken, one vectorised pass. The k-th smallest of
 those minima bounds the line's k-th smallest from above (k distinct items lie at or below it), and only groups
 whose minimum is at or below that bound can hold an item at or below it: their items are read again and the
-line's candidates sorted (value, then index). The same values and neighbour sets as ``torch.topk``; each line
-ends in index order among equal values, as a stable sort leaves them.
+line's candidates sorted (value, then index). The same values as ``torch.topk``; among equal values the lower
+index comes first, as a stable sort leaves them (``torch.topk`` leaves their order unspecified).
 
 Columns are read in place, without transposing the matrix (a transposed copy alone costs about 2 ns an element
 on the CPU): a group is then a set of rows, and the minima an element-wise reduction over slabs of rows.
