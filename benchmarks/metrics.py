@@ -43,7 +43,7 @@ from sklearn.metrics import average_precision_score  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from clipreid.config import run  # noqa: E402
-from clipreid.metrics import CHUNK_ELEMENTS, compute_scores  # noqa: E402
+from clipreid.metrics import CHUNK_ELEMENTS, _sorts_fast, compute_scores  # noqa: E402
 
 # (queries, gallery, identities, cameras, hard)
 SIZES = [(50, 910, 50, 1, False), (618, 9_505, 618, 1, False), (3_368, 15_913, 750, 6, False),
@@ -219,7 +219,8 @@ def cpu_model() -> str:
 
 def sort_speed() -> float:
     """Best time of numpy's sort of one Market-size row of random float32: the CPU path of ``compute_scores``
-    sorts short heads, so its ratios to the floor move with this (it varies 6x between CPUs)."""
+    sorts short heads (and, where this is fast, a weak model's rows whole), so its ratios to the floor move with
+    this (it varies 6x between CPUs)."""
     row = np.random.default_rng(0).random(15_913, dtype=np.float32)
     best = float("inf")
     for _ in range(20):
@@ -238,7 +239,8 @@ def main(cfg: Config) -> None:
     print(f"device: {device} ({name}); cpu cores: {os.cpu_count()}; torch {torch.__version__}; "
           f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print(f"cpu: {cpu_model()}; numpy {np.__version__} sorts 15,913 float32 in {sort_speed() * 1e6:.0f} us "
-          "(42-50 us on an Intel machine with the vectorised sort, 250-320 us on an AMD Zen 4 without it)")
+          "(30-63 us on Intel machines with the vectorised sort, 250-320 us on an AMD Zen 4 without it), so "
+          f"compute_scores {'sorts' if _sorts_fast() else 'does not sort'} rows with long heads whole")
     print(f"{'queries x gallery':>34} {'reference':>10} {'ours':>9} {'floor':>9} {'x floor':>7} {'speed-up':>9} "
           f"{'ref peak':>10} "
           f"{'our peak':>10}  {'max |diff|':>10}  mAP / rank1 / mINP / allshots rank1")

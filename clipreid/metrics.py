@@ -20,13 +20,15 @@ distance and how many come before it in the stable order, and the same counts ov
 own identity. On the CPU only a row's "head" is looked at, the items at or below its last true match (a few
 percent of the gallery in a typical ranking, most of it for a weak model): one comparison per item finds it, then
 numpy sorts a short head, and compares a long one with every true match's distance at once (numpy's sort of long
-arrays is 6x slower on some CPUs than on others; its comparisons are fast everywhere). On a GPU each chunk of
-rows is sorted whole, stably. The device only sees the distances' own dtype, int64 and bool; the float64
-averaging happens in numpy on the CPU (Apple GPUs have no float64).
+arrays is 6x slower on some CPUs than on others; its comparisons are fast everywhere). Where numpy sorts fast
+(timed once per process), a row whose head is most of it is sorted whole instead: cheaper than picking the head
+out. On a GPU each chunk of rows is sorted whole, stably. The device only sees the distances' own dtype, int64
+and bool; the float64 averaging happens in numpy on the CPU (Apple GPUs have no float64).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
@@ -109,66 +111,149 @@ class _NaNRow(Exception):
     """A chunk row holds NaN (the chunk-local row index is the argument)."""
 
 
-# elements of the matrix the CPU kernel compares and picks from at a time: a block of about 1 MiB stays in cache
-BLOCK_ELEMENTS = 2**18
+# elements of the matrix the CPU kernel compares and picks from at a time (2 MiB of float32): larger blocks make
+# fewer small numpy calls per item, and small calls hold the GIL (two threads making them at once took longer than
+# one thread making them all); 2**18 -> 2**19 took Market size on two threads from 125 to 113 ms, hard 135 -> 124
+BLOCK_ELEMENTS = 2**19
 # a head this long or longer is counted by comparing it with each needle, if it has at most COMPARE_NEEDLES of them;
 # other heads are sorted (numpy's sort of long arrays runs 6x slower on some CPUs than on others, its comparisons do
 # not; a comparison per needle costs 0.07 ns an item, so with more needles than this a fast sort wins, and the
 # scratch of the comparisons stays under 50 bytes an item)
 COMPARE_HEAD = 2048
 COMPARE_NEEDLES = 48
+# where numpy sorts fast (:func:`_sorts_fast`), a row whose head is at least this share of it is sorted whole (a
+# weak model's rows): with its head 60% of a Market row, sorting the row took 36 us on an Intel Xeon with AVX-512,
+# picking its head out and comparing it with its needles 70 us
+WHOLE_HEAD = 0.25
+# a row's head share is estimated from SAMPLE_RUNS runs of SAMPLE_RUN items spread over it (runs, not single
+# items: a strided sample would read most of the row's cache lines)
+SAMPLE_RUNS, SAMPLE_RUN = 8, 64
+# numpy sorts fast where sorting 4,096 items takes less time than comparing them with this many values: about 35
+# on that Intel machine (numpy sorts with AVX-512 there), about 300 on an AMD Zen 4 whose numpy sorted a Market
+# row in 250-320 us; sorting rows whole pays off below about 70
+SORT_VS_COMPARE = 64
 # bools per counting lane: 255 words of 8 bytes keep every byte of a uint64 running sum at most 255
 LANE = 8 * 255
+_FAST_SORT: list[bool] = []
+
+
+def _sorts_fast() -> bool:
+    """Whether numpy's sort is fast on this machine (timed once per process; see SORT_VS_COMPARE)."""
+    if not _FAST_SORT:
+        row = np.random.default_rng(0).random(4096, dtype=np.float32)
+        values = np.sort(row[:SORT_VS_COMPARE])[:, None]
+        out = np.empty((SORT_VS_COMPARE, len(row)), bool)
+        sort = compare = np.inf
+        for _ in range(5):
+            start = time.perf_counter()
+            np.sort(row)
+            middle = time.perf_counter()
+            np.less_equal(row, values, out=out)
+            sort, compare = min(sort, middle - start), min(compare, time.perf_counter() - middle)
+        _FAST_SORT.append(sort < compare)
+    return _FAST_SORT[0]
 
 
 def _head_counts_cpu(dist: np.ndarray, needles: np.ndarray, n_needles: np.ndarray, reach: np.ndarray,
-                     same_cols: np.ndarray, counts: np.ndarray, low: np.ndarray, blocks: range, step: int) -> None:
+                     same_cols: np.ndarray, counts: np.ndarray, low: np.ndarray, sort_whole: bool, blocks: range,
+                     step: int) -> None:
     """:func:`_row_counts`' counting for the blocks of ``step`` rows of a numpy matrix that start at ``blocks``:
     ``counts[r, j]`` = items of row r at or below ``needles[r, j]`` (for ``j < n_needles[r]``; every needle at
     most the row's ``reach``), and ``low[r]`` = the smallest item at or below the reach whose column is not in
     ``same_cols[r]`` (-1 pads it; the dtype's largest value where there is none).
 
-    Per block of rows: one comparison with each row's reach picks out the row's head (the items at or below it,
-    a few percent of a typical row); a short head (or one with many needles) is sorted and searched once per
-    needle, a long one is compared with every needle at once (:func:`_count_long`). NaN, put into every head,
-    raises :class:`_NaNRow` with its row.
+    A row is counted from its head, the items at or below its reach (:func:`_count_heads`; a few percent of a
+    typical row), or, with ``sort_whole`` (numpy sorts fast) and a head of at least WHOLE_HEAD of the row, by
+    sorting the row whole (:func:`_count_whole`). NaN raises :class:`_NaNRow` with the block's first NaN row.
     """
-    n, g = dist.shape
-    nan = dist.dtype.kind == "f"
-    top = np.inf if nan else np.iinfo(dist.dtype).max
+    g = dist.shape[1]
+    top = np.inf if dist.dtype.kind == "f" else np.iinfo(dist.dtype).max
+    runs = min(SAMPLE_RUNS, g // SAMPLE_RUN)  # rows too short for a run are never sorted whole
+    whole_head = WHOLE_HEAD * runs * SAMPLE_RUN if runs and sort_whole else np.inf
     mask = np.empty((step, g), bool)
     hits = np.empty(0, bool)  # scratch of _count_long, kept from block to block
     for a in blocks:
-        b = min(a + step, n)
-        block = dist[a:b]
-        head = mask[: b - a]
-        np.greater(block, reach[a:b, None], out=head)
-        np.logical_not(head, out=head)  # NaN is in every head, so the check below finds it
-        flat = np.flatnonzero(head)
-        values = block.ravel().take(flat)
-        if nan and np.isnan(values).any():
-            raise _NaNRow(a + int(flat[np.isnan(values).argmax()] // g))
-        bounds = np.searchsorted(flat, np.arange(b - a + 1) * g)
-        size = bounds[1:] - bounds[:-1]
-        k = n_needles[a:b]
-        compare = (size >= COMPARE_HEAD) & (k <= COMPARE_NEEDLES)
-        short = np.flatnonzero((k > 0) & ~compare)
-        for i, start, stop, n_i in zip(short.tolist(), bounds[short].tolist(), bounds[short + 1].tolist(),
-                                       k[short].tolist(), strict=True):
-            counts[a + i, :n_i] = np.searchsorted(np.sort(values[start:stop]), needles[a + i, :n_i], "right")
-        long = np.flatnonzero((k > 0) & compare)
-        if len(long):
-            hits = _count_long(values, bounds, long, needles[a:b], k, counts[a:b], hits)
-        # the smallest head item of another identity: the same identity's items set aside (values is ours)
-        cols = same_cols[a:b]
-        target = (cols + (np.arange(b - a) * g)[:, None])[cols >= 0]
-        if len(flat):
-            at = np.minimum(np.searchsorted(flat, target), len(flat) - 1)
-            values[at[flat[at] == target]] = top
-        low[a:b] = top
-        if len(values):
-            filled = np.flatnonzero(size)
-            low[a + filled] = np.minimum.reduceat(values, bounds[filled])
+        block = dist[a: a + step]
+        n = len(block)
+        k = n_needles[a: a + n]
+        whole = np.zeros(n, bool)
+        if whole_head < np.inf:
+            sample = block[:, : g // runs * runs].reshape(n, runs, -1)[:, :, :SAMPLE_RUN]
+            whole = (k > 0) & ((sample <= reach[a: a + n, None, None]).reshape(n, -1).sum(1) >= whole_head)
+        if not whole.all():
+            hits = _count_heads(block, a, np.where(whole, 0, k), whole, needles, reach, same_cols, counts, low, top,
+                                mask, hits)
+        if whole.any():
+            _count_whole(block, a, np.flatnonzero(whole), needles, n_needles, reach, same_cols, counts, low, top)
+
+
+def _count_heads(block: np.ndarray, a: int, k: np.ndarray, skip: np.ndarray, needles: np.ndarray, reach: np.ndarray,
+                 same_cols: np.ndarray, counts: np.ndarray, low: np.ndarray, top: float | int, mask: np.ndarray,
+                 hits: np.ndarray) -> np.ndarray:
+    """:func:`_head_counts_cpu` for the rows of ``block`` (row ``a`` of the matrix on) but those in ``skip``, with
+    ``k`` needles each, from their heads: one comparison with each row's reach picks the head out; a short head
+    (or one with many needles) is sorted and searched once per needle, a long one is compared with every needle
+    at once (:func:`_count_long`). Returns ``hits``, the latter's scratch."""
+    n, g = block.shape
+    head = mask[:n]
+    np.greater(block, reach[a: a + n, None], out=head)
+    np.logical_not(head, out=head)  # NaN is in every head, so the check below finds it
+    if skip.any():
+        head[skip] = False
+    flat = np.flatnonzero(head)
+    values = block.ravel().take(flat)
+    if block.dtype.kind == "f" and np.isnan(values).any():
+        raise _NaNRow(a + _first_nan_row(block))
+    bounds = np.searchsorted(flat, np.arange(n + 1) * g)
+    size = bounds[1:] - bounds[:-1]
+    compare = (size >= COMPARE_HEAD) & (k <= COMPARE_NEEDLES)
+    short = np.flatnonzero((k > 0) & ~compare)
+    for i, start, stop, n_i in zip(short.tolist(), bounds[short].tolist(), bounds[short + 1].tolist(),
+                                   k[short].tolist(), strict=True):
+        counts[a + i, :n_i] = np.searchsorted(np.sort(values[start:stop]), needles[a + i, :n_i], "right")
+    long = np.flatnonzero((k > 0) & compare)
+    if len(long):
+        hits = _count_long(values, bounds, long, needles[a: a + n], k, counts[a: a + n], hits)
+    # the smallest head item of another identity: the same identity's items set aside (values is ours)
+    cols = same_cols[a: a + n]
+    target = (cols + (np.arange(n) * g)[:, None])[cols >= 0]
+    if len(flat):
+        at = np.minimum(np.searchsorted(flat, target), len(flat) - 1)
+        values[at[flat[at] == target]] = top
+    low[a: a + n][~skip] = top
+    if len(values):
+        filled = np.flatnonzero(size)
+        low[a + filled] = np.minimum.reduceat(values, bounds[filled])
+    return hits
+
+
+def _count_whole(block: np.ndarray, a: int, rows: np.ndarray, needles: np.ndarray, n_needles: np.ndarray,
+                 reach: np.ndarray, same_cols: np.ndarray, counts: np.ndarray, low: np.ndarray,
+                 top: float | int) -> None:
+    """:func:`_head_counts_cpu` for the ``rows`` of ``block`` (row ``a`` of the matrix on) by sorting each whole;
+    the smallest item of another identity is where the sorted row first differs from its sorted items of the
+    same identity (an item of another identity tied with one of them has its value, which is what is sought)."""
+    ordered = np.sort(block if len(rows) == len(block) else block[rows], axis=1)
+    if block.dtype.kind == "f" and np.isnan(ordered[:, -1]).any():  # NaN sorts last
+        raise _NaNRow(a + _first_nan_row(block))
+    r = a + rows
+    cols = same_cols[r]
+    same = np.where(cols >= 0, block[rows[:, None], np.maximum(cols, 0)], top)
+    same.sort(axis=1)
+    m = same.shape[1]
+    differ = ordered[:, :m] != same
+    first = np.where(differ.any(1), differ.argmax(1), m)
+    lowest = np.full(len(rows), top, block.dtype)
+    inside = first < ordered.shape[1]
+    lowest[inside] = ordered[np.flatnonzero(inside), first[inside]]
+    low[r] = np.where(lowest <= reach[r], lowest, top)
+    for i, row in enumerate(r.tolist()):
+        counts[row, : n_needles[row]] = np.searchsorted(ordered[i], needles[row, : n_needles[row]], "right")
+
+
+def _first_nan_row(block: np.ndarray) -> int:
+    """The first row of ``block`` that holds NaN (it has one)."""
+    return int(np.isnan(block).any(1).argmax())
 
 
 def _count_long(values: np.ndarray, bounds: np.ndarray, rows: np.ndarray, needles: np.ndarray, k: np.ndarray,
@@ -298,7 +383,7 @@ def _row_counts_cpu(dist: torch.Tensor, rows: _Rows) -> tuple[torch.Tensor, torc
     low = np.empty(n, v.dtype)
     step = max(1, BLOCK_ELEMENTS // g)
     workers = max(1, min(torch.get_num_threads(), -(-n // step)))
-    args = (d, needles, n_needles, reach, same_cols, counts, low)
+    args = (d, needles, n_needles, reach, same_cols, counts, low, _sorts_fast())
     if workers == 1:
         _head_counts_cpu(*args, range(0, n, step), step)
     else:  # blocks dealt out in turn; numpy releases the GIL while it compares, picks and counts

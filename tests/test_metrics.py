@@ -351,47 +351,62 @@ def test_matches_sklearn_on_hard_distances(dtype):
     assert compute_scores(torch.from_numpy(dist), qids, gids, qcams, gcams, chunk_size=4) == ours
 
 
-def test_cpu_kernel_blocks_threads_and_both_ways_of_counting(monkeypatch):
+@pytest.mark.parametrize("sort_whole", [False, True])
+def test_cpu_kernel_blocks_threads_and_every_way_of_counting(monkeypatch, sort_whole):
     """Small blocks over two threads: rows whose head is most of the row (compared with every needle, counted in
-    several short lanes) beside rows with short heads (sorted), ties between identities at every boundary, in
-    float32, float64 and int64."""
+    several short lanes; or, where numpy sorts fast, sorted whole) beside rows with short heads (sorted), ties
+    between identities at every boundary, in float32, float64 and int64."""
     import clipreid.metrics as metrics
 
     monkeypatch.setattr(metrics, "BLOCK_ELEMENTS", 3 * 97)
     monkeypatch.setattr(metrics, "COMPARE_HEAD", 30)  # weak rows' heads hold about 55 items, strong rows' a few
     monkeypatch.setattr(metrics, "LANE", 16)  # several lanes per needle, and a tail to clear in the last
     monkeypatch.setattr(metrics, "COMPARE_NEEDLES", 6)  # rows with more matches are sorted, however long their head
+    monkeypatch.setattr(metrics, "_sorts_fast", lambda: sort_whole)
+    monkeypatch.setattr(metrics, "SAMPLE_RUNS", 8)  # 8 runs of 12: the head share of the first 96 columns
+    monkeypatch.setattr(metrics, "SAMPLE_RUN", 12)
+    monkeypatch.setattr(metrics, "WHOLE_HEAD", 0.3)  # there weak rows' heads hold 34 items or more, strong 25 or less
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    whole = []
+    count_whole = metrics._count_whole
+    monkeypatch.setattr(metrics, "_count_whole", lambda block, a, rows, *rest: whole.extend(a + rows)
+                        or count_whole(block, a, rows, *rest))
     rng = np.random.default_rng(8)
     qids, gids = rng.integers(0, 9, 50), rng.integers(0, 9, 97)
     qcams, gcams = rng.integers(0, 3, 50), rng.integers(0, 3, 97)
     same = qids[:, None] == gids[None, :]
     weak = np.where(same, rng.random(same.shape), 0.35 + rng.random(same.shape))  # heads: most of the row
     strong = np.where(same, 0.2 * rng.random(same.shape), 0.1 + rng.random(same.shape))  # heads: a few items
-    dist = np.round(np.where(rng.random(50)[:, None] < 0.5, weak, strong), 2)
+    is_weak = rng.random(50) < 0.5
+    dist = np.round(np.where(is_weak[:, None], weak, strong), 2)
     for values in (dist.astype(np.float32), dist, (dist * 100).astype(np.int64)):
         ours, ref = compute_scores(values, qids, gids, qcams, gcams), reference_scores(values, qids, gids, qcams, gcams)
         assert_close(ours, ref, tol=1e-12)
         assert ours["rank1_allshots"] == pytest.approx(reference_allshots(values, qids, gids, qcams, gcams), abs=1e-12)
-    dist[37, 5] = np.nan
-    with pytest.raises(ValueError, match=r"distmat contains NaN \(first in query row 37\)"):
-        compute_scores(dist, qids, gids, qcams, gcams)
-    dist[37, 5] = 0.5
-    dist[[39, 42], 5] = np.nan  # blocks of 3 rows: row 42 is the first thread's, which stops there; 39 the other's
-    with pytest.raises(ValueError, match=r"distmat contains NaN \(first in query row 39\)"):
-        compute_scores(dist, qids, gids, qcams, gcams)
+    assert set(whole) == (set(np.flatnonzero(is_weak)) if sort_whole else set())  # sorted whole: the weak rows
+    # 37 is a strong row, 42 a weak one; 36 (weak) and 37 share a block of 3 rows; row 42 is the first thread's,
+    # which stops there, 39 (strong) the other's
+    for rows, first in (([37], 37), ([42], 42), ([37, 36], 36), ([42, 39], 39)):
+        with_nan = dist.copy()
+        with_nan[rows, 5] = np.nan
+        with pytest.raises(ValueError, match=rf"distmat contains NaN \(first in query row {first}\)"):
+            compute_scores(with_nan, qids, gids, qcams, gcams)
 
 
-@pytest.mark.parametrize("compare_head, lane, block, needles", [(1, 8, 7, 48), (3, 16, 50, 2), (1, 2040, 300, 5)])
-def test_every_counting_path_matches_sklearn(monkeypatch, compare_head, lane, block, needles):
-    """Small odd matrices (one-column galleries, ties everywhere, -0.0, integers) through each way the CPU kernel
-    can count a row: sorted or compared heads, one or many lanes, blocks of one row or many."""
+@pytest.mark.parametrize("compare_head, lane, block, needles, whole_head", [
+    (1, 8, 7, 48, None), (3, 16, 50, 2, None), (1, 2040, 300, 5, None), (3, 16, 50, 2, 0.0), (1, 8, 7, 48, 0.5)])
+def test_every_counting_path_matches_sklearn(monkeypatch, compare_head, lane, block, needles, whole_head):
+    """Small odd matrices (one-column galleries, ties everywhere, -0.0, infinities, integers) through each way the
+    CPU kernel can count a row: sorted or compared heads, one or many lanes, blocks of one row or many, rows sorted
+    whole (all of them, or those whose head is half the row or more)."""
     import clipreid.metrics as metrics
 
     for name, value in (("COMPARE_HEAD", compare_head), ("LANE", lane), ("BLOCK_ELEMENTS", block),
-                        ("COMPARE_NEEDLES", needles)):
+                        ("COMPARE_NEEDLES", needles), ("WHOLE_HEAD", whole_head or 0.0), ("SAMPLE_RUNS", 3),
+                        ("SAMPLE_RUN", 1)):
         monkeypatch.setattr(metrics, name, value)
-    rng = np.random.default_rng(compare_head + lane + block)
+    monkeypatch.setattr(metrics, "_sorts_fast", lambda: whole_head is not None)
+    rng = np.random.default_rng(compare_head + lane + block + int(10 * (whole_head or 0)))
     for trial in range(30):
         q, g = int(rng.integers(1, 10)), int(rng.integers(1, 30))
         qids, gids = rng.integers(0, 4, q), rng.integers(0, 4, g)
@@ -400,12 +415,15 @@ def test_every_counting_path_matches_sklearn(monkeypatch, compare_head, lane, bl
         else:
             dist = np.round(rng.normal(size=(q, g)), 1).astype([np.float32, np.float64][trial % 2])
             dist[rng.random((q, g)) < 0.1] = -0.0
+            dist[rng.random((q, g)) < 0.1] = [np.inf, -np.inf][trial % 4 // 2]
         cams = (rng.integers(0, 3, q), rng.integers(0, 3, g)) if trial % 2 else (None, None)
         matched = qids[:, None] == gids[None, :]
         if cams[0] is not None:
             matched &= cams[0][:, None] != cams[1][None, :]
         if not matched.any():
             continue
+        wide = dist.astype(np.float64)
+        finite = np.where(np.isinf(wide), np.sign(wide) * 1e300, wide)  # sklearn refuses infinity; the same order
         ours = compute_scores(dist, qids, gids, *cams)
-        assert_close(ours, reference_scores(dist, qids, gids, *cams), tol=1e-12)
-        assert ours["rank1_allshots"] == pytest.approx(reference_allshots(dist, qids, gids, *cams), abs=1e-12)
+        assert_close(ours, reference_scores(finite, qids, gids, *cams), tol=1e-12)
+        assert ours["rank1_allshots"] == pytest.approx(reference_allshots(finite, qids, gids, *cams), abs=1e-12)
