@@ -206,24 +206,30 @@ def _count_heads(block: np.ndarray, a: int, k: np.ndarray, skip: np.ndarray, nee
         raise _NaNRow(a + _first_nan_row(block))
     bounds = np.searchsorted(flat, np.arange(n + 1) * g)
     size = bounds[1:] - bounds[:-1]
+    # the smallest head item of another identity: the same identity's items set aside for it, then put back
+    low[a: a + n][~skip] = top
+    if len(values):
+        cols = same_cols[a: a + n]
+        target = (cols + (np.arange(n) * g)[:, None])[cols >= 0]
+        at = np.minimum(np.searchsorted(flat, target), len(flat) - 1)
+        at = at[flat[at] == target]
+        same = values[at]
+        values[at] = top
+        filled = np.flatnonzero(size)
+        low[a + filled] = np.minimum.reduceat(values, bounds[filled])
+        values[at] = same
     compare = (size >= COMPARE_HEAD) & (k <= COMPARE_NEEDLES)
-    short = np.flatnonzero((k > 0) & ~compare)
-    for i, start, stop, n_i in zip(short.tolist(), bounds[short].tolist(), bounds[short + 1].tolist(),
-                                   k[short].tolist(), strict=True):
-        counts[a + i, :n_i] = np.searchsorted(np.sort(values[start:stop]), needles[a + i, :n_i], "right")
     long = np.flatnonzero((k > 0) & compare)
     if len(long):
         hits = _count_long(values, bounds, long, needles[a: a + n], k, counts[a: a + n], hits)
-    # the smallest head item of another identity: the same identity's items set aside (values is ours)
-    cols = same_cols[a: a + n]
-    target = (cols + (np.arange(n) * g)[:, None])[cols >= 0]
-    if len(flat):
-        at = np.minimum(np.searchsorted(flat, target), len(flat) - 1)
-        values[at[flat[at] == target]] = top
-    low[a: a + n][~skip] = top
-    if len(values):
-        filled = np.flatnonzero(size)
-        low[a + filled] = np.minimum.reduceat(values, bounds[filled])
+    # each short head sorted in place (values is ours), by method calls: this loop runs once a row, so the cost of
+    # a call (and of a copy) is a good part of its time
+    short = np.flatnonzero((k > 0) & ~compare)
+    for i, start, stop, n_i in zip(short.tolist(), bounds[short].tolist(), bounds[short + 1].tolist(),
+                                   k[short].tolist(), strict=True):
+        head_i = values[start:stop]
+        head_i.sort()
+        counts[a + i, :n_i] = head_i.searchsorted(needles[a + i, :n_i], "right")
     return hits
 
 
