@@ -40,8 +40,8 @@ ArrayLike = np.ndarray | torch.Tensor | Sequence[Any]
 
 # elements of q x g handled per chunk on a GPU (a stable sort of the chunk: about 24 bytes each) and on the CPU
 # (where the kernel works in cache-sized blocks: the chunk bounds a dtype conversion's copy, at most 512 MiB from
-# int32, and the per-slot tables; each chunk's threads end unevenly, so Market size in one chunk instead of two
-# took 97 -> 89 ms on two threads, 12,000 x 88,000 2.11 -> 1.93 s)
+# int32, and the per-slot tables; fewer chunks ran faster on two threads: Market size in one chunk instead of two
+# 97 -> 89 ms, 12,000 x 88,000 2.11 -> 1.93 s)
 CHUNK_ELEMENTS = 2**23
 CPU_CHUNK_ELEMENTS = 2**26
 RANKS = (1, 5, 10)
