@@ -30,11 +30,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+
+from .runtime import in_threads
 
 ArrayLike = np.ndarray | torch.Tensor | Sequence[Any]
 
@@ -366,8 +367,8 @@ def _row_counts(dist: torch.Tensor, rows: _Rows) -> tuple[torch.Tensor, torch.Te
 
 def _row_counts_cpu(dist: torch.Tensor, rows: _Rows) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`_row_counts` on the CPU: per row, counts at every true match's distance and just below the first's
-    and the last's (:func:`_head_counts_cpu`, blocks of rows dealt over torch's threads) and the lowest distance
-    of another identity; then exact column counts for the few matches tied with an item of another identity.
+    and the last's, and the lowest distance of another identity (:func:`_head_counts_cpu`, blocks of rows dealt
+    over torch's threads); then exact column counts for the few matches tied with an item of another identity.
     """
     n, g = dist.shape
     d, v, cols = dist.numpy(), rows.v.numpy(), rows.cols.numpy()
@@ -390,20 +391,18 @@ def _row_counts_cpu(dist: torch.Tensor, rows: _Rows) -> tuple[torch.Tensor, torc
     counts = np.zeros(needles.shape, np.int64)
     low = np.empty(n, v.dtype)
     step = max(1, BLOCK_ELEMENTS // g)
-    workers = max(1, min(torch.get_num_threads(), -(-n // step)))
-    args = (d, needles, n_needles, reach, same_cols, counts, low, _sorts_fast())
-    if workers == 1:
-        _head_counts_cpu(*args, range(0, n, step), step)
-    else:  # blocks dealt out in turn; numpy releases the GIL while it compares, picks and counts
-        with ThreadPoolExecutor(workers) as pool:
-            done = [pool.submit(_head_counts_cpu, *args, range(w * step, n, workers * step), step)
-                    for w in range(workers)]
-        errors = [f.exception() for f in done if f.exception() is not None]
-        for error in errors:
-            if not isinstance(error, _NaNRow):
-                raise error
-        if errors:  # each worker stops at its first NaN row: the first of those is the matrix's first
-            raise _NaNRow(min(error.args[0] for error in errors))
+    sort_whole, nan_rows = _sorts_fast(), []
+
+    def share(blocks: range) -> bool:
+        try:
+            _head_counts_cpu(d, needles, n_needles, reach, same_cols, counts, low, sort_whole, blocks, step)
+        except _NaNRow as e:
+            nan_rows.append(e.args[0])
+            return False
+        return True
+
+    if not in_threads(share, range(0, n, step)):  # each share stops at its first NaN row: the matrix's is the least
+        raise _NaNRow(min(nan_rows))
     le = np.zeros(v.shape, np.int64)
     np.put_along_axis(le, order, counts[:, :width], 1)
     same_le, same_lt, same_before = (x[:, :, 0].numpy() for x in rows.same[:3])

@@ -17,12 +17,11 @@ negative value makes the call return None: the caller takes its general way (it 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import numpy as np
-import torch
+
+from .runtime import in_threads
 
 # items per group: the minima to select from are 1/GROUP of a line, and each selected group costs GROUP reads
 GROUP = 32
@@ -48,7 +47,8 @@ def smallest_in_rows(d: np.ndarray, k: int) -> Smallest | None:
     n_rows, n = d.shape
     out = _empty(n_rows, k, d.dtype)
     step = max(1, BLOCK_ELEMENTS // n)
-    ok = _in_threads(lambda a: _rows_block(d[a:a + step], k, out, a), range(0, n_rows, step))
+    ok = in_threads(lambda starts: all(_rows_block(d[a:a + step], k, out, a) for a in starts),
+                    range(0, n_rows, step))
     return out if ok else None
 
 
@@ -58,29 +58,13 @@ def smallest_in_columns(parts: list[np.ndarray], k: int) -> Smallest | None:
     indices count the rows of all parts in turn. None where a column holds NaN or a negative value."""
     c = parts[0].shape[1]
     out = _empty(c, k, parts[0].dtype)
-    ok = _in_threads(lambda a: _columns_block([p[:, a:a + CHUNK_COLUMNS] for p in parts], k, out, a),
-                     range(0, c, CHUNK_COLUMNS))
+    ok = in_threads(lambda starts: all(_columns_block([p[:, a:a + CHUNK_COLUMNS] for p in parts], k, out, a)
+                                       for a in starts), range(0, c, CHUNK_COLUMNS))
     return out if ok else None
 
 
 def _empty(n_lines: int, k: int, dtype: np.dtype) -> Smallest:
     return Smallest(np.empty((n_lines, k), dtype), np.empty((n_lines, k), np.int64), np.empty(n_lines, dtype))
-
-
-def _in_threads(work: Callable[[int], bool], starts: range) -> bool:
-    """``work(start)`` for every start, dealt over torch's CPU threads in turn (this one among them: memory
-    freed in other threads stays with them); False if any returned False."""
-    workers = max(1, min(torch.get_num_threads(), len(starts)))
-
-    def share(w: int) -> bool:
-        return all(work(a) for a in starts[w::workers])
-
-    if workers == 1:
-        return share(0)
-    with ThreadPoolExecutor(workers - 1) as pool:
-        others = [pool.submit(share, w) for w in range(1, workers)]
-        mine = share(0)
-    return all([mine] + [f.result() for f in others])
 
 
 def _group(n: int, k: int) -> tuple[int, int]:

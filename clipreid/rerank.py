@@ -264,7 +264,7 @@ def _zhong(rows: _Rows, pairs: _Pairs, q: int, total: int, k1: int, k2: int, lam
     row_max = torch.empty(total, dtype=dtype, device=device)
     out = torch.empty(q, total - g_start, dtype=dtype, device=device)
     cpu = device.type == "cpu"
-    found = smallest_in_columns(columns.parts, k_ext) if cpu and columns is not None and total > q else None
+    found = smallest_in_columns(columns.parts, k_ext) if columns is not None and total > q else None
     if found is not None:  # the gallery rows, without their transposed copy
         top, mx = torch.from_numpy(found.values), _squared_max(torch.from_numpy(found.maxima))
         near[q:], row_max[q:] = torch.from_numpy(found.indices[:, :k_all]), mx

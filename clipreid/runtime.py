@@ -1,8 +1,11 @@
-"""Where and how code runs: the device, the precision, autocast, and the process group under torchrun."""
+"""Where and how code runs: the device, the precision, autocast, the process group under torchrun, and CPU work dealt
+over torch's threads."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Literal
@@ -75,3 +78,16 @@ def setup_runtime(device: str = "auto") -> Runtime:
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if base.type == "cuda" else "gloo")
     return Runtime(base, rank, world, local_rank)
+
+
+def in_threads(share: Callable[[range], bool], starts: range) -> bool:
+    """``share(part)`` for the parts of ``starts`` dealt over torch's CPU threads in turn (part w is
+    ``starts[w::threads]``; this thread takes the first, so memory it frees stays with it); False if any part
+    returned False. For numpy work, which releases the GIL while it computes."""
+    workers = max(1, min(torch.get_num_threads(), len(starts)))
+    if workers == 1:
+        return share(starts)
+    with ThreadPoolExecutor(workers - 1) as pool:
+        others = [pool.submit(share, starts[w::workers]) for w in range(1, workers)]
+        mine = share(starts[::workers])
+    return all([mine] + [f.result() for f in others])
