@@ -256,8 +256,8 @@ def _count_whole(block: np.ndarray, a: int, rows: np.ndarray, needles: np.ndarra
     inside = first < ordered.shape[1]
     lowest[inside] = ordered[np.flatnonzero(inside), first[inside]]
     low[r] = np.where(lowest <= reach[r], lowest, top)
-    for i, row in enumerate(r.tolist()):
-        counts[row, : n_needles[row]] = np.searchsorted(ordered[i], needles[row, : n_needles[row]], "right")
+    for i, row in enumerate(r.tolist()):  # by method calls, as the short heads are
+        counts[row, : n_needles[row]] = ordered[i].searchsorted(needles[row, : n_needles[row]], "right")
 
 
 def _first_nan_row(block: np.ndarray) -> int:
