@@ -240,7 +240,7 @@ def main(cfg: Config) -> None:
           f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print(f"cpu: {cpu_model()}; numpy {np.__version__} sorts 15,913 float32 in {sort_speed() * 1e6:.0f} us "
           "(30-63 us on Intel machines with the vectorised sort, 250-320 us on an AMD Zen 4 without it), so "
-          f"compute_scores {'sorts' if _sorts_fast() else 'does not sort'} rows with long heads whole")
+          f"compute_scores on the CPU {'sorts' if _sorts_fast() else 'does not sort'} rows with long heads whole")
     print(f"{'queries x gallery':>34} {'reference':>10} {'ours':>9} {'floor':>9} {'x floor':>7} {'speed-up':>9} "
           f"{'ref peak':>10} "
           f"{'our peak':>10}  {'max |diff|':>10}  mAP / rank1 / mINP / allshots rank1")
