@@ -36,6 +36,7 @@ from typing import Literal
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts its threads (see above)
 
+import numba  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from sklearn.metrics import average_precision_score  # noqa: E402
@@ -43,7 +44,7 @@ from sklearn.metrics import average_precision_score  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from clipreid.config import run  # noqa: E402
-from clipreid.metrics import CHUNK_ELEMENTS, _sorts_fast, compute_scores  # noqa: E402
+from clipreid.metrics import CHUNK_ELEMENTS, compute_scores  # noqa: E402
 
 # (queries, gallery, identities, cameras, hard)
 SIZES = [(50, 910, 50, 1, False), (618, 9_505, 618, 1, False), (3_368, 15_913, 750, 6, False),
@@ -217,19 +218,6 @@ def cpu_model() -> str:
         return platform.processor() or "unknown"
 
 
-def sort_speed() -> float:
-    """Best time of numpy's sort of one Market-size row of random float32: the CPU path of ``compute_scores``
-    sorts short heads (and, where this is fast, a weak model's rows whole), so its ratios to the floor move with
-    this (it varies 6x between CPUs)."""
-    row = np.random.default_rng(0).random(15_913, dtype=np.float32)
-    best = float("inf")
-    for _ in range(20):
-        start = time.perf_counter()
-        np.sort(row)
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def main(cfg: Config) -> None:
     if cfg.device == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -238,9 +226,7 @@ def main(cfg: Config) -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
     print(f"device: {device} ({name}); cpu cores: {os.cpu_count()}; torch {torch.__version__}; "
           f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
-    print(f"cpu: {cpu_model()}; numpy {np.__version__} sorts 15,913 float32 in {sort_speed() * 1e6:.0f} us "
-          "(30-63 us on Intel machines with the vectorised sort, 250-320 us on an AMD Zen 4 without it), so "
-          f"compute_scores on the CPU {'sorts' if _sorts_fast() else 'does not sort'} rows with long heads whole")
+    print(f"cpu: {cpu_model()}; numpy {np.__version__}; numba {numba.__version__} (compute_scores' CPU loop)")
     print(f"{'queries x gallery':>34} {'reference':>10} {'ours':>9} {'floor':>9} {'x floor':>7} {'speed-up':>9} "
           f"{'ref peak':>10} "
           f"{'our peak':>10}  {'max |diff|':>10}  mAP / rank1 / mINP / allshots rank1")

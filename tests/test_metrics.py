@@ -351,28 +351,19 @@ def test_matches_sklearn_on_hard_distances(dtype):
     assert compute_scores(torch.from_numpy(dist), qids, gids, qcams, gcams, chunk_size=4) == ours
 
 
-@pytest.mark.parametrize("sort_whole", [False, True])
-def test_cpu_kernel_blocks_threads_and_every_way_of_counting(monkeypatch, sort_whole):
-    """Small blocks over two threads: rows whose head is most of the row (compared with every needle, counted in
-    several short lanes; or, where numpy sorts fast, sorted whole) beside rows with short heads (sorted), ties
-    between identities at every boundary, in float32, float64 and int64."""
+@pytest.mark.parametrize("passes", [32, 2])
+def test_cpu_kernel_blocks_threads_and_every_way_of_counting(monkeypatch, passes):
+    """Small blocks over two threads: rows whose head is most of the row beside rows with short heads, heads counted
+    a pass per true match or split by needles (``passes`` 2: every row with three or more), ties between
+    identities at every boundary, in float32, float64 and int64; NaN names the matrix's first NaN row."""
     import clipreid.metrics as metrics
 
     monkeypatch.setattr(metrics, "BLOCK_ELEMENTS", 3 * 97)
-    monkeypatch.setattr(metrics, "COMPARE_HEAD", 30)  # weak rows' heads hold about 55 items, strong rows' a few
-    monkeypatch.setattr(metrics, "LANE", 16)  # several lanes per needle, and a tail to clear in the last
-    monkeypatch.setattr(metrics, "COMPARE_NEEDLES", 6)  # rows with more matches are sorted, however long their head
-    monkeypatch.setattr(metrics, "_sorts_fast", lambda: sort_whole)
-    monkeypatch.setattr(metrics, "SAMPLE_RUNS", 8)  # 8 runs of 12: the head share of the first 96 columns
-    monkeypatch.setattr(metrics, "SAMPLE_RUN", 12)
-    monkeypatch.setattr(metrics, "WHOLE_HEAD", 0.3)  # there weak rows' heads hold 34 items or more, strong 25 or less
+    monkeypatch.setattr(metrics, "NEEDLE_PASSES", passes)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
-    whole = []
-    count_whole = metrics._count_whole
-    monkeypatch.setattr(metrics, "_count_whole", lambda block, a, rows, *rest: whole.extend(a + rows)
-                        or count_whole(block, a, rows, *rest))
     rng = np.random.default_rng(8)
     qids, gids = rng.integers(0, 9, 50), rng.integers(0, 9, 97)
+    qids[10] = 9  # no true match: no score reads row 10, but its NaN is an error too
     qcams, gcams = rng.integers(0, 3, 50), rng.integers(0, 3, 97)
     same = qids[:, None] == gids[None, :]
     weak = np.where(same, rng.random(same.shape), 0.35 + rng.random(same.shape))  # heads: most of the row
@@ -383,30 +374,28 @@ def test_cpu_kernel_blocks_threads_and_every_way_of_counting(monkeypatch, sort_w
         ours, ref = compute_scores(values, qids, gids, qcams, gcams), reference_scores(values, qids, gids, qcams, gcams)
         assert_close(ours, ref, tol=1e-12)
         assert ours["rank1_allshots"] == pytest.approx(reference_allshots(values, qids, gids, qcams, gcams), abs=1e-12)
-    assert set(whole) == (set(np.flatnonzero(is_weak)) if sort_whole else set())  # sorted whole: the weak rows
-    # 37 is a strong row, 42 a weak one; 36 (weak) and 37 share a block of 3 rows; row 42 is the first thread's,
-    # which stops there, 39 (strong) the other's
-    for rows, first in (([37], 37), ([42], 42), ([37, 36], 36), ([42, 39], 39)):
+    # blocks of 3 rows dealt in turn: 36 and 37 share a block; row 42 is the first thread's, which stops there,
+    # 39 the other's
+    for rows, first in (([37], 37), ([42], 42), ([37, 36], 36), ([42, 39], 39), ([10], 10), ([10, 5], 5)):
         with_nan = dist.copy()
         with_nan[rows, 5] = np.nan
         with pytest.raises(ValueError, match=rf"distmat contains NaN \(first in query row {first}\)"):
             compute_scores(with_nan, qids, gids, qcams, gcams)
 
 
-@pytest.mark.parametrize("compare_head, lane, block, needles, whole_head", [
-    (1, 8, 7, 48, None), (3, 16, 50, 2, None), (1, 2040, 300, 5, None), (3, 16, 50, 2, 0.0), (1, 8, 7, 48, 0.5)])
-def test_every_counting_path_matches_sklearn(monkeypatch, compare_head, lane, block, needles, whole_head):
+@pytest.mark.parametrize("block, passes, device_path", [(7, 32, False), (50, 1, False), (300, 0, False),
+                                                       (50, 32, True)])
+def test_every_counting_path_matches_sklearn(monkeypatch, block, passes, device_path):
     """Small odd matrices (one-column galleries, ties everywhere, -0.0, infinities, integers) through each way the
-    CPU kernel can count a row: sorted or compared heads, one or many lanes, blocks of one row or many, rows sorted
-    whole (all of them, or those whose head is half the row or more)."""
+    CPU loop can count a row (blocks of one row or many, a pass per true match or splits down to one or none), and
+    through the device path (torch's sorts), run here on the CPU."""
     import clipreid.metrics as metrics
 
-    for name, value in (("COMPARE_HEAD", compare_head), ("LANE", lane), ("BLOCK_ELEMENTS", block),
-                        ("COMPARE_NEEDLES", needles), ("WHOLE_HEAD", whole_head or 0.0), ("SAMPLE_RUNS", 3),
-                        ("SAMPLE_RUN", 1)):
-        monkeypatch.setattr(metrics, name, value)
-    monkeypatch.setattr(metrics, "_sorts_fast", lambda: whole_head is not None)
-    rng = np.random.default_rng(compare_head + lane + block + int(10 * (whole_head or 0)))
+    monkeypatch.setattr(metrics, "BLOCK_ELEMENTS", block)
+    monkeypatch.setattr(metrics, "NEEDLE_PASSES", passes)
+    if device_path:
+        monkeypatch.setattr(metrics, "_chunk_counts_cpu", metrics._chunk_counts_device)
+    rng = np.random.default_rng(block + passes + device_path)
     for trial in range(30):
         q, g = int(rng.integers(1, 10)), int(rng.integers(1, 30))
         qids, gids = rng.integers(0, 4, q), rng.integers(0, 4, g)
