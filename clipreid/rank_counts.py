@@ -145,10 +145,12 @@ def count_rows(dist, slot_cols, n_slots, true, rows_from, rows_to, passes, first
             if is_true[order[i]]:
                 f = order[i]
                 break
+        lt_first = _count_lt(head, h, v[f])
+        lt_last = lt_first if v[lst] == v[f] else _count_lt(head, h, v[lst])
         for which in range(2):
             s = f if which == 0 else lst
             i = pos[s]
-            lt = _count_lt(head, h, v[s])
+            lt = lt_first if which == 0 else lt_last
             if le[s] - lt > end[i] - begin[i]:  # an item of another identity ties with it: count ties by column
                 at_before = _tied_before(row, v[s], cols[s])
             else:
@@ -171,7 +173,9 @@ def count_rows(dist, slot_cols, n_slots, true, rows_from, rows_to, passes, first
             continue
         i = pos[blocked]
         n_lead = n_true_upto[begin[i]]  # true matches below its distance
-        if _count_lt(head, h, v[blocked]) == begin[i]:  # nothing of another identity below it: ties by column
+        t = v[blocked]
+        lt = lt_first if t == v[f] else lt_last if t == v[lst] else _count_lt(head, h, t)
+        if lt == begin[i]:  # nothing of another identity below it: ties by column
             other = _first_other_at(row, v[blocked], cols, m)
             for j in range(begin[i], end[i]):
                 n_lead += is_true[order[j]] and cols[order[j]] < other
