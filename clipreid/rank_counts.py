@@ -176,7 +176,7 @@ def count_rows(dist, slot_cols, n_slots, true, rows_from, rows_to, passes, first
         t = v[blocked]
         lt = lt_first if t == v[f] else lt_last if t == v[lst] else _count_lt(head, h, t)
         if lt == begin[i]:  # nothing of another identity below it: ties by column
-            other = _first_other_at(row, v[blocked], cols, m)
+            other = _first_other_at(row, t, cols, m)
             for j in range(begin[i], end[i]):
                 n_lead += is_true[order[j]] and cols[order[j]] < other
         lead[r] = n_lead
