@@ -351,15 +351,17 @@ def test_matches_sklearn_on_hard_distances(dtype):
     assert compute_scores(torch.from_numpy(dist), qids, gids, qcams, gcams, chunk_size=4) == ours
 
 
-@pytest.mark.parametrize("passes", [32, 2])
-def test_cpu_kernel_blocks_threads_and_every_way_of_counting(monkeypatch, passes):
+@pytest.mark.parametrize("passes, copy_passes", [(32, 10), (2, 10), (32, 0), (2, 10**9)])
+def test_cpu_kernel_blocks_threads_and_every_way_of_counting(monkeypatch, passes, copy_passes):
     """Small blocks over two threads: rows whose head is most of the row beside rows with short heads, heads counted
-    a pass per true match or split by needles (``passes`` 2: every row with three or more), ties between
-    identities at every boundary, in float32, float64 and int64; NaN names the matrix's first NaN row."""
+    a pass per true match or split by needles (``passes`` 2: every row with three or more), copied out of the row
+    or counted in place (``copy_passes`` 0: every head copied; 10**9: none), ties between identities at every
+    boundary, in float32, float64 and int64; NaN names the matrix's first NaN row."""
     import clipreid.metrics as metrics
 
     monkeypatch.setattr(metrics, "BLOCK_ELEMENTS", 3 * 97)
     monkeypatch.setattr(metrics, "NEEDLE_PASSES", passes)
+    monkeypatch.setattr(metrics, "COPY_PASSES", copy_passes)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     rng = np.random.default_rng(8)
     qids, gids = rng.integers(0, 9, 50), rng.integers(0, 9, 97)
@@ -383,19 +385,20 @@ def test_cpu_kernel_blocks_threads_and_every_way_of_counting(monkeypatch, passes
             compute_scores(with_nan, qids, gids, qcams, gcams)
 
 
-@pytest.mark.parametrize("block, passes, device_path", [(7, 32, False), (50, 1, False), (300, 0, False),
-                                                       (50, 32, True)])
-def test_every_counting_path_matches_sklearn(monkeypatch, block, passes, device_path):
+@pytest.mark.parametrize("block, passes, copy_passes, device_path", [
+    (7, 32, 0, False), (50, 1, 10**9, False), (300, 0, 0, False), (300, 0, 10**9, False), (50, 32, 10, True)])
+def test_every_counting_path_matches_sklearn(monkeypatch, block, passes, copy_passes, device_path):
     """Small odd matrices (one-column galleries, ties everywhere, -0.0, infinities, integers) through each way the
-    CPU loop can count a row (blocks of one row or many, a pass per true match or splits down to one or none), and
-    through the device path (torch's sorts), run here on the CPU."""
+    CPU loop can count a row (blocks of one row or many, a pass per true match or splits down to one or none, heads
+    copied out or counted in place), and through the device path (torch's sorts), run here on the CPU."""
     import clipreid.metrics as metrics
 
     monkeypatch.setattr(metrics, "BLOCK_ELEMENTS", block)
     monkeypatch.setattr(metrics, "NEEDLE_PASSES", passes)
+    monkeypatch.setattr(metrics, "COPY_PASSES", copy_passes)
     if device_path:
         monkeypatch.setattr(metrics, "_chunk_counts_cpu", metrics._chunk_counts_device)
-    rng = np.random.default_rng(block + passes + device_path)
+    rng = np.random.default_rng(block + passes + (copy_passes > 0) + device_path)
     for trial in range(30):
         q, g = int(rng.integers(1, 10)), int(rng.integers(1, 30))
         qids, gids = rng.integers(0, 4, q), rng.integers(0, 4, g)
