@@ -22,8 +22,12 @@ import torch
 from torch import Tensor
 
 from .nearest import smallest_in_columns, smallest_in_rows
+from .runtime import in_threads
 
 Array = TypeVar("Array", np.ndarray, Tensor)
+
+# query rows of the Jaccard join a CPU thread takes at a time
+JOIN_ROWS = 8
 
 _Rows = Callable[[int, int, Tensor], None]  # rows(a, b, out): rows a..b-1 of the distance matrix into out
 _Pairs = Callable[[Tensor, Tensor], Tensor]  # pairs(r, c): the distance matrix at (r[k], c[k])
@@ -486,35 +490,73 @@ def _neighbour_mean(sp: _Sparse, nbr: Tensor, num_cols: int, budget: int) -> _Sp
     return _from_coo(torch.cat(rows), torch.cat(cols), torch.cat(vals), num_rows)
 
 
+class _ByColumn(NamedTuple):
+    """The gallery rows' non-zeros sorted by column: column c's run starts at ``start[c]`` and has ``count[c]``."""
+
+    row: Tensor
+    val: Tensor
+    start: Tensor
+    count: Tensor
+
+
 def _min_join(qs: _Sparse, gs: _Sparse, num_cols: int, budget: int, max_rows: int) -> Iterator[
         tuple[int, int, Tensor]]:
     """Yield (a, b, S) with S[i - a, j] = sum_k min(qs[i, k], gs[j, k]) for query rows a..b-1, all rows j of gs.
 
-    Each query non-zero in column k meets the gallery non-zeros of column k (gs sorted by column); the pairs'
-    minima are scattered into the dense chunk. Chunks hold about ``budget`` pairs.
+    Each query non-zero in column k meets the gallery non-zeros of column k (gs sorted by column), and the pairs'
+    minima are summed into the dense chunk: on the CPU by a compiled loop (:func:`_min_join_cpu`), elsewhere by
+    torch (:func:`_min_join_device`); the same pairs in the same order, so the same sums. Chunks hold about
+    ``budget`` pairs.
     """
     device = qs.col.device
     nq, ng = len(qs.ptr) - 1, len(gs.ptr) - 1
     # int32 keys sort about twice as fast as int64 ones on the CPU
     order = torch.argsort(gs.col.int() if num_cols < 2**31 else gs.col, stable=True)
-    g_row, g_val = _row_ids(gs)[order], gs.val[order]
-    col_count = torch.bincount(gs.col, minlength=num_cols)
-    col_start = col_count.cumsum(0) - col_count
-    q_row = _row_ids(qs)
-    pair_count = col_count[qs.col]
-    row_cost = torch.zeros(nq, dtype=torch.long, device=device).index_add_(0, q_row, pair_count)
-    max_rows = max(1, min(max_rows, budget // max(1, ng)))
-    for a, b in _cost_chunks(row_cost, budget, max_rows):
+    count = torch.bincount(gs.col, minlength=num_cols)
+    by_col = _ByColumn(_row_ids(gs)[order], gs.val[order], count.cumsum(0) - count, count)
+    pair_count = count[qs.col]
+    row_cost = torch.zeros(nq, dtype=torch.long, device=device).index_add_(0, _row_ids(qs), pair_count)
+    chunks = _cost_chunks(row_cost, budget, max(1, min(max_rows, budget // max(1, ng))))
+    join = _min_join_cpu if device.type == "cpu" else _min_join_device
+    yield from join(qs, ng, chunks, by_col)
+
+
+def _min_join_device(qs: _Sparse, ng: int, chunks: Iterator[tuple[int, int]], by_col: _ByColumn) -> Iterator[
+        tuple[int, int, Tensor]]:
+    """:func:`_min_join` in torch: each chunk's pairs listed, their minima scattered into its sums."""
+    q_row, pair_count = _row_ids(qs), by_col.count[qs.col]
+    for a, b in chunks:
         e0, e1 = int(qs.ptr[a]), int(qs.ptr[b])
-        cnt = pair_count[e0:e1]
         # per pair: its gallery entry (the column's run, then the place in it), its query non-zero, its cell of
         # the chunk and its query value (index_select: faster than x[index] here)
-        idx, nz = _segment_index(col_start[qs.col[e0:e1]], cnt)
-        cell = ((q_row[e0:e1] - a) * ng).index_select(0, nz).add_(g_row.index_select(0, idx))
+        idx, nz = _segment_index(by_col.start[qs.col[e0:e1]], pair_count[e0:e1])
+        cell = ((q_row[e0:e1] - a) * ng).index_select(0, nz).add_(by_col.row.index_select(0, idx))
         qv = qs.val[e0:e1].index_select(0, nz)
-        s = torch.zeros((b - a) * ng, dtype=qs.val.dtype, device=device)
-        s.index_add_(0, cell, torch.minimum(qv, g_val.index_select(0, idx), out=qv))
+        s = torch.zeros((b - a) * ng, dtype=qs.val.dtype, device=qs.val.device)
+        s.index_add_(0, cell, torch.minimum(qv, by_col.val.index_select(0, idx), out=qv))
         yield a, b, s.view(b - a, ng)
+
+
+def _min_join_cpu(qs: _Sparse, ng: int, chunks: Iterator[tuple[int, int]], by_col: _ByColumn) -> Iterator[
+        tuple[int, int, Tensor]]:
+    """:func:`_min_join` on the CPU: the pairs summed by the compiled :func:`clipreid.jaccard.min_join_rows`,
+    JOIN_ROWS query rows at a time dealt over torch's threads (no pair is materialised: a chunk's peak is its
+    sums)."""
+    from .jaccard import min_join_rows  # numba is imported (and the loop compiled) only where the CPU re-ranks
+
+    q_ptr, q_col, q_val = qs.ptr.numpy(), qs.col.numpy(), qs.val.numpy()
+    rows, vals, starts, counts = (x.numpy() for x in by_col)
+    for a, b in chunks:
+        s = torch.empty(b - a, ng, dtype=qs.val.dtype)
+        out = s.numpy()
+
+        def share(pieces: range, a: int = a, b: int = b, out: np.ndarray = out) -> bool:
+            for i in pieces:
+                min_join_rows(q_ptr, q_col, q_val, starts, counts, rows, vals, i, min(i + JOIN_ROWS, b), a, out)
+            return True
+
+        in_threads(share, range(a, b, JOIN_ROWS))
+        yield a, b, s
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -346,3 +346,26 @@ def test_re_ranking_improves_map_on_clustered_data():
     assert 0.3 < base < 0.9  # the test means something only if the raw ranking is imperfect
     assert zhong_map > base + 0.02
     assert hard_map > base + 0.02
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cpu_jaccard_join_equals_the_torch_join(monkeypatch, dtype):
+    """The compiled CPU join sums the same pairs in the same order as the torch one (run here on the CPU): equal
+    results, bit for bit, over many small chunks, three rows a piece, on two threads, for all three re-rankings."""
+    import clipreid.rerank as rerank
+
+    monkeypatch.setattr(rerank, "_budgets", lambda device: (1 << 12, 300))  # many chunks of a few rows each
+    monkeypatch.setattr(rerank, "JOIN_ROWS", 3)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    qf, gf, _, _ = clustered(23, 140, 8, seed=4)
+    qf, gf = qf.astype(dtype), gf.astype(dtype)
+    q_g, q_q, g_g = (m.astype(dtype) for m in matrices(qf, gf))
+
+    def all_three():
+        return [k_reciprocal(q_g, q_q, g_g), k_reciprocal_features(qf, gf), hard_k_reciprocal(qf, gf, k1=12)]
+
+    compiled = all_three()
+    monkeypatch.setattr(rerank, "_min_join_cpu", rerank._min_join_device)
+    for ours, torch_join in zip(compiled, all_three(), strict=True):
+        assert ours.dtype == dtype
+        np.testing.assert_array_equal(ours, torch_join)
