@@ -135,6 +135,10 @@ def test_numpy_torch_and_list_inputs_agree():
         (dist, qids.tolist(), gids.tolist(), qcams.tolist(), gcams.tolist()),
         (dist, [f"p{i}" for i in qids], [f"p{i}" for i in gids], qcams.astype(float), gcams.astype(float)),
         (np.asfortranarray(dist), qids.astype(np.int32), gids.astype(np.uint16), qcams, gcams),
+        # ids beyond 16 bits, or negative, are grouped without the 16-bit radix sort; 65535 and 0 with it
+        (dist, qids + 10**6, gids + 10**6, qcams, gcams),
+        (dist, -qids - 70_000, -gids - 70_000, qcams, gcams),
+        (dist, 65_535 - qids, 65_535 - gids, qcams, gcams),
     ]
     for variant in variants:
         assert compute_scores(*variant) == expected
