@@ -305,6 +305,9 @@ def compute_scores(
     device = torch.device(device)
     if device.type == "mps" and str(distmat.dtype).endswith("float64"):
         device = torch.device("cpu")  # no float64 on Apple GPUs, and float32 could merge distinct distances
+    if device.type == "cpu" and n_gallery >= 2**31:
+        raise ValueError(f"distmat has {n_gallery:,} columns; the CPU counts a row in 32 bits (at most 2**31 - 1 "
+                         "columns): score on a GPU (device='cuda') or split the gallery")
     qid, gid = _codes(query_ids, gallery_ids, device)
     same = _group_matches(qid, gid)
     qcam = gcam = None

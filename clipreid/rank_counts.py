@@ -1,11 +1,11 @@
 """The CPU half of :mod:`clipreid.metrics`: each query row's rank counts, by a loop compiled with numba.
 
-Per row, everything the scores need is read off at its items of the query's identity (its "slots", a few): one
-pass over the row picks out its head, the items at or below its last true match (a few percent of a typical row,
-most of it for a weak model); then the head is counted once per true match's distance, a vectorised pass that
-stays in cache. Nothing is sorted but the slots. The loops release the GIL, so :func:`clipreid.runtime.in_threads`
-deals blocks of rows over torch's threads. Comparisons are IEEE (no fast-math): -0.0 equals 0.0, infinities are
-ordered, and a NaN anywhere in a row is reported, never counted.
+Per row, everything the scores need is read off at its items of the query's identity (its "slots", a few): its
+head, the items at or below its last true match (a few percent of a typical row, most of it for a weak model), is
+counted once per true match's distance, a vectorised pass each; a short head is copied out of the row first (one
+scalar pass), so the counting passes stay in cache. Nothing is sorted but the slots. The loops release the GIL,
+so :func:`clipreid.runtime.in_threads` deals blocks of rows over torch's threads. Comparisons are IEEE (no
+fast-math): -0.0 equals 0.0, infinities are ordered, and a NaN anywhere in a row is reported, never counted.
 
 Compiled on first use for each distance dtype (float32, float64, int64) and cached beside this file (or in
 numba's user cache where that is read-only).
@@ -18,7 +18,7 @@ from numba import njit
 
 
 # the counting passes add in int32 (numba widens integer arithmetic to int64 unless told; 32-bit lanes count twice
-# as many items a vector op: 0.037 against 0.049 ns an item); a row holds fewer than 2**31 items
+# as many items a vector op: 0.037 against 0.049 ns an item); compute_scores refuses rows of 2**31 items or more
 @njit(nogil=True, cache=True, inline="always")
 def _count_le(head: np.ndarray, h: int, t) -> int:
     n = np.int32(0)

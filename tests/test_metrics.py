@@ -230,6 +230,13 @@ def test_bad_input_fails_with_one_line(args, message):
     assert "\n" not in str(info.value)
 
 
+def test_a_gallery_too_wide_for_the_cpu_counts_fails_with_one_line():
+    # broadcast views: a 1 x 2**31 matrix and its ids without the 8 GiB
+    wide = np.broadcast_to(np.float32(0.5), (1, 2**31))
+    with pytest.raises(ValueError, match=r"2,147,483,648 columns; the CPU counts a row in 32 bits"):
+        compute_scores(wide, [0], np.broadcast_to(0, (2**31,)))
+
+
 def test_nan_distance_names_the_row():
     distmat = np.zeros((5, 3))
     distmat[3, 1] = np.nan
