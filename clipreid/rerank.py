@@ -26,8 +26,9 @@ from .runtime import in_threads
 
 Array = TypeVar("Array", np.ndarray, Tensor)
 
-# query rows of the Jaccard join a CPU thread takes at a time
+# rows a CPU thread takes at a time: of the Jaccard join (thousands of pairs a row), of the other compiled steps
 JOIN_ROWS = 8
+CPU_ROWS = 256
 
 _Rows = Callable[[int, int, Tensor], None]  # rows(a, b, out): rows a..b-1 of the distance matrix into out
 _Pairs = Callable[[Tensor, Tensor], Tensor]  # pairs(r, c): the distance matrix at (r[k], c[k])
@@ -413,8 +414,33 @@ def _cost_chunks(cost: Tensor, budget: int, max_rows: int) -> Iterator[tuple[int
         done, a = int(cum[b - 1]), b
 
 
+def _deal_rows(a: int, b: int, step: int, rows: Callable[[int, int], None]) -> None:
+    """``rows(lo, hi)`` for the ranges of ``step`` rows that make a..b-1, dealt over torch's threads (for compiled
+    loops, which release the GIL)."""
+
+    def share(starts: range) -> bool:
+        for lo in starts:
+            rows(lo, min(lo + step, b))
+        return True
+
+    in_threads(share, range(a, b, step))
+
+
 def _reciprocal(fwd: Tensor, back: Tensor, owner: Tensor) -> Tensor:
-    """mask[r, a]: owner[r] is among back[fwd[r, a]] (fwd indexes the rows of back)."""
+    """mask[r, a]: owner[r] is among back[fwd[r, a]] (fwd indexes the rows of back); on the CPU by a compiled
+    loop (:func:`clipreid.rerank_cpu.reciprocal`), elsewhere by :func:`_reciprocal_device`."""
+    if fwd.device.type != "cpu":
+        return _reciprocal_device(fwd, back, owner)
+    from .rerank_cpu import reciprocal  # numba is imported (and the loop compiled) only where the CPU re-ranks
+
+    hit = np.zeros(tuple(fwd.shape), bool)
+    f, bk, o = fwd.numpy(), back.numpy(), owner.numpy()
+    _deal_rows(0, len(hit), CPU_ROWS, lambda lo, hi: reciprocal(f, bk, o, lo, hi, hit))
+    return torch.from_numpy(hit)
+
+
+def _reciprocal_device(fwd: Tensor, back: Tensor, owner: Tensor) -> Tensor:
+    """:func:`_reciprocal` in torch: a comparison per column of back."""
     hit = torch.zeros(fwd.shape, dtype=torch.bool, device=fwd.device)
     for j in range(back.shape[1]):
         hit |= back[:, j][fwd] == owner[:, None]
@@ -424,7 +450,36 @@ def _reciprocal(fwd: Tensor, back: Tensor, owner: Tensor) -> Tensor:
 def _expand(base: Tensor, in_base: Tensor, cand: Tensor, in_cand: Tensor, half: Tensor, in_half: Tensor, *,
             strict: bool, num_cols: int, budget: int) -> tuple[Tensor, Tensor]:
     """Per row: the base set plus the half set H(c) of each candidate c whose overlap with the candidate set
-    is more than (strict) or at least 2/3 of |H(c)|. Returns sorted, de-duplicated COO (rows, cols)."""
+    is more than (strict) or at least 2/3 of |H(c)|. Returns sorted, de-duplicated COO (rows, cols): on the CPU
+    by a compiled loop (:func:`clipreid.rerank_cpu.expand_rows`), elsewhere by :func:`_expand_device`; chunks of
+    about ``budget`` candidate pairs."""
+    if cand.device.type != "cpu":
+        return _expand_device(base, in_base, cand, in_cand, half, in_half, strict=strict, num_cols=num_cols,
+                              budget=budget)
+    from .rerank_cpu import expand_rows  # numba is imported (and the loop compiled) only where the CPU re-ranks
+
+    num_rows = len(cand)
+    width = base.shape[1] + cand.shape[1] * half.shape[1]  # the most a row can hold
+    step = max(1, budget // max(1, width))
+    arrays = [x.numpy() for x in (base, in_base, cand, in_cand, half, in_half)]
+    rows_out, cols_out = [], []
+    for a in range(0, num_rows, step):
+        b = min(a + step, num_rows)
+        ids, lengths = np.empty((b - a, width), np.int64), np.empty(b - a, np.int64)
+
+        def rows(lo: int, hi: int, a: int = a, ids: np.ndarray = ids, lengths: np.ndarray = lengths) -> None:
+            expand_rows(*arrays, strict, lo, hi, np.zeros((2, num_cols), bool), ids[lo - a:hi - a],
+                        lengths[lo - a:hi - a])
+
+        _deal_rows(a, b, CPU_ROWS, rows)
+        rows_out.append(np.repeat(np.arange(a, b), lengths))
+        cols_out.append(ids[np.arange(width) < lengths[:, None]])
+    return torch.from_numpy(np.concatenate(rows_out)), torch.from_numpy(np.concatenate(cols_out))
+
+
+def _expand_device(base: Tensor, in_base: Tensor, cand: Tensor, in_cand: Tensor, half: Tensor, in_half: Tensor, *,
+                   strict: bool, num_cols: int, budget: int) -> tuple[Tensor, Tensor]:
+    """:func:`_expand` in torch: flags set at each row's candidates, read at its candidates' half sets."""
     num_rows, w = cand.shape
     h = half.shape[1]
     sentinel = num_cols
@@ -539,23 +594,18 @@ def _min_join_device(qs: _Sparse, ng: int, chunks: Iterator[tuple[int, int]], by
 
 def _min_join_cpu(qs: _Sparse, ng: int, chunks: Iterator[tuple[int, int]], by_col: _ByColumn) -> Iterator[
         tuple[int, int, Tensor]]:
-    """:func:`_min_join` on the CPU: the pairs summed by the compiled :func:`clipreid.jaccard.min_join_rows`,
+    """:func:`_min_join` on the CPU: the pairs summed by the compiled :func:`clipreid.rerank_cpu.min_join_rows`,
     JOIN_ROWS query rows at a time dealt over torch's threads (no pair is materialised: a chunk's peak is its
     sums)."""
-    from .jaccard import min_join_rows  # numba is imported (and the loop compiled) only where the CPU re-ranks
+    from .rerank_cpu import min_join_rows  # numba is imported (and the loop compiled) only where the CPU re-ranks
 
     q_ptr, q_col, q_val = qs.ptr.numpy(), qs.col.numpy(), qs.val.numpy()
     rows, vals, starts, counts = (x.numpy() for x in by_col)
     for a, b in chunks:
         s = torch.empty(b - a, ng, dtype=qs.val.dtype)
         out = s.numpy()
-
-        def share(pieces: range, a: int = a, b: int = b, out: np.ndarray = out) -> bool:
-            for i in pieces:
-                min_join_rows(q_ptr, q_col, q_val, starts, counts, rows, vals, i, min(i + JOIN_ROWS, b), a, out)
-            return True
-
-        in_threads(share, range(a, b, JOIN_ROWS))
+        _deal_rows(a, b, JOIN_ROWS, lambda lo, hi, a=a, out=out: min_join_rows(q_ptr, q_col, q_val, starts, counts,
+                                                                                rows, vals, lo, hi, a, out))
         yield a, b, s
 
 

@@ -349,13 +349,15 @@ def test_re_ranking_improves_map_on_clustered_data():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_cpu_jaccard_join_equals_the_torch_join(monkeypatch, dtype):
-    """The compiled CPU join sums the same pairs in the same order as the torch one (run here on the CPU): equal
-    results, bit for bit, over many small chunks, three rows a piece, on two threads, for all three re-rankings."""
+def test_the_cpu_loops_equal_the_torch_steps(monkeypatch, dtype):
+    """The compiled CPU loops (reciprocal test, expansion, Jaccard join) give the torch versions' numbers, run here
+    on the CPU, bit for bit: over many small chunks, a few rows a piece, on two threads, for all three
+    re-rankings."""
     import clipreid.rerank as rerank
 
     monkeypatch.setattr(rerank, "_budgets", lambda device: (1 << 12, 300))  # many chunks of a few rows each
     monkeypatch.setattr(rerank, "JOIN_ROWS", 3)
+    monkeypatch.setattr(rerank, "CPU_ROWS", 5)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     qf, gf, _, _ = clustered(23, 140, 8, seed=4)
     qf, gf = qf.astype(dtype), gf.astype(dtype)
@@ -366,6 +368,8 @@ def test_cpu_jaccard_join_equals_the_torch_join(monkeypatch, dtype):
 
     compiled = all_three()
     monkeypatch.setattr(rerank, "_min_join_cpu", rerank._min_join_device)
-    for ours, torch_join in zip(compiled, all_three(), strict=True):
+    monkeypatch.setattr(rerank, "_reciprocal", rerank._reciprocal_device)
+    monkeypatch.setattr(rerank, "_expand", rerank._expand_device)
+    for ours, torch_steps in zip(compiled, all_three(), strict=True):
         assert ours.dtype == dtype
-        np.testing.assert_array_equal(ours, torch_join)
+        np.testing.assert_array_equal(ours, torch_steps)
