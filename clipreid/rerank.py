@@ -434,7 +434,8 @@ def _reciprocal(fwd: Tensor, back: Tensor, owner: Tensor) -> Tensor:
     from .rerank_cpu import reciprocal  # numba is imported (and the loop compiled) only where the CPU re-ranks
 
     hit = np.zeros(tuple(fwd.shape), bool)
-    f, bk, o = fwd.numpy(), back.numpy(), owner.numpy()
+    # contiguous copies (small): one compiled signature for every call, not one for each layout of a slice
+    f, bk, o = (np.ascontiguousarray(x.numpy()) for x in (fwd, back, owner))
     _deal_rows(0, len(hit), CPU_ROWS, lambda lo, hi: reciprocal(f, bk, o, lo, hi, hit))
     return torch.from_numpy(hit)
 
@@ -461,11 +462,12 @@ def _expand(base: Tensor, in_base: Tensor, cand: Tensor, in_cand: Tensor, half: 
     num_rows = len(cand)
     width = base.shape[1] + cand.shape[1] * half.shape[1]  # the most a row can hold
     step = max(1, budget // max(1, width))
-    arrays = [x.numpy() for x in (base, in_base, cand, in_cand, half, in_half)]
+    arrays = [np.ascontiguousarray(x.numpy()) for x in (base, in_base, cand, in_cand, half, in_half)]  # as above
     rows_out, cols_out = [], []
+    ids_buf, lengths_buf = np.empty((min(step, num_rows), width), np.int64), np.empty(min(step, num_rows), np.int64)
     for a in range(0, num_rows, step):
         b = min(a + step, num_rows)
-        ids, lengths = np.empty((b - a, width), np.int64), np.empty(b - a, np.int64)
+        ids, lengths = ids_buf[:b - a], lengths_buf[:b - a]
 
         def rows(lo: int, hi: int, a: int = a, ids: np.ndarray = ids, lengths: np.ndarray = lengths) -> None:
             expand_rows(*arrays, strict, lo, hi, np.zeros((2, num_cols), bool), ids[lo - a:hi - a],
@@ -571,14 +573,15 @@ def _min_join(qs: _Sparse, gs: _Sparse, num_cols: int, budget: int, max_rows: in
     by_col = _ByColumn(_row_ids(gs)[order], gs.val[order], count.cumsum(0) - count, count)
     pair_count = count[qs.col]
     row_cost = torch.zeros(nq, dtype=torch.long, device=device).index_add_(0, _row_ids(qs), pair_count)
-    chunks = _cost_chunks(row_cost, budget, max(1, min(max_rows, budget // max(1, ng))))
+    rows = max(1, min(max_rows, budget // max(1, ng)))
     join = _min_join_cpu if device.type == "cpu" else _min_join_device
-    yield from join(qs, ng, chunks, by_col)
+    yield from join(qs, ng, _cost_chunks(row_cost, budget, rows), rows, by_col)
 
 
-def _min_join_device(qs: _Sparse, ng: int, chunks: Iterator[tuple[int, int]], by_col: _ByColumn) -> Iterator[
-        tuple[int, int, Tensor]]:
-    """:func:`_min_join` in torch: each chunk's pairs listed, their minima scattered into its sums."""
+def _min_join_device(qs: _Sparse, ng: int, chunks: Iterator[tuple[int, int]], rows: int, by_col: _ByColumn
+                     ) -> Iterator[tuple[int, int, Tensor]]:
+    """:func:`_min_join` in torch: each chunk's pairs listed, their minima scattered into its sums (a chunk of at
+    most ``rows`` rows)."""
     q_row, pair_count = _row_ids(qs), by_col.count[qs.col]
     for a, b in chunks:
         e0, e1 = int(qs.ptr[a]), int(qs.ptr[b])
@@ -592,20 +595,20 @@ def _min_join_device(qs: _Sparse, ng: int, chunks: Iterator[tuple[int, int]], by
         yield a, b, s.view(b - a, ng)
 
 
-def _min_join_cpu(qs: _Sparse, ng: int, chunks: Iterator[tuple[int, int]], by_col: _ByColumn) -> Iterator[
-        tuple[int, int, Tensor]]:
+def _min_join_cpu(qs: _Sparse, ng: int, chunks: Iterator[tuple[int, int]], rows: int, by_col: _ByColumn
+                  ) -> Iterator[tuple[int, int, Tensor]]:
     """:func:`_min_join` on the CPU: the pairs summed by the compiled :func:`clipreid.rerank_cpu.min_join_rows`,
-    JOIN_ROWS query rows at a time dealt over torch's threads (no pair is materialised: a chunk's peak is its
-    sums)."""
+    JOIN_ROWS query rows at a time dealt over torch's threads, into one buffer of ``rows`` rows reused by every
+    chunk (no pair is materialised; each S is overwritten by the next)."""
     from .rerank_cpu import min_join_rows  # numba is imported (and the loop compiled) only where the CPU re-ranks
 
-    q_ptr, q_col, q_val = qs.ptr.numpy(), qs.col.numpy(), qs.val.numpy()
-    rows, vals, starts, counts = (x.numpy() for x in by_col)
+    q_ptr, q_col, q_val, g_row, g_val, starts, counts = (np.ascontiguousarray(x.numpy()) for x in (*qs, *by_col))
+    buf = torch.empty(min(rows, len(qs.ptr) - 1), ng, dtype=qs.val.dtype)
     for a, b in chunks:
-        s = torch.empty(b - a, ng, dtype=qs.val.dtype)
+        s = buf[:b - a]
         out = s.numpy()
         _deal_rows(a, b, JOIN_ROWS, lambda lo, hi, a=a, out=out: min_join_rows(q_ptr, q_col, q_val, starts, counts,
-                                                                                rows, vals, lo, hi, a, out))
+                                                                                g_row, g_val, lo, hi, a, out))
         yield a, b, s
 
 
