@@ -5,7 +5,9 @@ distances are scanned in row chunks keeping only each row's nearest neighbours (
 ``clipreid.nearest``, several times faster than ``torch.topk``, and the gallery rows of the distance-matrix API
 read in place as columns of q_g and g_g, with no transposed copy), the k-reciprocal vectors are stored sparse
 (CSR: a few dozen non-zeros per row), and the Jaccard term is a sparse join that pairs the non-zeros of each
-query with the gallery non-zeros of the same column. Temporary memory grows with N * k, plus the q x g output.
+query with the gallery non-zeros of the same column. On the CPU the reciprocal test, the set expansion and the join
+are loops compiled with numba (:mod:`clipreid.rerank_cpu`; the same numbers as their torch versions, bit for bit).
+Temporary memory grows with N * k, plus the q x g output.
 
     k_reciprocal(q_g, q_q, g_g)                  the reference's distance-matrix API and numbers
     k_reciprocal_features(query, gallery)        the same computation from features (no N x N matrix at all)
