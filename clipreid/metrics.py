@@ -191,24 +191,23 @@ def _row_counts(dist: torch.Tensor, rows: _Rows) -> tuple[torch.Tensor, torch.Te
 
 def _chunk_counts(dist: torch.Tensor, qcam: torch.Tensor | None, gcam: torch.Tensor | None,
                   same: _Matches) -> _Counts:
-    """The :class:`_Counts` of each query row of ``dist``: :func:`_chunk_counts_cpu` or :func:`_chunk_counts_device`
-    by where ``dist`` is."""
-    if dist.device.type == "cpu":
-        return _chunk_counts_cpu(dist, qcam, gcam, same)
-    return _chunk_counts_device(dist, qcam, gcam, same)
+    """The :class:`_Counts` of each query row of ``dist``, from its slots (its gallery items of the query's
+    identity: ``valid[i]`` of ``cols[i]``, true matches where the camera rule keeps them) by
+    :func:`_chunk_counts_cpu` or :func:`_chunk_counts_device`, by where ``dist`` is."""
+    valid, cols = same.slots(dist.shape[1])
+    true = valid & (gcam[cols] != qcam[:, None]) if qcam is not None else valid
+    counts = _chunk_counts_cpu if dist.device.type == "cpu" else _chunk_counts_device
+    return counts(dist, valid, cols, true, same.count)
 
 
-def _chunk_counts_device(dist: torch.Tensor, qcam: torch.Tensor | None, gcam: torch.Tensor | None,
-                         same: _Matches) -> _Counts:
+def _chunk_counts_device(dist: torch.Tensor, valid: torch.Tensor, cols: torch.Tensor, true: torch.Tensor,
+                         n_slots: torch.Tensor) -> _Counts:
     """:func:`_chunk_counts` on a GPU (or any torch device), in torch.
 
     Every score of a query is read off at its true matches: per match, how many items of its row lie at or below
     its distance (:func:`_row_counts`), minus the same count over the query's few items of the same identity
     (true matches and camera-ignored ones); ranks come from the items before the first and the last match.
     """
-    g = dist.shape[1]
-    valid, cols = same.slots(g)
-    true = valid & (gcam[cols] != qcam[:, None]) if qcam is not None else valid
     ignored = valid & ~true
     v = dist.gather(1, cols)
     among = _among(v, torch.stack([valid, ignored, true], 2))
@@ -227,17 +226,15 @@ def _chunk_counts_device(dist: torch.Tensor, qcam: torch.Tensor | None, gcam: to
     return _Counts(*(x.cpu() for x in counts))
 
 
-def _chunk_counts_cpu(dist: torch.Tensor, qcam: torch.Tensor | None, gcam: torch.Tensor | None,
-                      same: _Matches) -> _Counts:
+def _chunk_counts_cpu(dist: torch.Tensor, valid: torch.Tensor, cols: torch.Tensor, true: torch.Tensor,
+                      n_slots: torch.Tensor) -> _Counts:
     """:func:`_chunk_counts` on the CPU: blocks of rows dealt over torch's threads to the compiled
-    :func:`clipreid.rank_counts.count_rows`."""
+    :func:`clipreid.rank_counts.count_rows` (a row's valid slots are its first ``n_slots``)."""
     from .rank_counts import count_rows  # numba is imported (and the loop compiled) only where the CPU scores
 
     n, g = dist.shape
-    valid, cols = same.slots(g)
-    true = valid & (gcam[cols] != qcam[:, None]) if qcam is not None else valid
     d = dist.numpy()
-    cols, true, n_slots = (np.ascontiguousarray(x.numpy()) for x in (cols, true, same.count))
+    cols, true, n_slots = (np.ascontiguousarray(x.numpy()) for x in (cols, true, n_slots))
     first, last, lead = (np.zeros(n, np.int64) for _ in range(3))
     true_le, kept_le = (np.zeros(cols.shape, np.int64) for _ in range(2))
     step = max(1, BLOCK_ELEMENTS // g)
